@@ -1,0 +1,6 @@
+"""Settings: pydantic-settings models read from defaults < airflow.cfg < environment."""
+
+from .loader import ConfigError, Settings, describe_settings, load_settings, redact_url
+from .models import CoreSettings, EcsSettings
+
+__all__ = ["ConfigError", "CoreSettings", "EcsSettings", "Settings", "describe_settings", "load_settings", "redact_url"]

@@ -1,0 +1,233 @@
+"""Typed settings for ``[aws_reconciler]`` and ``[aws_reconciler_ecs]``.
+
+Every field's ``description`` is also what ``airflow config list`` shows (see ``provider.py``),
+so the text here is user documentation.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# ECS `startedBy` was limited to 36 characters for years and is still best kept short; tag
+# values allow letters, digits, spaces and + - = . _ : / @. The deployment name is both.
+DEPLOYMENT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9+=._:/@-]{0,35}$"
+
+# Options whose value must never be printed, exported or logged.
+SECRET_OPTIONS = frozenset({"store_url"})
+
+
+def _split_list(value: Any) -> Any:
+    """Accept ``a,b``, ``["a","b"]`` (JSON) or a list, as Airflow users write all three."""
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            return []
+        if text.startswith("["):
+            return json.loads(text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, str):
+        text = value.strip()
+        return json.loads(text) if text else None
+    return value
+
+
+class SectionSettings(BaseSettings):
+    """Base of every section model: values arrive already layered by :mod:`.loader`."""
+
+    section: ClassVar[str]
+    model_config = SettingsConfigDict(extra="forbid", validate_default=True, frozen=True)
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: Any, init_settings: Any, *args: Any, **kwargs: Any) -> Any:
+        # The loader resolves defaults < airflow.cfg < environment itself (it must also report
+        # where each value came from), then passes the winners as init values.
+        return (init_settings,)
+
+
+class CoreSettings(SectionSettings):
+    """``[aws_reconciler]``: settings shared by the executors and the reconciler."""
+
+    section: ClassVar[str] = "aws_reconciler"
+
+    deployment: str = Field(
+        "airflow",
+        pattern=DEPLOYMENT_PATTERN,
+        description=(
+            "Name of this Airflow deployment on AWS. Sent as ECS startedBy and tagged on every task and "
+            "job; the reconciler only ever stops tasks that carry it. 1-36 characters: letters, digits "
+            "and + = . _ : / @ -."
+        ),
+    )
+    store_url: SecretStr | None = Field(
+        None,
+        description=(
+            "SQLAlchemy URL of the task store. Defaults to Airflow's [database] sql_alchemy_conn, so the "
+            "store's tables live beside Airflow's. Never printed."
+        ),
+    )
+    reconcile_interval: float = Field(
+        5.0, gt=0, description="Seconds between reconcile cycles (NOTIFY wakes it early)."
+    )
+    resync_interval: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds between full discoveries (ListTasks by startedBy) to find orphans and lost launches.",
+    )
+    orphan_grace: float = Field(
+        120.0, ge=0, description="Seconds a task of ours with no open record may run before the reconciler stops it."
+    )
+    retention: float = Field(
+        7 * 24 * 3600.0, gt=0, description="Seconds to keep reported task records before deleting them."
+    )
+    task_queued_timeout: float | None = Field(
+        None,
+        gt=0,
+        description=(
+            "Seconds after queueing when the Airflow workload token has expired; such a workload is never "
+            "launched. Defaults to Airflow's [scheduler] task_queued_timeout (600)."
+        ),
+    )
+    launch_concurrency: int = Field(
+        16,
+        ge=1,
+        le=256,
+        description="Launch calls in flight at once, so throughput is bound by rate limits, not latency.",
+    )
+    backoff_base: float = Field(2.0, gt=0, description="First retry delay in seconds for a retriable launch failure.")
+    backoff_max: float = Field(300.0, gt=0, description="Upper bound in seconds of a row's retry delay.")
+    lease_duration: float = Field(
+        15.0, gt=0, description="Seconds a reconciler's leadership lease lasts without renewal."
+    )
+    renew_deadline: float = Field(
+        10.0, gt=0, description="Seconds a leader keeps acting without a successful renewal before it stops (fencing)."
+    )
+    retry_period: float = Field(
+        2.0, gt=0, description="Seconds between lease renewals and standby acquisition attempts."
+    )
+    ecs_run_task_rate: float = Field(
+        40.0, gt=0, description="Client-side sustained rate (calls/s) of RunTask+StopTask."
+    )
+    ecs_run_task_burst: int = Field(100, ge=1, description="Client-side burst of RunTask+StopTask calls.")
+    ecs_describe_rate: float = Field(
+        20.0, gt=0, description="Client-side sustained rate (calls/s) of DescribeTasks+ListTasks."
+    )
+    ecs_describe_burst: int = Field(100, ge=1, description="Client-side burst of DescribeTasks+ListTasks calls.")
+    fargate_launch_rate: float = Field(
+        20.0, gt=0, description="Client-side sustained rate (tasks/s) of Fargate launches."
+    )
+    fargate_launch_burst: int = Field(100, ge=1, description="Client-side burst of Fargate task launches.")
+    check_health_on_startup: bool = Field(
+        True, description="The executor checks that the task store is reachable and migrated when the scheduler starts."
+    )
+
+    @model_validator(mode="after")
+    def _deadline_within_lease(self) -> CoreSettings:
+        if not self.renew_deadline < self.lease_duration:
+            raise ValueError(
+                f"renew_deadline ({self.renew_deadline}) must be shorter than lease_duration ({self.lease_duration}) "
+                "so a leader stops acting before another can take over"
+            )
+        if not self.retry_period < self.renew_deadline:
+            raise ValueError(
+                f"retry_period ({self.retry_period}) must be shorter than renew_deadline ({self.renew_deadline})"
+            )
+        return self
+
+
+class EcsSettings(SectionSettings):
+    """``[aws_reconciler_ecs]``: how task instances become ECS tasks (mirrors ``[aws_ecs_executor]``)."""
+
+    section: ClassVar[str] = "aws_reconciler_ecs"
+
+    cluster: str | None = Field(
+        None, description="ECS cluster name or ARN tasks run in. Setting it enables the ECS backend."
+    )
+    allowed_clusters: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "Further clusters a task may choose through executor_config (comma list); "
+            "the reconciler watches them too."
+        ),
+    )
+    container_name: str | None = Field(
+        None, description="Name of the container in the task definition that runs the Airflow task."
+    )
+    task_definition: str | None = Field(None, description="Task definition family, family:revision or ARN.")
+    launch_type: Literal["EC2", "FARGATE", "EXTERNAL"] | None = Field(
+        None,
+        description="EC2, FARGATE or EXTERNAL. Leave unset to use capacity_provider_strategy or the cluster default.",
+    )
+    capacity_provider_strategy: Annotated[list[dict[str, Any]] | None, NoDecode] = Field(
+        None, description='JSON list, e.g. [{"capacityProvider": "FARGATE_SPOT", "weight": 1}]. Excludes launch_type.'
+    )
+    platform_version: str | None = Field(
+        None, description="Fargate platform version. Never sent with launch_type EC2, where it is invalid."
+    )
+    subnets: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Subnet ids for awsvpc tasks (comma list)."
+    )
+    security_groups: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Security group ids for awsvpc tasks (comma list)."
+    )
+    assign_public_ip: bool = Field(
+        False, description="Give awsvpc tasks a public IP (needed in public subnets without NAT)."
+    )
+    region_name: str | None = Field(
+        None, description="AWS region; defaults to the boto3 chain (AWS_DEFAULT_REGION...)."
+    )
+    run_task_kwargs: Annotated[dict[str, Any], NoDecode] = Field(
+        default_factory=dict,
+        description=(
+            "JSON object merged into every RunTask request "
+            "(e.g. overrides, propagateTags, enableExecuteCommand)."
+        ),
+    )
+    max_launch_attempts: int = Field(
+        3,
+        ge=1,
+        le=100,
+        description="Launch attempts per queueing before the task instance fails (retriable failures only).",
+    )
+
+    @field_validator("allowed_clusters", "subnets", "security_groups", mode="before")
+    @classmethod
+    def _lists(cls, value: Any) -> Any:
+        return _split_list(value)
+
+    @field_validator("capacity_provider_strategy", "run_task_kwargs", mode="before")
+    @classmethod
+    def _json(cls, value: Any, info: ValidationInfo) -> Any:
+        decoded = _json_value(value)
+        if decoded is None and info.field_name == "run_task_kwargs":
+            return {}
+        return decoded
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EcsSettings:
+        if self.launch_type and self.capacity_provider_strategy:
+            raise ValueError("set launch_type or capacity_provider_strategy, not both (ECS rejects the pair)")
+        if self.cluster is not None:
+            missing = [name for name in ("container_name", "task_definition") if not getattr(self, name)]
+            if missing:
+                raise ValueError(f"cluster is set but {', '.join(missing)} is not")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        """The ECS backend runs when a cluster is configured."""
+        return self.cluster is not None
+
+    @property
+    def clusters(self) -> list[str]:
+        """Every cluster the executor may target and the reconciler must watch."""
+        if self.cluster is None:
+            return []
+        return [self.cluster, *[c for c in self.allowed_clusters if c != self.cluster]]

@@ -1,0 +1,105 @@
+"""SQLAlchemy tables of the task store: the task record and the leadership lease.
+
+Table names are prefixed because the default store is Airflow's own database.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+
+metadata = sa.MetaData()
+
+
+class UtcDateTime(sa.types.TypeDecorator[datetime]):
+    """Timezone-aware UTC timestamps on every backend (SQLite drops the zone on its own)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r} written to the task store; use UTC-aware datetimes")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, str):  # SQLite without type detection
+            value = datetime.fromisoformat(value)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# Phases in which the record's work is over; every other phase is "open".
+TERMINAL_PHASES = ("succeeded", "failed")
+
+task = sa.Table(
+    "aws_reconciler_task",
+    metadata,
+    # The id Airflow pre-assigns (ti.external_executor_id): also clientToken/tag/job-name stem.
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("backend", sa.String(16), nullable=False),
+    # Scheduler job id of the executor that reports this row; changed by adoption.
+    sa.Column("owner", sa.String(64), nullable=True),
+    sa.Column("dag_id", sa.String(250), nullable=False),
+    sa.Column("task_id", sa.String(250), nullable=False),
+    sa.Column("run_id", sa.String(250), nullable=False),
+    sa.Column("map_index", sa.Integer, nullable=False),
+    sa.Column("try_number", sa.Integer, nullable=False),
+    sa.Column("queue", sa.String(256), nullable=True),
+    # ECS cluster or Batch job queue, so observation can group rows without reading `spec`.
+    sa.Column("target", sa.String(2048), nullable=True),
+    # The fully resolved request (contains the workload token: never log it).
+    sa.Column("spec", sa.JSON, nullable=True),
+    sa.Column("desired", sa.String(16), nullable=False),
+    sa.Column("phase", sa.String(16), nullable=False),
+    sa.Column("external_id", sa.String(2048), nullable=True),
+    sa.Column("attempt", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("next_attempt_at", UtcDateTime, nullable=True),
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.Column("exit_code", sa.Integer, nullable=True),
+    sa.Column("stop_code", sa.String(64), nullable=True),
+    sa.Column("status_reason", sa.Text, nullable=True),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("launched_at", UtcDateTime, nullable=True),
+    sa.Column("started_at", UtcDateTime, nullable=True),
+    sa.Column("finished_at", UtcDateTime, nullable=True),
+    sa.Column("reported_at", UtcDateTime, nullable=True),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+    # The TI key is indexed but NOT unique: a try can be queued more than once.
+    sa.Index("ix_aws_reconciler_task_ti", "dag_id", "task_id", "run_id", "map_index", "try_number"),
+    # The reconciler's hot query: open rows of one backend.
+    sa.Index(
+        "ix_aws_reconciler_task_open",
+        "backend",
+        "phase",
+        postgresql_where=sa.text("finished_at IS NULL"),
+        sqlite_where=sa.text("finished_at IS NULL"),
+    ),
+    # The executor's heartbeat query: finished, unreported rows of one owner.
+    sa.Index(
+        "ix_aws_reconciler_task_unreported",
+        "owner",
+        "backend",
+        postgresql_where=sa.text("finished_at IS NOT NULL AND reported_at IS NULL"),
+        sqlite_where=sa.text("finished_at IS NOT NULL AND reported_at IS NULL"),
+    ),
+    sa.Index("ix_aws_reconciler_task_external_id", "external_id"),
+    sa.Index("ix_aws_reconciler_task_reported_at", "reported_at"),
+)
+
+lease = sa.Table(
+    "aws_reconciler_lease",
+    metadata,
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("holder", sa.String(256), nullable=False),
+    sa.Column("acquired_at", UtcDateTime, nullable=False),
+    sa.Column("renewed_at", UtcDateTime, nullable=False),
+    sa.Column("expires_at", UtcDateTime, nullable=False),
+    sa.Column("transitions", sa.Integer, nullable=False, server_default="0"),
+)
