@@ -1,0 +1,1 @@
+"""The ECS backend: request building (pure) and the API client side."""

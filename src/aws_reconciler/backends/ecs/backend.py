@@ -1,0 +1,147 @@
+"""ECS: launch (idempotent RunTask), observe (DescribeTasks), discover (ListTasks by startedBy), stop."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+from ...store.records import Backend, Phase
+from ..base import Observation, batched
+from ..errors import RetriableError, classify, classify_failure_reason
+from ..ratelimit import TokenBucket
+from .states import observe_task
+
+DESCRIBE_BATCH = 100
+T = TypeVar("T")
+
+
+def client_token(record_id: str, attempt: int) -> str:
+    """RunTask's idempotency key: a retried call for the same attempt returns the same task."""
+    return f"{record_id}-{attempt}"[:64]
+
+
+def is_fargate(spec: Mapping[str, Any]) -> bool:
+    """Fargate launches draw on their own account-wide bucket."""
+    if spec.get("launchType") == "FARGATE":
+        return True
+    strategy = spec.get("capacityProviderStrategy") or []
+    return any(str(item.get("capacityProvider", "")).startswith("FARGATE") for item in strategy)
+
+
+class EcsBackend:
+    """Talks to ECS for one deployment, within client-side rate limits."""
+
+    kind = Backend.ECS
+
+    def __init__(
+        self,
+        *,
+        client: Any,
+        deployment: str,
+        clusters: Sequence[str],
+        container_name: str,
+        run_task_bucket: TokenBucket,
+        describe_bucket: TokenBucket,
+        fargate_bucket: TokenBucket,
+        throttle_pause: float = 1.0,
+    ) -> None:
+        self.client = client
+        self.deployment = deployment
+        self.clusters = list(clusters)
+        self.container_name = container_name
+        self.run_task_bucket = run_task_bucket
+        self.describe_bucket = describe_bucket
+        self.fargate_bucket = fargate_bucket
+        self.throttle_pause = throttle_pause
+
+    def _call(self, bucket: TokenBucket, fn: Callable[..., T], **kwargs: Any) -> T:
+        bucket.acquire()
+        try:
+            return fn(**kwargs)
+        except Exception as exc:
+            error = classify(exc)
+            if isinstance(error, RetriableError) and error.throttled:
+                # Slow every caller of this bucket, not only the one AWS refused.
+                bucket.penalize(self.throttle_pause)
+            raise error from exc
+
+    def launch(self, *, record_id: str, attempt: int, spec: Mapping[str, Any]) -> str:
+        """RunTask with ``clientToken`` = ``<id>-<attempt>``; a task in the response wins over
+        ``failures`` (AWS can report both when a task did launch)."""
+        request = dict(spec)
+        request["clientToken"] = client_token(record_id, attempt)
+        if is_fargate(spec):
+            self.fargate_bucket.acquire()
+        response = self._call(self.run_task_bucket, self.client.run_task, **request)
+        tasks = response.get("tasks") or []
+        if tasks:
+            return str(tasks[0]["taskArn"])
+        failures = response.get("failures") or []
+        if failures:
+            first = failures[0]
+            raise classify_failure_reason(str(first.get("reason", "unknown")), first.get("detail"))
+        raise RetriableError("RunTask returned neither a task nor a failure")
+
+    def observe(self, *, targets: Mapping[str, str | None]) -> dict[str, Observation]:
+        """DescribeTasks per cluster, 100 ARNs a call. Unknown ARNs come back ``missing``."""
+        by_cluster: dict[str, list[str]] = defaultdict(list)
+        for arn, cluster in targets.items():
+            by_cluster[cluster or self.clusters[0]].append(arn)
+        found: dict[str, Observation] = {}
+        for cluster, arns in by_cluster.items():
+            for batch in batched(arns, DESCRIBE_BATCH):
+                response = self._call(
+                    self.describe_bucket, self.client.describe_tasks, cluster=cluster, tasks=list(batch)
+                )
+                for task in response.get("tasks") or []:
+                    obs = observe_task(task, container_name=self.container_name, deployment=self.deployment)
+                    found[obs.external_id] = obs
+                for failure in response.get("failures") or []:
+                    arn = failure.get("arn")
+                    if arn and arn not in found and failure.get("reason") == "MISSING":
+                        found[arn] = Observation(
+                            external_id=arn,
+                            target=cluster,
+                            phase=Phase.FAILED,
+                            missing=True,
+                            reason="the ECS task no longer exists (MISSING)",
+                        )
+        return found
+
+    def discover(self) -> list[Observation]:
+        """ListTasks by ``startedBy`` (which must be the only filter), then DescribeTasks with tags."""
+        found: list[Observation] = []
+        for cluster in self.clusters:
+            arns: list[str] = []
+            token: str | None = None
+            while True:
+                kwargs: dict[str, Any] = {"cluster": cluster, "startedBy": self.deployment, "maxResults": 100}
+                if token:
+                    kwargs["nextToken"] = token
+                page = self._call(self.describe_bucket, self.client.list_tasks, **kwargs)
+                arns.extend(page.get("taskArns") or [])
+                token = page.get("nextToken")
+                if not token:
+                    break
+            for batch in batched(arns, DESCRIBE_BATCH):
+                response = self._call(
+                    self.describe_bucket,
+                    self.client.describe_tasks,
+                    cluster=cluster,
+                    tasks=list(batch),
+                    include=["TAGS"],
+                )
+                for task in response.get("tasks") or []:
+                    found.append(observe_task(task, container_name=self.container_name, deployment=self.deployment))
+        return found
+
+    def stop(self, *, external_id: str, target: str | None, reason: str) -> None:
+        """StopTask with a reason ECS shows in the console (<= 255 characters)."""
+        self._call(
+            self.run_task_bucket,
+            self.client.stop_task,
+            cluster=target or self.clusters[0],
+            task=external_id,
+            reason=reason[:255],
+        )

@@ -1,0 +1,167 @@
+"""Resolve and validate the RunTask request of one task instance, at queue time.
+
+Pure and offline (no AWS calls): the executor runs it inside the scheduler so a bad
+``executor_config`` fails that one task at once, with a message naming the key, and the
+reconciler later only adds the per-attempt ``clientToken``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from functools import cache
+from typing import Any
+
+import botocore.session
+from botocore.exceptions import ParamValidationError
+from botocore.model import StructureShape
+from botocore.validate import ParamValidator
+
+from ...config.models import EcsSettings
+from ...store.records import TiKey
+from ..merge import deep_merge
+from ..tags import IDENTITY_TAGS, identity_tags
+
+# ECS rejects a RunTask whose overrides serialise to more than this many characters.
+MAX_OVERRIDES_CHARS = 8192
+# The reconciler sets these; letting a task choose them would break identity or idempotency.
+RESERVED_KEYS = {
+    "clientToken": "the reconciler sets it per launch attempt for idempotency",
+    "startedBy": "it identifies this deployment's tasks",
+    "count": "exactly one task runs per task instance",
+}
+
+
+class InvalidExecutorConfig(ValueError):
+    """A task's ``executor_config`` cannot produce a valid RunTask request; ``key`` names the culprit."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"invalid executor_config key {key!r}: {message}")
+        self.key = key
+
+
+@cache
+def run_task_shape() -> StructureShape:
+    """The RunTask input shape from botocore's bundled service model: the authoritative schema."""
+    model = botocore.session.get_session().get_service_model("ecs")
+    shape = model.operation_model("RunTask").input_shape
+    assert isinstance(shape, StructureShape)
+    return shape
+
+
+def base_request(ecs: EcsSettings) -> dict[str, Any]:
+    """The request every task starts from, built from ``[aws_reconciler_ecs]``."""
+    assert ecs.cluster and ecs.task_definition and ecs.container_name
+    request: dict[str, Any] = {"cluster": ecs.cluster, "taskDefinition": ecs.task_definition}
+    if ecs.launch_type:
+        request["launchType"] = ecs.launch_type
+    if ecs.capacity_provider_strategy:
+        request["capacityProviderStrategy"] = ecs.capacity_provider_strategy
+    if ecs.platform_version:
+        request["platformVersion"] = ecs.platform_version
+    if ecs.subnets or ecs.security_groups:
+        request["networkConfiguration"] = {
+            "awsvpcConfiguration": {
+                "subnets": list(ecs.subnets),
+                "securityGroups": list(ecs.security_groups),
+                "assignPublicIp": "ENABLED" if ecs.assign_public_ip else "DISABLED",
+            }
+        }
+    request["overrides"] = {"containerOverrides": [{"name": ecs.container_name}]}
+    return deep_merge(request, ecs.run_task_kwargs)
+
+
+def build_run_task_request(
+    *,
+    ecs: EcsSettings,
+    deployment: str,
+    record_id: str,
+    key: TiKey,
+    command: Sequence[str],
+    executor_config: Any = None,
+) -> dict[str, Any]:
+    """The full RunTask request (without ``clientToken``) or :class:`InvalidExecutorConfig`."""
+    overrides = _check_executor_config(executor_config, ecs)
+    base = base_request(ecs)
+    # A task choosing its own launch mode replaces the configured one rather than adding to it:
+    # ECS rejects launchType together with capacityProviderStrategy.
+    if "launchType" in overrides:
+        base.pop("capacityProviderStrategy", None)
+    if "capacityProviderStrategy" in overrides:
+        base.pop("launchType", None)
+    request = deep_merge(base, overrides)
+
+    container = ecs.container_name
+    containers = request.setdefault("overrides", {}).setdefault("containerOverrides", [])
+    ours = next((c for c in containers if c.get("name") == container), None)
+    if ours is None:
+        ours = {"name": container}
+        containers.append(ours)
+    ours["command"] = list(command)
+
+    if request.get("launchType") == "EC2":
+        # Invalid for EC2 and a classic source of failed launches in other executors.
+        request.pop("platformVersion", None)
+    request["startedBy"] = deployment
+    user_tags = {t["key"]: t["value"] for t in request.get("tags", []) if isinstance(t, Mapping)}
+    tags = {**user_tags, **identity_tags(deployment=deployment, record_id=record_id, key=key)}
+    request["tags"] = [{"key": k, "value": v} for k, v in tags.items()]
+
+    _validate(request)
+    size = len(json.dumps(request["overrides"], separators=(",", ":")))
+    if size > MAX_OVERRIDES_CHARS:
+        raise InvalidExecutorConfig(
+            "overrides",
+            f"the RunTask overrides are {size} characters, over ECS's limit of {MAX_OVERRIDES_CHARS} "
+            "(the Airflow workload is part of the container command: shorten overrides or environment)",
+        )
+    return request
+
+
+def _check_executor_config(executor_config: Any, ecs: EcsSettings) -> dict[str, Any]:
+    if executor_config is None:
+        return {}
+    if not isinstance(executor_config, Mapping):
+        raise InvalidExecutorConfig(
+            "executor_config", f"must be a dict of RunTask keys, got {type(executor_config).__name__}"
+        )
+    allowed = run_task_shape().members
+    for key in executor_config:
+        if key in RESERVED_KEYS:
+            raise InvalidExecutorConfig(key, f"cannot be set per task: {RESERVED_KEYS[key]}")
+        if key not in allowed:
+            raise InvalidExecutorConfig(key, f"not a RunTask parameter; expected one of: {', '.join(sorted(allowed))}")
+    cluster = executor_config.get("cluster")
+    if cluster is not None and cluster not in ecs.clusters:
+        raise InvalidExecutorConfig(
+            "cluster",
+            f"{cluster!r} is not configured; allowed: {', '.join(ecs.clusters)} "
+            "(add it to [aws_reconciler_ecs] allowed_clusters so the reconciler watches it)",
+        )
+    for tag in executor_config.get("tags", []) or []:
+        if isinstance(tag, Mapping) and tag.get("key") in IDENTITY_TAGS:
+            raise InvalidExecutorConfig(f"tags.{tag['key']}", "is reserved for the reconciler's identity tags")
+    containers = (executor_config.get("overrides") or {}).get("containerOverrides") or []
+    for item in containers:
+        if isinstance(item, Mapping) and item.get("name") == ecs.container_name and "command" in item:
+            raise InvalidExecutorConfig(
+                "overrides.containerOverrides.command",
+                f"the command of container {ecs.container_name!r} runs the Airflow task and is set by the executor",
+            )
+    return dict(executor_config)
+
+
+def _validate(request: Mapping[str, Any]) -> None:
+    report = ParamValidator().validate(dict(request), run_task_shape())
+    if report.has_errors():
+        message = ParamValidationError(report=report.generate_report()).kwargs["report"]
+        raise InvalidExecutorConfig(_first_key(message), message.strip())
+
+
+def _first_key(report: str) -> str:
+    # botocore's report reads 'Invalid type for parameter overrides.cpu, value: ...'; name the key.
+    for marker in ("parameter ", "Unknown parameter in "):
+        if marker in report:
+            rest = report.split(marker, 1)[1]
+            return rest.split(",", 1)[0].split(":", 1)[0].strip().strip('"')
+    return "executor_config"
