@@ -53,12 +53,26 @@ class AwsError(Exception):
 
 
 class RetriableError(AwsError):
-    """Try again later with backoff. ``throttled`` asks the caller to slow down every call."""
+    """Try again later with backoff.
 
-    def __init__(self, reason: str, *, code: str | None = None, throttled: bool = False, credentials: bool = False):
+    ``throttled`` asks the caller to slow every call down; ``credentials`` says the whole
+    process, not the request, is at fault; ``rejected`` says AWS refused the request, so it
+    certainly started nothing (unlike a 5xx or a timeout, after which a task may exist).
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        code: str | None = None,
+        throttled: bool = False,
+        credentials: bool = False,
+        rejected: bool = False,
+    ) -> None:
         super().__init__(reason, code=code)
         self.throttled = throttled
         self.credentials = credentials
+        self.rejected = rejected or throttled or credentials
 
 
 class TerminalError(AwsError):
@@ -80,10 +94,10 @@ def is_capacity_message(message: str) -> bool:
 def classify_failure_reason(reason: str, detail: str | None = None) -> AwsError:
     """Classify one entry of RunTask's ``failures`` list (the call itself succeeded)."""
     text = f"{reason}: {detail}" if detail else reason
-    if reason.startswith(RETRIABLE_FAILURE_PREFIXES) or is_capacity_message(text):
-        return RetriableError(text, code=reason)
     if is_throttling_message(text):
         return RetriableError(text, code=reason, throttled=True)
+    if reason.startswith(RETRIABLE_FAILURE_PREFIXES) or is_capacity_message(text):
+        return RetriableError(text, code=reason, rejected=True)
     return TerminalError(text, code=reason)
 
 
@@ -101,8 +115,10 @@ def classify(exc: BaseException) -> AwsError:
             return RetriableError(text, code=code, throttled=True)
         if code in CREDENTIAL_CODES:
             return RetriableError(text, code=code, credentials=True)
-        if code in RETRIABLE_CODES or status >= 500 or is_capacity_message(message):
+        if code in RETRIABLE_CODES or status >= 500:
             return RetriableError(text, code=code)
+        if is_capacity_message(message):
+            return RetriableError(text, code=code, rejected=True)
         return TerminalError(text, code=code)
     # These carry no `.response`: matching on type is the only reliable way.
     if isinstance(exc, NoCredentialsError | CredentialRetrievalError):

@@ -1,0 +1,91 @@
+"""Build the reconciler's parts from the settings (the only place that wires them)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+
+from ..backends.ecs.backend import EcsBackend
+from ..backends.ecs.client import make_client
+from ..backends.ratelimit import TokenBucket
+from ..config import Settings
+from ..store.engine import create_store_engine
+from ..store.lease import LeaseStore
+from ..store.migrate import check_schema
+from ..store.notify import Waker
+from ..store.tasks import TaskStore
+from .engine import Engine, EngineSettings
+from .leader import LeaderElector
+from .runner import Runner
+
+
+def engine_settings(settings: Settings) -> EngineSettings:
+    """The subset of settings one engine uses."""
+    core = settings.core
+    return EngineSettings(
+        deployment=core.deployment,
+        max_launch_attempts=settings.ecs.max_launch_attempts,
+        task_queued_timeout=settings.task_queued_timeout,
+        reconcile_interval=core.reconcile_interval,
+        resync_interval=core.resync_interval,
+        orphan_grace=core.orphan_grace,
+        retention=core.retention,
+        backoff_base=core.backoff_base,
+        backoff_max=core.backoff_max,
+        launch_concurrency=core.launch_concurrency,
+    )
+
+
+def build_ecs_backend(settings: Settings, *, client: object | None = None) -> EcsBackend:
+    """The ECS backend with buckets shaped like AWS's."""
+    core, ecs = settings.core, settings.ecs
+    assert ecs.container_name is not None
+    return EcsBackend(
+        client=client
+        or make_client("ecs", region_name=ecs.region_name, max_pool_connections=core.launch_concurrency + 4),
+        deployment=core.deployment,
+        clusters=ecs.clusters,
+        container_name=ecs.container_name,
+        run_task_bucket=TokenBucket(rate=core.ecs_run_task_rate, burst=core.ecs_run_task_burst),
+        describe_bucket=TokenBucket(rate=core.ecs_describe_rate, burst=core.ecs_describe_burst),
+        fargate_bucket=TokenBucket(rate=core.fargate_launch_rate, burst=core.fargate_launch_burst),
+    )
+
+
+def holder_identity() -> str:
+    """Unique per process: host name (the pod name on Kubernetes), pid and a random suffix."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def build_runner(settings: Settings) -> Runner:
+    """Everything ``aws-reconciler run`` needs, validated before the loop starts."""
+    settings.require_backend()
+    db = create_store_engine(settings.store_url)
+    check_schema(db)
+    store = TaskStore(db)
+    core = settings.core
+    elector = LeaderElector(
+        leases=LeaseStore(db),
+        name=f"reconciler-{core.deployment}",
+        holder=holder_identity(),
+        lease_duration=core.lease_duration,
+        renew_deadline=core.renew_deadline,
+        retry_period=core.retry_period,
+    )
+    engines = [
+        Engine(
+            store=store,
+            backend=build_ecs_backend(settings),
+            settings=engine_settings(settings),
+            is_leader=elector.is_leader,
+        )
+    ]
+    return Runner(
+        engines=engines,
+        elector=elector,
+        waker=Waker(db),
+        interval=core.reconcile_interval,
+        backoff_base=core.backoff_base,
+        backoff_max=core.backoff_max,
+    )

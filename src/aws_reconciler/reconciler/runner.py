@@ -1,0 +1,120 @@
+"""The reconciler process: leader election, the cycle loop, wake-ups, backoff and shutdown."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from ..store.notify import Waker
+from .backoff import backoff_delay
+from .engine import Engine
+from .leader import LeaderElector
+from .result import Result
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Health:
+    """What /healthz and /readyz report: progress of the loop and the last trouble."""
+
+    last_cycle_ok_at: float | None = None
+    consecutive_failures: int = 0
+    last_error: str | None = None
+    leader: bool = False
+    cycles: int = 0
+    history: list[Result] = field(default_factory=list, repr=False)
+
+
+class Runner:
+    """Runs every engine's cycle while this replica leads; standbys only wait."""
+
+    def __init__(
+        self,
+        *,
+        engines: Sequence[Engine],
+        elector: LeaderElector,
+        waker: Waker,
+        interval: float,
+        backoff_base: float,
+        backoff_max: float,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.engines = list(engines)
+        self.elector = elector
+        self.waker = waker
+        self.interval = interval
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.health = Health()
+        self._monotonic = monotonic
+        self._stopping = threading.Event()
+
+    def request_stop(self) -> None:
+        """Finish the current cycle's in-flight calls, then exit (SIGTERM/SIGINT)."""
+        self._stopping.set()
+        for engine in self.engines:
+            engine.stopping.set()
+        self.waker.wake()
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM (Kubernetes) and SIGINT stop the loop cleanly."""
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda signum, _frame: self._on_signal(signum))
+
+    def _on_signal(self, signum: int) -> None:
+        log.info("received %s: finishing in-flight calls, then releasing the lease", signal.Signals(signum).name)
+        self.request_stop()
+
+    def cycle(self) -> float:
+        """One pass over every engine if leading; returns seconds until the next pass."""
+        leading = self.elector.is_leader()
+        self.health.leader = leading
+        if not leading:
+            return self.elector.retry_period
+        try:
+            requeue = self.interval
+            for engine in self.engines:
+                result = engine.reconcile()
+                requeue = min(requeue, result.requeue_after)
+                self.health.history = [*self.health.history[-9:], result]
+                if result.stats.launched or result.stats.failed or result.stats.finished:
+                    log.info("%s cycle: %s", engine.backend.kind.value, result.stats)
+        except Exception as exc:
+            # AWS or database trouble: stay up, report unready, back off, try again.
+            self.health.consecutive_failures += 1
+            self.health.last_error = f"{type(exc).__name__}: {exc}"[:500]
+            delay = backoff_delay(
+                attempt=self.health.consecutive_failures, base=self.backoff_base, cap=self.backoff_max
+            )
+            log.warning("reconcile cycle failed (%s); retrying in %.1f s", self.health.last_error, delay)
+            return delay
+        self.health.consecutive_failures = 0
+        self.health.last_error = None
+        self.health.last_cycle_ok_at = self._monotonic()
+        self.health.cycles += 1
+        return requeue
+
+    def run(self, *, once: bool = False) -> int:
+        """Loop until asked to stop; ``once`` acquires the lease, runs one cycle and returns."""
+        try:
+            if once:
+                if not self.elector.try_once():
+                    log.error("another reconciler holds the lease (%s); nothing done", self.elector.current_holder)
+                    return 1
+                self.cycle()
+                return 0 if self.health.consecutive_failures == 0 else 1
+            self.elector.start()
+            while not self._stopping.is_set():
+                delay = self.cycle()
+                self.waker.wait(delay)
+            return 0
+        finally:
+            for engine in self.engines:
+                engine.close()
+            self.elector.stop(release=True)
+            self.waker.close()
