@@ -71,6 +71,9 @@ def _load_section(model: type[SectionSettings], raw: RawConfig, origins: dict[tu
         if option not in model.model_fields:
             known = ", ".join(sorted(model.model_fields))
             raise ConfigError(f"unknown option [{section}] {option} (from {found.origin}); known options: {known}")
+        if not found.value.strip():
+            # `airflow config` writes provider options out as "option = ": empty means unset.
+            continue
         values[option] = found.value
         origins[(section, option)] = found.origin
     try:

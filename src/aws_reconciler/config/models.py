@@ -153,8 +153,7 @@ class EcsSettings(SectionSettings):
     allowed_clusters: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description=(
-            "Further clusters a task may choose through executor_config (comma list); "
-            "the reconciler watches them too."
+            "Further clusters a task may choose through executor_config (comma list); the reconciler watches them too."
         ),
     )
     container_name: str | None = Field(
@@ -186,8 +185,7 @@ class EcsSettings(SectionSettings):
     run_task_kwargs: Annotated[dict[str, Any], NoDecode] = Field(
         default_factory=dict,
         description=(
-            "JSON object merged into every RunTask request "
-            "(e.g. overrides, propagateTags, enableExecuteCommand)."
+            "JSON object merged into every RunTask request (e.g. overrides, propagateTags, enableExecuteCommand)."
         ),
     )
     max_launch_attempts: int = Field(

@@ -1,0 +1,93 @@
+"""``aws-reconciler``: run the reconciler, migrate the store, show the settings."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from .config import ConfigError, describe_settings, load_settings, redact_url
+
+log = logging.getLogger("aws_reconciler")
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .reconciler.factory import build_runner
+
+    runner = build_runner(load_settings())
+    runner.install_signal_handlers()
+    return runner.run(once=args.once)
+
+
+def _cmd_db_migrate(args: argparse.Namespace) -> int:
+    from .store.engine import create_store_engine
+    from .store.migrate import migrate
+
+    settings = load_settings()
+    before, after = migrate(create_store_engine(settings.store_url))
+    print(f"task store {redact_url(settings.store_url)}: {before or 'empty'} -> {after}")
+    return 0
+
+
+def _cmd_db_check(args: argparse.Namespace) -> int:
+    from .store.engine import create_store_engine
+    from .store.migrate import check_schema
+
+    settings = load_settings()
+    check_schema(create_store_engine(settings.store_url))
+    print(f"task store {redact_url(settings.store_url)}: schema is current")
+    return 0
+
+
+def _cmd_config_show(args: argparse.Namespace) -> int:
+    rows = describe_settings(load_settings())
+    width = max(len(f"[{s}] {o}") for s, o, _, _ in rows)
+    for section, option, value, origin in rows:
+        print(f"{f'[{section}] {option}':<{width}}  = {value:<40}  ({origin})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface."""
+    parser = argparse.ArgumentParser(prog="aws-reconciler", description=__doc__)
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="reconcile the task store with AWS until stopped")
+    run.add_argument("--once", action="store_true", help="run a single cycle and exit")
+    run.set_defaults(func=_cmd_run)
+
+    db = commands.add_parser("db", help="task store schema").add_subparsers(dest="db_command", required=True)
+    db.add_parser("migrate", help="create or upgrade the store's tables").set_defaults(func=_cmd_db_migrate)
+    db.add_parser("check", help="fail unless the schema is current").set_defaults(func=_cmd_db_check)
+
+    config = commands.add_parser("config", help="settings").add_subparsers(dest="config_command", required=True)
+    config.add_parser("show", help="effective settings and their origin, secrets redacted").set_defaults(
+        func=_cmd_config_show
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``aws-reconciler`` command."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(f"aws-reconciler: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        from .store.migrate import SchemaNotReadyError
+
+        if isinstance(exc, SchemaNotReadyError):
+            print(f"aws-reconciler: {exc}", file=sys.stderr)
+            return 3
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

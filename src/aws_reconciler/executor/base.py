@@ -1,0 +1,189 @@
+"""The shared scheduler-side executor: record desired state, report finished rows, adopt, revoke.
+
+No AWS call ever happens here: the scheduler's heartbeat only touches the task store, with one
+transaction per ``_process_workloads`` call and one indexed query per ``sync``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from airflow.executors.base_executor import BaseExecutor
+
+from ..config import ConfigError, Settings, load_settings
+from ..store.engine import create_store_engine
+from ..store.migrate import check_schema, migrate
+from ..store.records import Backend, NewTask, Phase
+from ..store.tasks import TaskStore
+from .workload import ti_key, ti_key_of_model
+
+if TYPE_CHECKING:
+    from airflow.models.taskinstance import TaskInstance
+
+
+class SpecError(ValueError):
+    """The workload cannot become a valid AWS request; fails that one task."""
+
+
+class ReconcilerExecutor(BaseExecutor):
+    """Base of :class:`EcsExecutor` and friends. Subclasses say how a workload becomes a request."""
+
+    backend: ClassVar[Backend]
+    # Airflow 3.3+: the scheduler writes a UUID into ti.external_executor_id in the same UPDATE
+    # that sets QUEUED; it is our record id, clientToken stem and identity tag.
+    pre_assigns_external_executor_id: ClassVar[bool] = True
+    supports_ad_hoc_ti_run = True
+    is_local = False
+    is_production = True
+    serve_logs = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # The API server instantiates executors too (for logs): no I/O here.
+        super().__init__(*args, **kwargs)
+        self._settings: Settings | None = None
+        self._store: TaskStore | None = None
+
+    # ---- wiring ---------------------------------------------------------------------------
+
+    @property
+    def settings(self) -> Settings:
+        """Settings, loaded on first use (a bad value raises :class:`ConfigError`)."""
+        if self._settings is None:
+            self._settings = load_settings()
+        return self._settings
+
+    @property
+    def store(self) -> TaskStore:
+        """The task store, connected on first use."""
+        if self._store is None:
+            self._store = TaskStore(create_store_engine(self.settings.store_url))
+        return self._store
+
+    @property
+    def owner(self) -> str:
+        """The scheduler job that owns (reports) the rows this executor writes."""
+        return str(self.job_id) if self.job_id is not None else "unowned"
+
+    def start(self) -> None:
+        """Validate settings and the store; create the store's tables on first start."""
+        settings = self.settings
+        self.check_settings(settings)
+        if settings.core.check_health_on_startup:
+            engine = self.store.engine
+            try:
+                check_schema(engine)
+            except Exception:
+                migrate(engine)
+                check_schema(engine)
+        self.log.info(
+            "%s started: deployment %s, store %s", type(self).__name__, settings.core.deployment, self.store_label()
+        )
+
+    def store_label(self) -> str:
+        """The store URL without its password, for logs."""
+        from ..config import redact_url
+
+        return redact_url(self.settings.store_url)
+
+    def check_settings(self, settings: Settings) -> None:
+        """Subclasses raise :class:`ConfigError` when their backend is not configured."""
+
+    def build_spec(self, *, record_id: str, workload: Any) -> tuple[dict[str, Any], str | None]:
+        """The resolved AWS request and its target (cluster / job queue); raises :class:`SpecError`."""
+        raise NotImplementedError
+
+    # ---- the scheduler's calls ------------------------------------------------------------
+
+    def _process_workloads(self, workload_items: Sequence[Any]) -> None:
+        """Insert one row per workload, all in one transaction; invalid ones as failed rows."""
+        rows: list[NewTask] = []
+        for workload in workload_items:
+            key = workload.ti.key
+            record_id = workload.ti.external_executor_id
+            if not record_id:
+                # Airflow < 3.3 does not pre-assign an id: make one and tell the scheduler.
+                record_id = str(uuid.uuid4())
+                self.queued(key, info=record_id)
+            try:
+                spec, target = self.build_spec(record_id=record_id, workload=workload)
+                phase, reason = Phase.PENDING, None
+            except (SpecError, ConfigError, ValueError) as exc:
+                spec, target, phase, reason = None, None, Phase.FAILED, str(exc)
+                self.log.error("task %s not launched: %s", key, reason)
+            rows.append(
+                NewTask(
+                    id=record_id,
+                    backend=self.backend,
+                    owner=self.owner,
+                    key=ti_key(workload),
+                    queue=workload.ti.queue,
+                    target=target,
+                    spec=spec,
+                    phase=phase,
+                    status_reason=reason,
+                )
+            )
+        self.store.add(rows)
+        for workload in workload_items:
+            self.queued_tasks.pop(workload.ti.key, None)
+            self.running.add(workload.ti.key)
+
+    def sync(self) -> None:
+        """Report each finished row exactly once: one indexed query, no AWS call."""
+        rows = self.store.finished_unreported(owner=self.owner, backend=self.backend)
+        if not rows:
+            return
+        for row in rows:
+            key = _airflow_key(row.key)
+            info = row.status_reason or row.phase.value
+            if row.phase is Phase.SUCCEEDED:
+                self.success(key, info=info)
+            else:
+                self.fail(key, info=info)
+        # After buffering: a crash in between re-reports after adoption rather than losing it.
+        self.store.mark_reported([r.id for r in rows])
+
+    def try_adopt_task_instances(self, tis: Sequence[TaskInstance]) -> Sequence[TaskInstance]:
+        """Adopt from the store alone (zero AWS calls): by record id, else by TI key."""
+        if not tis:
+            return []
+        ids = {ti.external_executor_id for ti in tis if ti.external_executor_id}
+        keys = {ti_key_of_model(ti) for ti in tis}
+        adopted = self.store.adopt(owner=self.owner, backend=self.backend, ids=ids, keys=keys)
+        adopted_ids = {r.id for r in adopted}
+        adopted_keys = {r.key for r in adopted}
+        not_adopted = []
+        for ti in tis:
+            if ti.external_executor_id in adopted_ids or ti_key_of_model(ti) in adopted_keys:
+                self.running.add(ti.key)
+            else:
+                not_adopted.append(ti)
+        if adopted:
+            self.log.info("adopted %d task instances from the task store", len(tis) - len(not_adopted))
+        return not_adopted
+
+    def revoke_task(self, *, ti: TaskInstance) -> None:
+        """Ask the reconciler to stop the task; never raises, never changes the TI state."""
+        try:
+            ids = [ti.external_executor_id] if ti.external_executor_id else []
+            self.store.revoke(ids=ids, keys=[ti_key_of_model(ti)])
+        except Exception:
+            self.log.exception("could not record the revoke of %s; the reconciler will not stop it", ti.key)
+        self.queued_tasks.pop(ti.key, None)
+        self.running.discard(ti.key)
+
+    def end(self) -> None:
+        """Nothing to wait for: tasks keep running and the next scheduler adopts them."""
+
+    def terminate(self) -> None:
+        """Same as :meth:`end`: the reconciler, not the scheduler, owns the tasks."""
+
+
+def _airflow_key(key: Any) -> Any:
+    from airflow.models.taskinstancekey import TaskInstanceKey
+
+    return TaskInstanceKey(
+        dag_id=key.dag_id, task_id=key.task_id, run_id=key.run_id, try_number=key.try_number, map_index=key.map_index
+    )

@@ -1,0 +1,198 @@
+"""The sandbox's WSGI application: control API, call counting, fault injection and shims over moto."""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Callable, Iterable
+from http import HTTPStatus
+from typing import Any
+
+from moto.server import DomainDispatcherApplication, create_backend_app
+
+from .awsproto import AwsRequest, RawResponse, error_response, parse_request, read_body
+from .control import CONTROL_PREFIX, handle_control
+from .ecs import EcsShim
+from .faults import CallCounter, FaultPlan
+from .motoenv import MOTO_LOCK, reset_moto
+
+__all__ = ["SandboxApp"]
+
+log = logging.getLogger(__name__)
+
+StartResponse = Callable[..., Any]
+
+
+def _status_line(status: int) -> str:
+    try:
+        return f"{status} {HTTPStatus(status).phrase}"
+    except ValueError:
+        return f"{status} Unknown"
+
+
+class SandboxApp:
+    """WSGI application serving moto with the sandbox in front of it.
+
+    Every AWS request is handled entirely under ``MOTO_LOCK`` (moto's backends are not
+    thread-safe), including reading moto's response body, which Flask may produce lazily.
+    Requests under ``/_sandbox`` are the control API; anything else moto understands
+    (``/moto-api/...``) passes through.
+
+    The control methods here are what ``SandboxServer`` exposes to Python callers and what the
+    HTTP control API calls, so both always behave the same.
+    """
+
+    def __init__(self) -> None:
+        self._moto = DomainDispatcherApplication(create_backend_app)
+        self.faults = FaultPlan()
+        self.counter = CallCounter()
+        self.ecs = EcsShim(self.faults)
+
+    # ------------------------------------------------------------------ WSGI
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path == CONTROL_PREFIX or path.startswith(CONTROL_PREFIX + "/"):
+            response = handle_control(self, environ)
+        else:
+            response = self._serve_aws(environ)
+        # The body may have been rewritten, so moto's length no longer holds.
+        headers = [(k, v) for k, v in response.headers if k.lower() not in ("content-length", "transfer-encoding")]
+        headers.append(("Content-Length", str(len(response.body))))
+        start_response(_status_line(response.status), headers)
+        return [response.body]
+
+    def _serve_aws(self, environ: dict[str, Any]) -> RawResponse:
+        body = read_body(environ)
+        request = parse_request(environ, body)
+        with MOTO_LOCK:
+            try:
+                if request is None:
+                    response = self._forward(environ, body)
+                    if environ.get("PATH_INFO") == "/moto-api/reset" and response.status == 200:
+                        # moto's own reset must not leave tokens pointing at vanished tasks.
+                        self._reset_shims()
+                    return response
+                return self._serve_api(request, environ, body)
+            except Exception as exc:  # a moto crash becomes an AWS-shaped 500, not an HTML page
+                log.exception("sandbox: %s failed", request.key if request else environ.get("PATH_INFO"))
+                protocol = request.protocol if request else "json"
+                code = "ServerException" if request is not None and request.service == "ecs" else "InternalFailure"
+                return error_response(protocol, code, f"sandbox: {type(exc).__name__}: {exc}", status=500)
+
+    def _serve_api(self, request: AwsRequest, environ: dict[str, Any], body: bytes) -> RawResponse:
+        self.counter.add(request.key)
+        fault = self.faults.take_error(request.service, request.operation)
+        if fault is not None and not fault.phantom:
+            return error_response(request.protocol, fault.code, fault.message, status=fault.status)
+
+        def forward() -> RawResponse:
+            return self._forward(environ, body)
+
+        response = self.ecs.handle(request, forward) if request.service == "ecs" else forward()
+        if fault is not None:
+            # Phantom: the operation took effect, but the caller never learns of it.
+            return error_response(request.protocol, fault.code, fault.message, status=fault.status)
+        return response
+
+    def _forward(self, environ: dict[str, Any], body: bytes) -> RawResponse:
+        """Run the request through moto and buffer its whole response. Caller holds the lock."""
+        environ = dict(environ)
+        environ["wsgi.input"] = io.BytesIO(body)
+        environ["CONTENT_LENGTH"] = str(len(body))
+        captured: dict[str, Any] = {}
+        chunks: list[bytes] = []
+
+        def start_response(
+            status: str, headers: list[tuple[str, str]], exc_info: Any = None
+        ) -> Callable[[bytes], None]:
+            captured["status"] = status
+            captured["headers"] = list(headers)
+            return chunks.append
+
+        result = self._moto(environ, start_response)
+        try:
+            chunks.extend(result)
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+        return RawResponse(int(str(captured["status"]).split(" ", 1)[0]), captured["headers"], b"".join(chunks))
+
+    # ------------------------------------------------------------------ control
+
+    def fail_run_task(self, *, reason: str = "RESOURCE:MEMORY", times: int | None = 1) -> None:
+        """The next ``times`` RunTask calls launch nothing and return ``failures: [{reason}]``."""
+        self.faults.fail_run_task(reason=reason, times=times)
+
+    def inject_error(
+        self,
+        *,
+        operation: str,
+        code: str,
+        message: str,
+        status: int = 400,
+        times: int | None = 1,
+        phantom: bool = False,
+    ) -> None:
+        """The next ``times`` calls of ``operation`` ("RunTask" or "ecs:RunTask") fail with ``code``.
+
+        ``times=None`` fails every call until ``clear_faults``/``reset``. With ``phantom`` the
+        call is executed anyway and only its answer is replaced by the error.
+        """
+        self.faults.inject_error(
+            operation=operation, code=code, message=message, status=status, times=times, phantom=phantom
+        )
+
+    def clear_faults(self) -> None:
+        """Drop every planned error and RunTask failure."""
+        self.faults.clear()
+
+    def pending_faults(self) -> dict[str, Any]:
+        """Planned faults not yet consumed."""
+        return self.faults.pending()
+
+    def set_task_state(
+        self,
+        *,
+        task_arn: str,
+        last_status: str,
+        stop_code: str | None = None,
+        stopped_reason: str | None = None,
+        exit_code: int | None = None,
+        container_reason: str | None = None,
+        empty_containers: bool = False,
+    ) -> dict[str, Any]:
+        """Move an ECS task to ``last_status``; see ``EcsShim.set_task_state``. Returns the task."""
+        return self.ecs.set_task_state(
+            task_arn=task_arn,
+            last_status=last_status,
+            stop_code=stop_code,
+            stopped_reason=stopped_reason,
+            exit_code=exit_code,
+            container_reason=container_reason,
+            empty_containers=empty_containers,
+        )
+
+    def tasks(self, *, cluster: str | None = None) -> list[dict[str, Any]]:
+        """Snapshot of every ECS task (optionally of one cluster, by name or ARN)."""
+        return self.ecs.tasks(cluster=cluster)
+
+    def calls(self) -> dict[str, int]:
+        """Requests received so far, keyed ``service:Operation`` (e.g. ``ecs:RunTask``)."""
+        return self.counter.snapshot()
+
+    def reset_calls(self) -> None:
+        """Start counting requests from zero."""
+        self.counter.reset()
+
+    def reset(self) -> None:
+        """Forget everything: moto's backends, shim state, planned faults and call counts."""
+        with MOTO_LOCK:
+            reset_moto()
+            self._reset_shims()
+
+    def _reset_shims(self) -> None:
+        self.ecs.reset()
+        self.faults.clear()
+        self.counter.reset()

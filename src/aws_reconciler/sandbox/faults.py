@@ -1,0 +1,140 @@
+"""Fault injection and call counting: what tests use to make the fake AWS misbehave and to watch it."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from dataclasses import asdict, dataclass
+from typing import Any
+
+__all__ = ["CallCounter", "FaultPlan", "InjectedError"]
+
+
+@dataclass
+class InjectedError:
+    """One planned error answer for an operation.
+
+    ``operation`` is ``"RunTask"`` (any service) or ``"ecs:RunTask"`` (one service).
+    ``remaining`` is how many more requests it answers; ``None`` means every request until cleared.
+    With ``phantom`` the request is executed and only the answer is replaced: the caller cannot
+    tell whether it happened, like a response lost on the network after AWS acted on it.
+    """
+
+    operation: str
+    code: str
+    message: str
+    status: int = 400
+    remaining: int | None = 1
+    phantom: bool = False
+
+    def matches(self, service: str, operation: str) -> bool:
+        """Whether this error applies to ``service:operation``."""
+        if ":" in self.operation:
+            return self.operation == f"{service}:{operation}"
+        return self.operation == operation
+
+
+@dataclass
+class _PlannedFailure:
+    reason: str
+    remaining: int | None
+
+
+def _check_times(times: int | None) -> None:
+    if times is not None and times < 1:
+        raise ValueError("times must be >= 1, or None for 'until cleared'")
+
+
+class FaultPlan:
+    """Planned faults, consumed first-in first-out as matching requests arrive. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._errors: list[InjectedError] = []
+        self._run_task_failures: list[_PlannedFailure] = []
+
+    def inject_error(
+        self,
+        *,
+        operation: str,
+        code: str,
+        message: str,
+        status: int = 400,
+        times: int | None = 1,
+        phantom: bool = False,
+    ) -> None:
+        """Answer the next ``times`` requests of ``operation`` with an AWS error."""
+        _check_times(times)
+        if not operation or not code:
+            raise ValueError("operation and code are required")
+        if not 400 <= status <= 599:
+            raise ValueError("status must be an HTTP error status (400-599)")
+        with self._lock:
+            self._errors.append(InjectedError(operation, code, message, status, times, phantom))
+
+    def fail_run_task(self, *, reason: str = "RESOURCE:MEMORY", times: int | None = 1) -> None:
+        """Make the next ``times`` RunTask calls launch nothing and report ``failures``."""
+        _check_times(times)
+        with self._lock:
+            self._run_task_failures.append(_PlannedFailure(reason, times))
+
+    def take_error(self, service: str, operation: str) -> InjectedError | None:
+        """Consume one use of the first error planned for this operation, if any."""
+        with self._lock:
+            for planned in self._errors:
+                if planned.matches(service, operation):
+                    if planned.remaining is not None:
+                        planned.remaining -= 1
+                        if planned.remaining == 0:
+                            self._errors.remove(planned)
+                    return planned
+        return None
+
+    def take_run_task_failure(self) -> str | None:
+        """Consume one planned RunTask failure and return its reason, if any is planned."""
+        with self._lock:
+            if not self._run_task_failures:
+                return None
+            entry = self._run_task_failures[0]
+            if entry.remaining is not None:
+                entry.remaining -= 1
+                if entry.remaining == 0:
+                    self._run_task_failures.pop(0)
+            return entry.reason
+
+    def pending(self) -> dict[str, Any]:
+        """What is still planned (for the control API and for debugging a test)."""
+        with self._lock:
+            return {
+                "errors": [asdict(e) for e in self._errors],
+                "run_task_failures": [asdict(f) for f in self._run_task_failures],
+            }
+
+    def clear(self) -> None:
+        """Forget every planned fault."""
+        with self._lock:
+            self._errors.clear()
+            self._run_task_failures.clear()
+
+
+class CallCounter:
+    """Counts requests by ``service:Operation``. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: Counter[str] = Counter()
+
+    def add(self, key: str) -> None:
+        """Count one request."""
+        with self._lock:
+            self._counts[key] += 1
+
+    def snapshot(self) -> dict[str, int]:
+        """A copy of the counts."""
+        with self._lock:
+            return dict(self._counts)
+
+    def reset(self) -> None:
+        """Start counting from zero."""
+        with self._lock:
+            self._counts.clear()

@@ -1,0 +1,146 @@
+"""Process-wide moto state the sandbox relies on: one lock, configuration, reset and backend access.
+
+moto keeps every backend in module-level dictionaries, so everything here is global to the
+process, whatever server object is in front of it. That is why the lock lives here, not on a
+server instance: a control call made from a test thread and an HTTP request served by a worker
+thread must exclude each other.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from moto.backends import get_backend
+from moto.core import DEFAULT_ACCOUNT_ID
+from moto.core.config import default_user_config
+from moto.core.serialize import XFormedAttributePicker, get_serializer_class, never_return
+from moto.core.utils import get_service_model
+from moto.ecs.models import EC2ContainerServiceBackend
+from moto.moto_api import state_manager
+
+__all__ = [
+    "DEFAULT_ACCOUNT_ID",
+    "MOTO_LOCK",
+    "configure_moto",
+    "ecs_backend",
+    "iter_ecs_backends",
+    "reset_moto",
+    "serialize",
+]
+
+#: Held around every request moto serves and every direct read or write of its backends.
+#: moto's backends are plain dicts mutated without locking; concurrent requests otherwise fail at
+#: random with "dictionary changed size during iteration". Re-entrant so that control methods
+#: can call each other.
+MOTO_LOCK = threading.RLock()
+
+_ECS_TASK_MODEL = "ecs::task"
+_RESOURCE_FN = "_calculate_task_resource_requirements"
+
+
+_MEMORY_KEYS = ("memory", "memoryReservation", "Memory", "MemoryReservation")
+
+
+def _has_memory(container: dict[str, Any]) -> bool:
+    return any(container.get(key) is not None for key in _MEMORY_KEYS)
+
+
+def _tolerant_resource_requirements(original: Callable[[Any], dict[str, Any]]) -> Callable[[Any], Any]:
+    """Wrap moto's task resource calculation so containers without ``memory`` do not crash RunTask.
+
+    On Fargate the memory is usually set on the task only, which AWS accepts; moto 5.2.5 adds the
+    missing container value (None) to an int and turns RunTask into an HTML 500.
+    """
+
+    def calculate(task_definition: Any) -> dict[str, Any]:
+        proxy = copy.copy(task_definition)
+        proxy.container_definitions = [
+            c if _has_memory(c) else {**{k: v for k, v in c.items() if k not in _MEMORY_KEYS}, "memory": 0}
+            for c in task_definition.container_definitions
+        ]
+        return original(proxy)
+
+    return calculate
+
+
+def configure_moto() -> Callable[[], None]:
+    """Put moto into the mode the sandbox needs and return a function that undoes it.
+
+    - ECS task status never advances on its own (moto's default moves a task one step towards
+      STOPPED on every DescribeTasks); the sandbox, and later its task runner, set it explicitly.
+    - Batch runs without Docker (``batch_simple``), which is all the sandbox can rely on.
+    - RunTask accepts containers without a container-level memory.
+
+    Restoring matters because the settings are global: a later ``mock_aws`` test in the same
+    process must see moto's normal behaviour again.
+    """
+    with MOTO_LOCK:
+        previous_transition = state_manager._transitions.get(_ECS_TASK_MODEL)
+        previous_batch = copy.deepcopy(default_user_config.get("batch", {}))
+        original_calc = EC2ContainerServiceBackend.__dict__[_RESOURCE_FN]
+
+        state_manager.set_transition(_ECS_TASK_MODEL, {"progression": "manual", "times": 10**9})
+        default_user_config["batch"] = {**previous_batch, "use_docker": False}
+        setattr(
+            EC2ContainerServiceBackend,
+            _RESOURCE_FN,
+            staticmethod(_tolerant_resource_requirements(original_calc.__func__)),
+        )
+
+    def restore() -> None:
+        with MOTO_LOCK:
+            if previous_transition is None:
+                state_manager.unset_transition(_ECS_TASK_MODEL)
+            else:
+                state_manager.set_transition(_ECS_TASK_MODEL, previous_transition)
+            default_user_config["batch"] = previous_batch
+            setattr(EC2ContainerServiceBackend, _RESOURCE_FN, original_calc)
+
+    return restore
+
+
+def reset_moto() -> None:
+    """Drop every moto backend in the process (the same as ``POST /moto-api/reset``).
+
+    The full reset, rather than dropping one account, is deliberate: moto also tracks every model
+    instance it ever created for its dashboard, and only the full reset releases them.
+    """
+    from moto.moto_api._internal.models import moto_api_backend
+
+    with MOTO_LOCK:
+        moto_api_backend.reset()
+
+
+def ecs_backend(account_id: str, region: str) -> Any:
+    """The moto ECS backend of one account and region (created on first use, as moto does)."""
+    return get_backend("ecs")[account_id][region]
+
+
+def iter_ecs_backends() -> Iterator[tuple[str, str, Any]]:
+    """Every ECS backend that exists, as ``(account_id, region, backend)``; creates none."""
+    backends = get_backend("ecs")
+    for account_id, per_region in list(backends.items()):
+        for region, backend in list(per_region.items()):
+            yield account_id, region, backend
+
+
+def serialize(
+    service: str, operation: str, result: dict[str, Any], *, exclude: Iterable[str] = ()
+) -> tuple[int, dict[str, str], str]:
+    """Serialise model objects the way moto's own response handler would for ``operation``.
+
+    Shims build results from moto's model objects and let moto's serializer render them, so a
+    task looks the same in RunTask, DescribeTasks and StopTask, and fields the shims set on the
+    objects (``created_at``, ``stop_code``, ...) appear under their AWS names.
+    ``exclude`` lists response key paths to omit (e.g. tags unless ``include=["TAGS"]``).
+    """
+    service_model = get_service_model(service)
+    operation_model = service_model.operation_model(operation)
+    serializer_cls = get_serializer_class(service_model.service_name, service_model.protocol)
+    picker = XFormedAttributePicker(response_transformers={path: never_return for path in exclude})
+    serializer = serializer_cls(operation_model=operation_model, pretty_print=False, value_picker=picker)
+    out = serializer.serialize(result)
+    return int(out["status_code"]), dict(out["headers"]), str(out["body"])

@@ -1,0 +1,210 @@
+"""``SandboxServer``: the fake AWS served over real HTTP on localhost, in a background thread."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, ClassVar
+
+from moto.server import MotoRequestHandler
+from werkzeug.serving import BaseWSGIServer, make_server
+
+from .app import SandboxApp
+
+__all__ = ["FAKE_CREDENTIALS", "SandboxServer"]
+
+#: Credentials the sandbox accepts (it accepts any; these are the conventional ones).
+FAKE_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+
+
+class _QuietRequestHandler(MotoRequestHandler):
+    """moto's request handler without an access-log line per request (tests make thousands)."""
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        """Do not log successful requests; errors are still logged by werkzeug and the app."""
+
+
+class SandboxServer:
+    """An embedded fake AWS (moto plus fidelity shims) on ``http://127.0.0.1:<port>``.
+
+    Usage::
+
+        with SandboxServer() as sandbox:
+            ecs = sandbox.client("ecs")
+            sandbox.fail_run_task(reason="RESOURCE:MEMORY")
+
+    moto's state is global to the process, so only one sandbox may run in a process at a time;
+    ``start`` refuses a second one instead of letting two share (and reset) each other's state.
+    ``start`` resets all state, so nothing leaks from an earlier sandbox; ``stop`` restores moto's
+    global settings so later plain ``mock_aws`` users in the process see moto's defaults.
+    The control methods are also served over HTTP (see ``control.py``).
+    """
+
+    _active: ClassVar[SandboxServer | None] = None
+    _active_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, *, host: str = "127.0.0.1", port: int = 0, region: str = "us-east-1") -> None:
+        self.host = host
+        self.port = port
+        self.region = region
+        self.app = SandboxApp()
+        self._server: BaseWSGIServer | None = None
+        self._thread: threading.Thread | None = None
+        self._restore_moto: Callable[[], None] | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> SandboxServer:
+        """Reset all state, configure moto and start serving. Returns ``self``."""
+        from .motoenv import configure_moto
+
+        with SandboxServer._active_lock:
+            if SandboxServer._active is not None:
+                raise RuntimeError(
+                    "another SandboxServer is running in this process (moto state is process-wide); stop it first"
+                )
+            SandboxServer._active = self
+        try:
+            self._restore_moto = configure_moto()
+            self.app.reset()
+            # Bound here, in the caller's thread: when start() returns, connections are accepted.
+            self._server = make_server(
+                self.host, self.port, self.app, threaded=True, request_handler=_QuietRequestHandler
+            )
+            self.port = self._server.server_port
+            # A short poll interval makes stop() quick (shutdown waits for the next poll).
+            self._thread = threading.Thread(
+                target=self._server.serve_forever,
+                kwargs={"poll_interval": 0.05},
+                name=f"aws-reconciler-sandbox:{self.port}",
+                daemon=True,
+            )
+            self._thread.start()
+        except BaseException:
+            self._release()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and restore moto's global settings. Safe to call more than once."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self._server = None
+        self._thread = None
+        self._release()
+
+    def _release(self) -> None:
+        if self._restore_moto is not None:
+            self._restore_moto()
+            self._restore_moto = None
+        with SandboxServer._active_lock:
+            if SandboxServer._active is self:
+                SandboxServer._active = None
+
+    def __enter__(self) -> SandboxServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def running(self) -> bool:
+        """Whether the server is serving."""
+        return self._server is not None
+
+    @property
+    def endpoint_url(self) -> str:
+        """``http://host:port`` of the running server (what ``AWS_ENDPOINT_URL`` should be)."""
+        if self._server is None:
+            raise RuntimeError("SandboxServer is not started")
+        return f"http://{self.host}:{self.port}"
+
+    def client(self, service_name: str, **kwargs: Any) -> Any:
+        """A boto3 client for this sandbox (fake credentials, the sandbox region by default)."""
+        import boto3
+
+        options: dict[str, Any] = {"region_name": self.region, "endpoint_url": self.endpoint_url, **FAKE_CREDENTIALS}
+        options.update(kwargs)
+        return boto3.client(service_name, **options)
+
+    # ------------------------------------------------------------------ control (see SandboxApp)
+
+    def fail_run_task(self, *, reason: str = "RESOURCE:MEMORY", times: int | None = 1) -> None:
+        """The next ``times`` RunTask calls launch nothing and return ``failures: [{reason}]``."""
+        self.app.fail_run_task(reason=reason, times=times)
+
+    def inject_error(
+        self,
+        *,
+        operation: str,
+        code: str,
+        message: str,
+        status: int = 400,
+        times: int | None = 1,
+        phantom: bool = False,
+    ) -> None:
+        """The next ``times`` calls of ``operation`` ("RunTask" or "ecs:RunTask") fail with ``code``.
+
+        ``times=None``: every call until ``clear_faults``. ``phantom``: executed, answer replaced.
+        """
+        self.app.inject_error(
+            operation=operation, code=code, message=message, status=status, times=times, phantom=phantom
+        )
+
+    def clear_faults(self) -> None:
+        """Drop every planned error and RunTask failure."""
+        self.app.clear_faults()
+
+    def pending_faults(self) -> dict[str, Any]:
+        """Planned faults not yet consumed."""
+        return self.app.pending_faults()
+
+    def set_task_state(
+        self,
+        *,
+        task_arn: str,
+        last_status: str,
+        stop_code: str | None = None,
+        stopped_reason: str | None = None,
+        exit_code: int | None = None,
+        container_reason: str | None = None,
+        empty_containers: bool = False,
+    ) -> dict[str, Any]:
+        """Move an ECS task to ``last_status`` with AWS's timestamps; returns the task snapshot.
+
+        See ``EcsShim.set_task_state`` for the rules. Raises ``KeyError`` for an unknown task.
+        """
+        return self.app.set_task_state(
+            task_arn=task_arn,
+            last_status=last_status,
+            stop_code=stop_code,
+            stopped_reason=stopped_reason,
+            exit_code=exit_code,
+            container_reason=container_reason,
+            empty_containers=empty_containers,
+        )
+
+    def tasks(self, *, cluster: str | None = None) -> list[dict[str, Any]]:
+        """Snapshot of every ECS task: arn, cluster, startedBy, tags, clientToken, overrides, status..."""
+        return self.app.tasks(cluster=cluster)
+
+    def calls(self) -> dict[str, int]:
+        """Requests received, keyed ``service:Operation`` (``ecs:RunTask``, ``logs:GetLogEvents``)."""
+        return self.app.calls()
+
+    def reset_calls(self) -> None:
+        """Start counting requests from zero."""
+        self.app.reset_calls()
+
+    def reset(self) -> None:
+        """Forget everything: moto's backends, shim state, planned faults and call counts."""
+        self.app.reset()
