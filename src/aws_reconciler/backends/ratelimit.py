@@ -48,8 +48,10 @@ class TokenBucket:
             self._refill(now)
             if now < self._paused_until:
                 return self._paused_until - now + max(0.0, tokens - self._tokens) / self.rate
-            if self._tokens >= tokens:
-                self._tokens -= tokens
+            # The epsilon absorbs float rounding, which could otherwise ask for a wait so small
+            # that adding it to the clock changes nothing, forever.
+            if self._tokens >= tokens - 1e-9:
+                self._tokens = max(0.0, self._tokens - tokens)
                 return 0.0
             return (tokens - self._tokens) / self.rate
 

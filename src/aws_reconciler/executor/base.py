@@ -150,13 +150,20 @@ class ReconcilerExecutor(BaseExecutor):
         if not tis:
             return []
         ids = {ti.external_executor_id for ti in tis if ti.external_executor_id}
-        keys = {ti_key_of_model(ti) for ti in tis}
+        # Only a TI without an id is matched by key. An id names one queueing: when its row is
+        # missing, that queueing never reached the store, and an older row of the same key (an
+        # earlier queueing of the same try) must not be reported as its outcome.
+        keys = {ti_key_of_model(ti) for ti in tis if not ti.external_executor_id}
         adopted = self.store.adopt(owner=self.owner, backend=self.backend, ids=ids, keys=keys)
         adopted_ids = {r.id for r in adopted}
         adopted_keys = {r.key for r in adopted}
         not_adopted = []
         for ti in tis:
-            if ti.external_executor_id in adopted_ids or ti_key_of_model(ti) in adopted_keys:
+            if ti.external_executor_id:
+                found = ti.external_executor_id in adopted_ids
+            else:
+                found = ti_key_of_model(ti) in adopted_keys
+            if found:
                 self.running.add(ti.key)
             else:
                 not_adopted.append(ti)

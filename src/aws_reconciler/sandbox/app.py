@@ -64,9 +64,11 @@ class SandboxApp:
 
     def _serve_aws(self, environ: dict[str, Any]) -> RawResponse:
         body = read_body(environ)
-        request = parse_request(environ, body)
+        request: AwsRequest | None = None
         with MOTO_LOCK:
             try:
+                # Under the lock too: finding the account may create moto's IAM backend.
+                request = parse_request(environ, body)
                 if request is None:
                     response = self._forward(environ, body)
                     if environ.get("PATH_INFO") == "/moto-api/reset" and response.status == 200:
@@ -86,8 +88,8 @@ class SandboxApp:
         if fault is not None and not fault.phantom:
             return error_response(request.protocol, fault.code, fault.message, status=fault.status)
 
-        def forward() -> RawResponse:
-            return self._forward(environ, body)
+        def forward(new_body: bytes | None = None) -> RawResponse:
+            return self._forward(environ, body if new_body is None else new_body)
 
         response = self.ecs.handle(request, forward) if request.service == "ecs" else forward()
         if fault is not None:

@@ -1,11 +1,14 @@
 """ECS fidelity shims: make moto's ECS behave like the real service where the project depends on it.
 
-What moto 5.2.5 gets wrong, and what this module does about it (see docs in shared/notes/moto.md):
+What moto 5.2.5 gets wrong, and what this module does about it (measured, see the project's notes on moto):
 
 - RunTask ignores ``clientToken``: here a token is idempotent per (account, region, cluster,
   token); a repeat returns the recorded response and launches nothing, a repeat with other
   parameters is a ``ConflictException``, like AWS.
-- RunTask never reports ``failures``: failures can be planned (``FaultPlan.fail_run_task``).
+- RunTask never reports ``failures``: failures can be planned (``FaultPlan.fail_run_task``);
+  an EC2 launch into a cluster without container instances is a failure, not a 500.
+- RunTask with awsvpc networking but no ``securityGroups`` crashes moto; AWS uses the VPC's
+  default group, and so does the shim. ``count`` is checked (1..10) as AWS does.
 - ListTasks matches the cluster by substring, includes STOPPED tasks by default and ignores
   ``maxResults``/``nextToken``: reimplemented here from the backend's task table.
 - DescribeTasks drops unknown ARNs silently, is not scoped to the cluster and does not keep the
@@ -52,6 +55,10 @@ _DESCRIBE_TAGS_PATH = "DescribeTasksResponse.tasks.Task.tags"
 _MAX_DESCRIBE = 100
 _MAX_LIST = 100
 _DEFAULT_STOP_REASON = "Task stopped by user"
+
+
+#: Sends the current request to moto, optionally with a rewritten body.
+Forward = Callable[[bytes | None], RawResponse]
 
 
 class EcsError(Exception):
@@ -134,10 +141,10 @@ class EcsShim:
 
     # ------------------------------------------------------------------ request handling
 
-    def handle(self, request: AwsRequest, forward: Callable[[], RawResponse]) -> RawResponse:
-        """Answer one ECS request. ``forward`` sends the original request to moto."""
+    def handle(self, request: AwsRequest, forward: Forward) -> RawResponse:
+        """Answer one ECS request. ``forward(body=None)`` sends the request (or a new body) to moto."""
         if request.operation not in self.OPERATIONS:
-            return forward()
+            return forward(None)
         try:
             params = request.json()
         except ValueError as exc:
@@ -169,7 +176,7 @@ class EcsShim:
         status, headers, body = serialize("ecs", operation, result, exclude=exclude)
         return RawResponse(status, [("x-amzn-RequestId", str(uuid.uuid4())), *headers.items()], body.encode())
 
-    def _run_task(self, backend: Any, params: dict[str, Any], forward: Callable[[], RawResponse]) -> RawResponse:
+    def _run_task(self, backend: Any, params: dict[str, Any], forward: Forward) -> RawResponse:
         token = params.get("clientToken")
         if token is not None and (not isinstance(token, str) or not 1 <= len(token) <= 64):
             raise _invalid("clientToken must be a string of 1 to 64 characters.")
@@ -194,14 +201,19 @@ class EcsShim:
                         extra={"resourceIds": list(record.task_arns)},
                     )
                 # Idempotent repeat: the original answer, and nothing launched.
-                return RawResponse(200, [("Content-Type", "application/x-amz-json-1.1")], record.response)
+                return RawResponse(
+                    200,
+                    [("Content-Type", "application/x-amz-json-1.1"), ("x-amzn-RequestId", str(uuid.uuid4()))],
+                    record.response,
+                )
 
         reason = self._faults.take_run_task_failure()
         if reason is not None:
             return json_response({"tasks": [], "failures": [{"arn": cluster.arn, "reason": reason}]})
 
+        filled = self._with_default_security_group(backend, params)
         try:
-            moto_response = forward()
+            moto_response = forward(json.dumps(filled).encode() if filled is not params else None)
         except Exception as exc:
             # moto raises a bare Exception for EC2 launches into a cluster without container
             # instances; AWS answers that with a failure, not an error.
@@ -226,6 +238,33 @@ class EcsShim:
         if token:
             self._tokens[key] = _TokenRecord(fingerprint, tuple(arns), response.body)
         return response
+
+    @staticmethod
+    def _with_default_security_group(backend: Any, params: dict[str, Any]) -> dict[str, Any]:
+        """Fill in the VPC's default security group when awsvpc networking names none.
+
+        AWS does that; moto 5.2.5 fails with a KeyError (a 500) instead.
+        """
+        vpc_config = (params.get("networkConfiguration") or {}).get("awsvpcConfiguration")
+        if not vpc_config or vpc_config.get("securityGroups") or not vpc_config.get("subnets"):
+            return params
+        from moto.backends import get_backend
+
+        ec2 = get_backend("ec2")[backend.account_id][backend.region_name]
+        try:
+            vpc_id = ec2.get_subnet(vpc_config["subnets"][0]).vpc_id
+            group = ec2.get_default_security_group(vpc_id)
+        except Exception:  # unknown subnet: let moto report it its own way
+            return params
+        if group is None:
+            return params
+        return {
+            **params,
+            "networkConfiguration": {
+                **params["networkConfiguration"],
+                "awsvpcConfiguration": {**vpc_config, "securityGroups": [group.id]},
+            },
+        }
 
     def _initialise(self, backend: Any, task: Any, token: str | None) -> None:
         """Give a task just launched by moto the fields and status a real new task has."""

@@ -9,6 +9,7 @@ thread must exclude each other.
 from __future__ import annotations
 
 import copy
+import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -39,6 +40,7 @@ MOTO_LOCK = threading.RLock()
 
 _ECS_TASK_MODEL = "ecs::task"
 _RESOURCE_FN = "_calculate_task_resource_requirements"
+_AMIS_ENV = "MOTO_EC2_LOAD_DEFAULT_AMIS"
 
 
 _MEMORY_KEYS = ("memory", "memoryReservation", "Memory", "MemoryReservation")
@@ -73,6 +75,9 @@ def configure_moto() -> Callable[[], None]:
       STOPPED on every DescribeTasks); the sandbox, and later its task runner, set it explicitly.
     - Batch runs without Docker (``batch_simple``), which is all the sandbox can rely on.
     - RunTask accepts containers without a container-level memory.
+    - EC2 does not load its ~6,500 default AMIs, unless the caller chose otherwise through
+      ``MOTO_EC2_LOAD_DEFAULT_AMIS``: they cost ~0.2 s on every reset, and neither ECS nor Batch
+      (whose managed compute environments use a fixed AMI id moto does not check) needs them.
 
     Restoring matters because the settings are global: a later ``mock_aws`` test in the same
     process must see moto's normal behaviour again.
@@ -82,6 +87,9 @@ def configure_moto() -> Callable[[], None]:
         previous_batch = copy.deepcopy(default_user_config.get("batch", {}))
         original_calc = EC2ContainerServiceBackend.__dict__[_RESOURCE_FN]
 
+        previous_amis = os.environ.get(_AMIS_ENV)
+        if previous_amis is None:
+            os.environ[_AMIS_ENV] = "false"  # read by moto whenever an EC2 backend is created
         state_manager.set_transition(_ECS_TASK_MODEL, {"progression": "manual", "times": 10**9})
         default_user_config["batch"] = {**previous_batch, "use_docker": False}
         setattr(
@@ -98,6 +106,8 @@ def configure_moto() -> Callable[[], None]:
                 state_manager.set_transition(_ECS_TASK_MODEL, previous_transition)
             default_user_config["batch"] = previous_batch
             setattr(EC2ContainerServiceBackend, _RESOURCE_FN, original_calc)
+            if previous_amis is None:
+                os.environ.pop(_AMIS_ENV, None)
 
     return restore
 

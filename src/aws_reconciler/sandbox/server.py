@@ -105,6 +105,17 @@ class SandboxServer:
             if SandboxServer._active is self:
                 SandboxServer._active = None
 
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the server stops (or ``timeout`` passes); True if it has stopped.
+
+        For a foreground process such as ``aws-reconciler sandbox``: start, wait, stop on signal.
+        """
+        thread = self._thread
+        if thread is None:
+            return True
+        thread.join(timeout)
+        return not thread.is_alive()
+
     def __enter__(self) -> SandboxServer:
         return self.start()
 

@@ -195,7 +195,9 @@ class TaskStore:
         with self.engine.begin() as conn:
             result = conn.execute(
                 task.update()
-                .where(sa.or_(*conditions), task.c.finished_at.is_(None))
+                # Also rows that finished but are not reported yet: their event would reach a TI
+                # the scheduler has already put back to SCHEDULED and fail it.
+                .where(sa.or_(*conditions), sa.or_(task.c.finished_at.is_(None), task.c.reported_at.is_(None)))
                 .values(desired=Desired.STOPPED.value, reported_at=now, updated_at=now)
             )
             notify(conn)

@@ -1,0 +1,119 @@
+"""Fixtures for the scheduler-side executor: an isolated Airflow home, executors, an AWS-call counter.
+
+Airflow reads ``AIRFLOW_HOME`` when it is first imported and writes an ``airflow.cfg`` there, and
+every executor's ``__init__`` needs a JWT signing secret, so both are set here, before any test
+module of this directory imports Airflow.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import tempfile
+
+_AIRFLOW_HOME = tempfile.mkdtemp(prefix="aws-reconciler-executor-tests-")
+atexit.register(shutil.rmtree, _AIRFLOW_HOME, ignore_errors=True)
+os.environ["AIRFLOW_HOME"] = _AIRFLOW_HOME
+os.environ["AIRFLOW__API_AUTH__JWT_SECRET"] = "executor-tests-" + "0123456789abcdef" * 4
+
+from collections.abc import Callable, Iterator  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+from pathlib import Path  # noqa: E402
+from types import ModuleType  # noqa: E402
+from typing import Any  # noqa: E402
+
+import boto3  # noqa: E402
+import botocore.client  # noqa: E402
+import pytest  # noqa: E402
+from moto import mock_aws  # noqa: E402
+
+from aws_reconciler.config import Settings  # noqa: E402
+from aws_reconciler.executor import EcsExecutor  # noqa: E402
+
+_ROOT_CONFTEST = Path(__file__).resolve().parent.parent / "conftest.py"
+
+
+def _root_conftest(config: pytest.Config) -> ModuleType:
+    """``tests/conftest.py`` as pytest loaded it.
+
+    Every conftest outside a package is imported under the module name ``conftest``, so
+    ``from conftest import make_settings`` would pick whichever was loaded last.
+    """
+    for plugin in config.pluginmanager.get_plugins():
+        file = getattr(plugin, "__file__", None)
+        if isinstance(plugin, ModuleType) and file and Path(file).resolve() == _ROOT_CONFTEST:
+            return plugin
+    raise LookupError(f"{_ROOT_CONFTEST} is not loaded")
+
+
+SettingsFactory = Callable[..., Settings]
+
+
+@pytest.fixture
+def make_settings(request: pytest.FixtureRequest) -> SettingsFactory:
+    """The shared ``make_settings(store_url, **env)`` of ``tests/conftest.py``."""
+    factory: SettingsFactory = _root_conftest(request.config).make_settings
+    return factory
+
+
+ExecutorFactory = Callable[..., EcsExecutor]
+
+
+@pytest.fixture
+def new_executor(store_url: str, make_settings: SettingsFactory) -> Iterator[ExecutorFactory]:
+    """Build started executors on the test's store, as a scheduler with job id ``job_id`` would.
+
+    Each call is a fresh instance (a restarted scheduler is a new process); engines are disposed
+    afterwards so the PostgreSQL schema fixture can drop its schema.
+    """
+    created: list[EcsExecutor] = []
+
+    def factory(*, job_id: int = 1, parallelism: int = 32, start: bool = True, **env: str) -> EcsExecutor:
+        executor = EcsExecutor(parallelism=parallelism)
+        executor.job_id = job_id
+        executor._settings = make_settings(store_url, **env)
+        created.append(executor)
+        if start:
+            executor.start()
+        return executor
+
+    yield factory
+    for executor in created:
+        if executor._store is not None:
+            executor._store.engine.dispose()
+
+
+@dataclass
+class AwsCalls:
+    """Every botocore API call made in the test, as (service, operation)."""
+
+    calls: list[tuple[str, str]] = field(default_factory=list)
+
+    def assert_none(self) -> None:
+        """No AWS call so far, and the counter demonstrably works in this very test.
+
+        Without the second half, a counter that silently stopped seeing calls (a botocore
+        refactor, a patch applied to the wrong object) would make every zero-call test pass.
+        """
+        assert self.calls == [], f"unexpected AWS calls: {self.calls}"
+        with mock_aws():
+            boto3.client(
+                "ecs", region_name="us-east-1", aws_access_key_id="testing", aws_secret_access_key="testing"
+            ).list_clusters()
+        assert self.calls == [("ecs", "ListClusters")], "the AWS call counter missed a real boto3 call"
+        self.calls.clear()
+
+
+@pytest.fixture
+def aws_calls(monkeypatch: pytest.MonkeyPatch) -> AwsCalls:
+    """Count every API call of every boto3/botocore client (the single choke point of all of them)."""
+    recorder = AwsCalls()
+    original = botocore.client.BaseClient._make_api_call
+
+    def counting(self: Any, operation_name: str, api_params: Any) -> Any:
+        recorder.calls.append((self.meta.service_model.service_name, operation_name))
+        return original(self, operation_name, api_params)
+
+    monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", counting)
+    return recorder

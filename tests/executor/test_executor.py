@@ -1,0 +1,626 @@
+"""The scheduler-side EcsExecutor against a real task store (SQLite and PostgreSQL).
+
+Each test plays one scenario the scheduler drives: queueing, reporting, a scheduler restart,
+revoking, requeueing, shutdown and start-up. The reconciler's side is played by a second
+``TaskStore`` on the same database (the ``store`` fixture), as the real reconciler process would.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import sqlalchemy as sa
+from airflow.executors.workloads import BundleInfo, ExecuteTask, TaskInstanceDTO
+from airflow.models.taskinstancekey import TaskInstanceKey
+from airflow.utils.state import TaskInstanceState
+
+from aws_reconciler.config import ConfigError, load_settings
+from aws_reconciler.executor import EcsExecutor
+from aws_reconciler.store import Backend, Desired, NewTask, Phase, TaskRecord, TaskStore, TiKey, check_schema
+
+if TYPE_CHECKING:
+    # Annotations only: at run time every directory's conftest is a module named "conftest".
+    from conftest import AwsCalls, ExecutorFactory, SettingsFactory
+
+pytestmark = pytest.mark.airflow
+
+RUN_ID = "manual__2026-01-01T00:00:00+00:00"
+TOKEN = "eyJ.secret.token"
+EXECUTE_WORKLOAD = ["python", "-m", "airflow.sdk.execution_time.execute_workload", "--json-string"]
+
+
+# ---- helpers ------------------------------------------------------------------------------
+
+
+def make_workload(
+    task_id: str,
+    *,
+    record_id: str | None = None,
+    try_number: int = 1,
+    executor_config: dict[str, Any] | None = None,
+) -> ExecuteTask:
+    """An ExecuteTask as the 3.3 scheduler hands it over, with its pre-assigned record id."""
+    ti = TaskInstanceDTO(
+        id=uuid.uuid4(),
+        dag_id="example_dag",
+        task_id=task_id,
+        run_id=RUN_ID,
+        try_number=try_number,
+        map_index=-1,
+        dag_version_id=uuid.uuid4(),
+        queue="default",
+        pool_slots=1,
+        priority_weight=1,
+        context_carrier={},
+        external_executor_id=record_id or str(uuid.uuid4()),
+        executor_config=executor_config,
+    )
+    return ExecuteTask(
+        token=TOKEN,
+        ti=ti,
+        dag_rel_path=Path("example_dag.py"),
+        bundle_info=BundleInfo(name="dags-folder", version=None),
+        log_path="x.log",
+    )
+
+
+def rid(workload: ExecuteTask) -> str:
+    """The record id of a workload (Airflow's pre-assigned external_executor_id)."""
+    record_id = workload.ti.external_executor_id
+    assert record_id
+    return record_id
+
+
+@dataclass
+class FakeTI:
+    """Stand-in for the ORM TaskInstance the scheduler passes to adoption and revoke."""
+
+    dag_id: str
+    task_id: str
+    run_id: str
+    map_index: int
+    try_number: int
+    external_executor_id: str | None
+
+    @classmethod
+    def of(cls, workload: ExecuteTask, **changes: Any) -> FakeTI:
+        ti = workload.ti
+        values = {
+            "dag_id": ti.dag_id,
+            "task_id": ti.task_id,
+            "run_id": ti.run_id,
+            "map_index": ti.map_index,
+            "try_number": ti.try_number,
+            "external_executor_id": ti.external_executor_id,
+        }
+        return cls(**{**values, **changes})
+
+    @property
+    def key(self) -> TaskInstanceKey:
+        return TaskInstanceKey(self.dag_id, self.task_id, self.run_id, self.try_number, self.map_index)
+
+
+def queue(executor: EcsExecutor, workloads: Iterable[ExecuteTask]) -> None:
+    """What the scheduler does between heartbeats."""
+    for workload in workloads:
+        executor.queue_workload(workload, session=None)  # type: ignore[arg-type]
+
+
+def events(executor: EcsExecutor) -> dict[TaskInstanceKey, tuple[Any, Any]]:
+    """The events the scheduler would process now (flushes the buffer, as the scheduler does)."""
+    return dict(executor.get_event_buffer())
+
+
+def finish(store: TaskStore, workload: ExecuteTask, phase: Phase, reason: str | None = None) -> None:
+    """The reconciler observed the task's end."""
+    assert store.transition(rid(workload), expect_phases=list(Phase), phase=phase, status_reason=reason)
+
+
+def row(store: TaskStore, workload: ExecuteTask) -> TaskRecord:
+    record = store.get(rid(workload))
+    assert record is not None, f"no row for {workload.ti.task_id}"
+    return record
+
+
+@dataclass
+class SqlLog:
+    """Statements and commits seen on one engine."""
+
+    statements: list[tuple[str, Any]] = field(default_factory=list)
+    commits: int = 0
+
+
+@contextmanager
+def sql_log(engine: sa.engine.Engine) -> Iterator[SqlLog]:
+    """Record every statement sent to the database and every COMMIT, while the block runs."""
+    log = SqlLog()
+
+    def on_execute(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool) -> None:
+        log.statements.append((statement, parameters))
+
+    def on_commit(conn: Any) -> None:
+        log.commits += 1
+
+    sa.event.listen(engine, "before_cursor_execute", on_execute)
+    sa.event.listen(engine, "commit", on_commit)
+    try:
+        yield log
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", on_execute)
+        sa.event.remove(engine, "commit", on_commit)
+
+
+# ---- queueing -----------------------------------------------------------------------------
+
+
+def test_one_heartbeat_records_every_queued_workload_in_one_transaction(
+    new_executor: ExecutorFactory, store: TaskStore, aws_calls: AwsCalls
+) -> None:
+    executor = new_executor(job_id=42)
+    workloads = [make_workload(f"t{i}") for i in range(3)]
+    queue(executor, workloads)
+
+    with sql_log(executor.store.engine) as log:
+        executor.heartbeat()
+
+    # One transaction for the whole batch: a scheduler never leaves half a batch recorded.
+    assert log.commits == 1
+    assert executor.queued_tasks == {}
+    assert executor.running == {w.ti.key for w in workloads}
+    assert events(executor) == {}
+    for workload in workloads:
+        record = row(store, workload)
+        assert (record.phase, record.desired, record.owner, record.backend) == (
+            Phase.PENDING,
+            Desired.RUNNING,
+            "42",
+            Backend.ECS,
+        )
+        assert record.key == TiKey("example_dag", workload.ti.task_id, RUN_ID, -1, 1)
+        assert record.target == "airflow"
+        spec = record.spec
+        assert spec is not None
+        assert spec["startedBy"] == "airflow"
+        tags = {t["key"]: t["value"] for t in spec["tags"]}
+        assert tags["aws-reconciler:id"] == rid(workload)
+        assert tags["aws-reconciler:deployment"] == "airflow"
+        assert tags["airflow:task_id"] == workload.ti.task_id
+        assert "clientToken" not in spec, "the reconciler adds the per-attempt token"
+        (container,) = spec["overrides"]["containerOverrides"]
+        assert container["name"] == "base"
+        assert container["command"][:-1] == EXECUTE_WORKLOAD
+        # The container gets exactly the workload Airflow queued, token included.
+        parsed = ExecuteTask.model_validate_json(container["command"][-1])
+        assert parsed.model_dump() == workload.model_dump()
+        assert json.loads(container["command"][-1])["token"] == TOKEN
+    aws_calls.assert_none()
+
+
+def test_a_failed_insert_records_nothing_and_keeps_the_batch_queued(
+    new_executor: ExecutorFactory, store: TaskStore
+) -> None:
+    executor = new_executor()
+    workloads = [make_workload(f"t{i}") for i in range(3)]
+    # A row already holds the third workload's id, so the batch's insert fails in the database.
+    clash = NewTask(
+        id=rid(workloads[2]),
+        backend=Backend.ECS,
+        owner="someone-else",
+        key=TiKey("other_dag", "x", RUN_ID, -1, 1),
+        queue="default",
+        target="airflow",
+        spec={},
+    )
+    store.add([clash])
+    queue(executor, workloads)
+
+    with pytest.raises(sa.exc.IntegrityError):
+        executor.heartbeat()
+
+    # All or nothing: the first two are not recorded either, and nothing is lost for the retry.
+    assert store.get(rid(workloads[0])) is None
+    assert store.get(rid(workloads[1])) is None
+    assert row(store, workloads[2]).owner == "someone-else"
+    assert set(executor.queued_tasks) == {w.ti.key for w in workloads}
+    assert executor.running == set()
+
+
+@pytest.mark.parametrize(
+    ("executor_config", "named"),
+    [
+        ({"clientToken": "x"}, "clientToken"),
+        ({"startedBy": "me"}, "startedBy"),
+        ({"bogus": 1}, "bogus"),
+        ({"cluster": "not-configured"}, "cluster"),
+        ({"overrides": {"cpu": 512}}, "overrides.cpu"),
+        ({"tags": [{"key": "aws-reconciler:id", "value": "x"}]}, "tags.aws-reconciler:id"),
+    ],
+)
+def test_invalid_executor_config_fails_only_that_task(
+    new_executor: ExecutorFactory,
+    store: TaskStore,
+    aws_calls: AwsCalls,
+    executor_config: dict[str, Any],
+    named: str,
+) -> None:
+    executor = new_executor()
+    good = [make_workload("good1"), make_workload("good2")]
+    bad = make_workload("bad", executor_config=executor_config)
+    queue(executor, [good[0], bad, good[1]])
+
+    executor.heartbeat()
+
+    reported = events(executor)
+    assert list(reported) == [bad.ti.key], "only the task with the bad executor_config fails"
+    state, info = reported[bad.ti.key]
+    assert state == TaskInstanceState.FAILED
+    assert f"{named!r}" in info, f"the message must name the bad key {named!r}: {info}"
+    assert TOKEN not in info
+
+    failed = row(store, bad)
+    assert (failed.phase, failed.status_reason, failed.spec) == (Phase.FAILED, info, None)
+    assert failed.reported_at is not None
+    # Nothing is launched for it: the reconciler has no open work for the row.
+    assert rid(bad) not in {r.id for r in store.open_tasks(backend=Backend.ECS)}
+    for workload in good:
+        assert row(store, workload).phase is Phase.PENDING
+    assert executor.running == {w.ti.key for w in good}
+
+    executor.heartbeat()
+    assert events(executor) == {}, "the failure is reported once"
+    aws_calls.assert_none()
+
+
+# ---- reporting ----------------------------------------------------------------------------
+
+
+def test_sync_reports_each_finished_row_exactly_once_to_its_owner(
+    new_executor: ExecutorFactory, store: TaskStore, aws_calls: AwsCalls
+) -> None:
+    executor = new_executor(job_id=1)
+    ok, broken, still_running = (make_workload(n) for n in ("ok", "broken", "still_running"))
+    queue(executor, [ok, broken, still_running])
+    executor.heartbeat()
+    assert events(executor) == {}
+
+    reason = "CannotPullContainerError: pull image manifest has been retried 5 time(s)"
+    finish(store, ok, Phase.SUCCEEDED)
+    finish(store, broken, Phase.FAILED, reason)
+
+    # A second scheduler (HA) heartbeating meanwhile reports nothing it does not own...
+    other = new_executor(job_id=2)
+    other.heartbeat()
+    assert events(other) == {}
+    assert row(store, ok).reported_at is None
+
+    # ...and the owner reports each outcome once.
+    executor.heartbeat()
+    assert events(executor) == {
+        ok.ti.key: (TaskInstanceState.SUCCESS, "succeeded"),
+        broken.ti.key: (TaskInstanceState.FAILED, reason),
+    }
+    assert executor.running == {still_running.ti.key}
+    executor.heartbeat()
+    assert events(executor) == {}
+    assert row(store, ok).reported_at is not None
+    assert row(store, broken).reported_at is not None
+    assert row(store, still_running).reported_at is None
+    aws_calls.assert_none()
+
+
+def test_heartbeat_with_1000_running_rows_is_one_query_and_no_aws_call(
+    new_executor: ExecutorFactory, store: TaskStore, aws_calls: AwsCalls
+) -> None:
+    executor = new_executor(parallelism=2000)
+    workloads = [make_workload(f"t{i:04d}") for i in range(1000)]
+    queue(executor, workloads)
+    with sql_log(executor.store.engine) as log:
+        executor.heartbeat()
+    assert log.commits == 1, "1,000 workloads in one transaction"
+    assert len(executor.running) == 1000
+    assert store.count_by_phase() == {("ecs", "pending"): 1000}
+
+    # Nothing finished: the heartbeat's cost must not grow with the number of running rows.
+    with sql_log(executor.store.engine) as log:
+        executor.heartbeat()
+    assert 1 <= len(log.statements) <= 2, log.statements
+    assert events(executor) == {}
+
+    finished = workloads[:10]
+    for workload in finished:
+        finish(store, workload, Phase.SUCCEEDED)
+    with sql_log(executor.store.engine) as log:
+        executor.heartbeat()
+    assert len(log.statements) <= 2, [s for s, _ in log.statements]
+    assert set(events(executor)) == {w.ti.key for w in finished}
+    assert len(executor.running) == 990
+    aws_calls.assert_none()
+
+
+def test_all_1000_rows_finishing_at_once_are_each_reported_once(
+    new_executor: ExecutorFactory, store: TaskStore
+) -> None:
+    executor = new_executor(parallelism=2000)
+    workloads = [make_workload(f"t{i:04d}") for i in range(1000)]
+    queue(executor, workloads)
+    executor.heartbeat()
+    with store.engine.begin() as conn:
+        # The reconciler records many outcomes between two heartbeats (more than one id chunk).
+        for workload in workloads:
+            store.transition(rid(workload), expect_phases=[Phase.PENDING], phase=Phase.SUCCEEDED, conn=conn)
+
+    executor.heartbeat()
+    reported = events(executor)
+    assert set(reported) == {w.ti.key for w in workloads}
+    assert executor.running == set()
+    executor.heartbeat()
+    assert events(executor) == {}
+
+
+def test_the_sync_query_is_served_by_the_unreported_index(new_executor: ExecutorFactory, store: TaskStore) -> None:
+    executor = new_executor()
+    queue(executor, [make_workload("t1")])
+    executor.heartbeat()
+    with sql_log(executor.store.engine) as log:
+        executor.sync()
+    ((statement, parameters),) = log.statements
+
+    with executor.store.engine.connect() as conn:
+        if conn.dialect.name == "sqlite":
+            plan = " ".join(str(r) for r in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", parameters))
+        else:
+            # Tiny tables always get a sequential scan; forbid it to see whether the index applies.
+            conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
+            plan = " ".join(str(r) for r in conn.exec_driver_sql(f"EXPLAIN {statement}", parameters))
+    assert "ix_aws_reconciler_task_unreported" in plan, plan
+
+
+# ---- scheduler restart: adoption ----------------------------------------------------------
+
+
+def test_a_restarted_scheduler_adopts_everything_from_the_store_without_aws(
+    new_executor: ExecutorFactory, store: TaskStore, aws_calls: AwsCalls
+) -> None:
+    old = new_executor(job_id=1)
+    workloads = [make_workload(f"t{i}") for i in range(5)]
+    queue(old, workloads)
+    old.heartbeat()
+    # Scheduler 1 dies. Meanwhile the reconciler keeps going and two tasks end.
+    reason = "Essential container in task exited"
+    finish(store, workloads[0], Phase.SUCCEEDED)
+    finish(store, workloads[1], Phase.FAILED, reason)
+
+    new = new_executor(job_id=2)
+    assert new.try_adopt_task_instances([FakeTI.of(w) for w in workloads]) == []
+    assert new.running == {w.ti.key for w in workloads}
+    assert {row(store, w).owner for w in workloads} == {"2"}
+
+    # A TI this deployment never recorded is left to the scheduler to reset.
+    stranger = FakeTI.of(make_workload("never_queued"))
+    assert new.try_adopt_task_instances([stranger]) == [stranger]
+    assert stranger.key not in new.running
+
+    new.heartbeat()
+    assert events(new) == {
+        workloads[0].ti.key: (TaskInstanceState.SUCCESS, "succeeded"),
+        workloads[1].ti.key: (TaskInstanceState.FAILED, reason),
+    }
+    # Had scheduler 1 only looked dead, it must not report the adopted rows a second time.
+    old.heartbeat()
+    assert events(old) == {}
+    aws_calls.assert_none()
+
+
+def test_adoption_by_ti_key_when_the_ti_has_no_external_executor_id(
+    new_executor: ExecutorFactory, store: TaskStore
+) -> None:
+    old = new_executor(job_id=1)
+    workload = make_workload("t1")
+    queue(old, [workload])
+    old.heartbeat()
+
+    new = new_executor(job_id=2)
+    ti = FakeTI.of(workload, external_executor_id=None)
+    assert new.try_adopt_task_instances([ti]) == []
+    assert new.running == {ti.key}
+    assert row(store, workload).owner == "2"
+    finish(store, workload, Phase.SUCCEEDED)
+    new.heartbeat()
+    assert events(new) == {ti.key: (TaskInstanceState.SUCCESS, "succeeded")}
+
+
+def test_adoption_re_reports_an_outcome_the_dead_scheduler_never_applied(
+    new_executor: ExecutorFactory, store: TaskStore
+) -> None:
+    old = new_executor(job_id=1)
+    workload = make_workload("t1")
+    queue(old, [workload])
+    old.heartbeat()
+    finish(store, workload, Phase.SUCCEEDED)
+    old.heartbeat()  # buffered and marked reported, but scheduler 1 dies before processing it
+    assert row(store, workload).reported_at is not None
+
+    # The TI is still running in Airflow's database, so the new scheduler must hear the outcome.
+    new = new_executor(job_id=2)
+    assert new.try_adopt_task_instances([FakeTI.of(workload)]) == []
+    new.heartbeat()
+    assert events(new) == {workload.ti.key: (TaskInstanceState.SUCCESS, "succeeded")}
+
+
+def test_adoption_never_hands_an_earlier_queueing_to_a_ti_whose_row_is_missing(
+    new_executor: ExecutorFactory, store: TaskStore
+) -> None:
+    """A rescheduled sensor: same try, new id; scheduler 1 died before recording the new queueing.
+
+    The earlier queueing's success must not be adopted and re-reported for it: Airflow would fail
+    a QUEUED TI on a SUCCESS event. Not adopting lets the scheduler reset and re-queue it.
+    """
+    old = new_executor(job_id=1)
+    first = make_workload("sensor")
+    queue(old, [first])
+    old.heartbeat()
+    finish(store, first, Phase.SUCCEEDED)  # the container exited after the sensor asked to reschedule
+    old.heartbeat()
+    assert set(events(old)) == {first.ti.key}
+
+    requeued = FakeTI.of(first, external_executor_id=str(uuid.uuid4()))
+    new = new_executor(job_id=2)
+    assert new.try_adopt_task_instances([requeued]) == [requeued]
+    assert new.running == set()
+    new.heartbeat()
+    assert events(new) == {}
+    assert row(store, first).owner == "1"
+
+
+# ---- revoke, requeue, end -----------------------------------------------------------------
+
+
+def test_revoke_stops_the_row_and_suppresses_its_outcome(
+    new_executor: ExecutorFactory, store: TaskStore, aws_calls: AwsCalls
+) -> None:
+    executor = new_executor()
+    stuck, other = make_workload("stuck"), make_workload("other")
+    queue(executor, [stuck, other])
+    executor.heartbeat()
+
+    executor.revoke_task(ti=FakeTI.of(stuck))  # type: ignore[arg-type]
+    assert row(store, stuck).desired is Desired.STOPPED
+    assert row(store, other).desired is Desired.RUNNING
+    assert executor.running == {other.ti.key}
+
+    # The reconciler stops it; the scheduler has already decided the TI's fate, so no event.
+    finish(store, stuck, Phase.FAILED, "Task stopped by the reconciler")
+    finish(store, other, Phase.SUCCEEDED)
+    executor.heartbeat()
+    assert events(executor) == {other.ti.key: (TaskInstanceState.SUCCESS, "succeeded")}
+    aws_calls.assert_none()
+
+
+def test_revoke_suppresses_an_outcome_recorded_just_before_it(new_executor: ExecutorFactory, store: TaskStore) -> None:
+    """The row finished after the last sync but before the revoke.
+
+    Reporting it would reach a TI the scheduler has just put back to SCHEDULED for the same try,
+    which Airflow treats as "killed externally" and fails.
+    """
+    executor = new_executor()
+    stuck = make_workload("stuck")
+    queue(executor, [stuck])
+    executor.heartbeat()
+    finish(store, stuck, Phase.FAILED, "Essential container in task exited")
+
+    executor.revoke_task(ti=FakeTI.of(stuck))  # type: ignore[arg-type]
+    executor.heartbeat()
+    assert events(executor) == {}
+
+
+def test_revoke_of_a_workload_still_in_the_executor_queue(new_executor: ExecutorFactory, store: TaskStore) -> None:
+    executor = new_executor()
+    waiting = make_workload("waiting")
+    queue(executor, [waiting])
+
+    executor.revoke_task(ti=FakeTI.of(waiting))  # type: ignore[arg-type]
+    executor.heartbeat()
+    assert executor.queued_tasks == {}
+    assert store.get(rid(waiting)) is None, "a revoked workload is never recorded, so never launched"
+    assert events(executor) == {}
+
+
+def test_requeue_of_the_same_try_reports_only_the_new_queueing(new_executor: ExecutorFactory, store: TaskStore) -> None:
+    executor = new_executor()
+    first = make_workload("sensor")
+    queue(executor, [first])
+    executor.heartbeat()
+    # Rescheduled before its container was seen to stop: same key and try, new id.
+    second = make_workload("sensor", record_id=str(uuid.uuid4()))
+    assert second.ti.key == first.ti.key
+    queue(executor, [second])
+    executor.heartbeat()
+    assert row(store, second).phase is Phase.PENDING
+
+    finish(store, first, Phase.SUCCEEDED)
+    executor.heartbeat()
+    assert events(executor) == {}, "the earlier queueing's late outcome is not this queueing's"
+    assert executor.running == {first.ti.key}
+
+    reason = "OutOfMemoryError: Container killed due to memory usage"
+    finish(store, second, Phase.FAILED, reason)
+    executor.heartbeat()
+    assert events(executor) == {second.ti.key: (TaskInstanceState.FAILED, reason)}
+    executor.heartbeat()
+    assert events(executor) == {}
+
+
+def test_end_returns_at_once_and_leaves_the_tasks_running(
+    new_executor: ExecutorFactory, store: TaskStore, aws_calls: AwsCalls
+) -> None:
+    executor = new_executor()
+    workloads = [make_workload("t1"), make_workload("t2")]
+    queue(executor, workloads)
+    executor.heartbeat()
+    before = [row(store, w) for w in workloads]
+
+    with sql_log(executor.store.engine) as log:
+        executor.end()
+        executor.terminate()
+
+    # Nothing to wait for and nothing to touch: the next scheduler adopts the running tasks.
+    assert log.statements == []
+    after = [row(store, w) for w in workloads]
+    assert after == before
+    assert [r.spec for r in after] == [r.spec for r in before]
+    assert {r.desired for r in after} == {Desired.RUNNING}
+    aws_calls.assert_none()
+
+
+# ---- start-up -----------------------------------------------------------------------------
+
+
+def test_start_creates_the_store_schema_without_aws(
+    new_executor: ExecutorFactory, store_url: str, aws_calls: AwsCalls
+) -> None:
+    executor = new_executor(start=False)
+    executor.start()
+    check_schema(executor.store.engine)
+    aws_calls.assert_none()
+
+
+def test_a_bad_setting_is_named_in_the_config_error(sqlite_url: str, make_settings: SettingsFactory) -> None:
+    with pytest.raises(ConfigError) as error:
+        make_settings(sqlite_url, AIRFLOW__AWS_RECONCILER_ECS__LAUNCH_TYPE="BOGUS")
+    message = str(error.value)
+    assert "[aws_reconciler_ecs] launch_type" in message
+    assert "'BOGUS'" in message
+    assert "env AIRFLOW__AWS_RECONCILER_ECS__LAUNCH_TYPE" in message
+
+
+def test_start_fails_on_a_bad_setting_from_the_environment(
+    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The path the scheduler takes: settings read from airflow.cfg and the environment at start().
+    monkeypatch.setenv("AIRFLOW_CONFIG", str(tmp_path / "absent.cfg"))
+    monkeypatch.setenv("AIRFLOW__AWS_RECONCILER__STORE_URL", sqlite_url)
+    monkeypatch.setenv("AIRFLOW__AWS_RECONCILER_ECS__CLUSTER", "airflow")
+    monkeypatch.setenv("AIRFLOW__AWS_RECONCILER_ECS__TASK_DEFINITION", "airflow-task")
+    monkeypatch.setenv("AIRFLOW__AWS_RECONCILER_ECS__CONTAINER_NAME", "base")
+    monkeypatch.setenv("AIRFLOW__AWS_RECONCILER_ECS__LAUNCH_TYPE", "BOGUS")
+    executor = EcsExecutor()
+    with pytest.raises(ConfigError, match=r"\[aws_reconciler_ecs\] launch_type = 'BOGUS'"):
+        executor.start()
+
+
+def test_start_without_a_cluster_names_the_option(sqlite_url: str, tmp_path: Path) -> None:
+    executor = EcsExecutor()
+    executor._settings = load_settings(
+        environ={"AIRFLOW__AWS_RECONCILER__STORE_URL": sqlite_url}, cfg_path=tmp_path / "absent.cfg"
+    )
+    with pytest.raises(ConfigError, match=r"\[aws_reconciler_ecs\] cluster"):
+        executor.start()
+    # It fails before touching the store: no database file was created.
+    assert not Path(sa.engine.make_url(sqlite_url).database or "").exists()
