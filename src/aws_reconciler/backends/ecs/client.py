@@ -12,7 +12,7 @@ def aws_client_config(*, max_pool_connections: int) -> Config:
     """No botocore retries: the reconciler classifies failures and backs off per row, so one
     throttled call never blocks a worker thread in hidden retry sleeps."""
     return Config(
-        retries={"mode": "standard", "max_attempts": 1},
+        retries={"mode": "standard", "total_max_attempts": 1},
         connect_timeout=5,
         read_timeout=30,
         max_pool_connections=max_pool_connections,
