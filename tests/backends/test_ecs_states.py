@@ -26,12 +26,17 @@ def test_starting_and_running() -> None:
 
 
 def test_exit_codes_decide_success() -> None:
-    ok = observe(lastStatus="STOPPED", stopCode="EssentialContainerExited", containers=[{"name": "base", "exitCode": 0}])
+    ok = observe(
+        lastStatus="STOPPED", stopCode="EssentialContainerExited", containers=[{"name": "base", "exitCode": 0}]
+    )
     assert ok.phase is Phase.SUCCEEDED and not ok.never_started
     oom = observe(
         lastStatus="STOPPED",
         stopCode="EssentialContainerExited",
-        containers=[{"name": "sidecar", "exitCode": 0}, {"name": "base", "exitCode": 137, "reason": "OutOfMemoryError"}],
+        containers=[
+            {"name": "sidecar", "exitCode": 0},
+            {"name": "base", "exitCode": 137, "reason": "OutOfMemoryError"},
+        ],
     )
     assert oom.phase is Phase.FAILED and oom.exit_code == 137 and "OutOfMemoryError" in (oom.reason or "")
 

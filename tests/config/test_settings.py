@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -49,7 +50,9 @@ def test_environment_beats_airflow_cfg_beats_defaults(tmp_path: Path) -> None:
 def test_json_and_list_options_parse() -> None:
     env = {
         **BASE,
-        "AIRFLOW__AWS_RECONCILER_ECS__CAPACITY_PROVIDER_STRATEGY": '[{"capacityProvider": "FARGATE_SPOT", "weight": 1}]',
+        "AIRFLOW__AWS_RECONCILER_ECS__CAPACITY_PROVIDER_STRATEGY": json.dumps(
+            [{"capacityProvider": "FARGATE_SPOT", "weight": 1}]
+        ),
         "AIRFLOW__AWS_RECONCILER_ECS__RUN_TASK_KWARGS": '{"propagateTags": "TASK_DEFINITION"}',
         "AIRFLOW__AWS_RECONCILER_ECS__SECURITY_GROUPS": '["sg-1", "sg-2"]',
         "AIRFLOW__AWS_RECONCILER_ECS__ASSIGN_PUBLIC_IP": "true",
