@@ -1,4 +1,4 @@
-"""``aws-reconciler``: run the reconciler, migrate the store, show the settings."""
+"""``aws-reconciler``: run the reconciler, migrate the store, show the settings, serve the sandbox."""
 
 from __future__ import annotations
 
@@ -61,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     db = commands.add_parser("db", help="task store schema").add_subparsers(dest="db_command", required=True)
     db.add_parser("migrate", help="create or upgrade the store's tables").set_defaults(func=_cmd_db_migrate)
     db.add_parser("check", help="fail unless the schema is current").set_defaults(func=_cmd_db_check)
+
+    from .sandbox.cli import add_sandbox_parser
+
+    add_sandbox_parser(commands)
 
     config = commands.add_parser("config", help="settings").add_subparsers(dest="config_command", required=True)
     config.add_parser("show", help="effective settings and their origin, secrets redacted").set_defaults(

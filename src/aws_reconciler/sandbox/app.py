@@ -15,6 +15,7 @@ from .control import CONTROL_PREFIX, handle_control
 from .ecs import EcsShim
 from .faults import CallCounter, FaultPlan
 from .motoenv import MOTO_LOCK, reset_moto
+from .runner import DEFAULT_START_FAILURE, TaskRunner
 
 __all__ = ["SandboxApp"]
 
@@ -47,6 +48,8 @@ class SandboxApp:
         self.faults = FaultPlan()
         self.counter = CallCounter()
         self.ecs = EcsShim(self.faults)
+        #: The task runner, when the server runs one (``SandboxServer(run_tasks=True)``).
+        self.runner: TaskRunner | None = None
 
     # ------------------------------------------------------------------ WSGI
 
@@ -153,6 +156,20 @@ class SandboxApp:
     def pending_faults(self) -> dict[str, Any]:
         """Planned faults not yet consumed."""
         return self.faults.pending()
+
+    def fail_next_start(self, *, reason: str = DEFAULT_START_FAILURE, times: int | None = 1) -> None:
+        """The next ``times`` tasks launched fail to start (``TaskFailedToStart``, no containers).
+
+        Only a task runner starts tasks, so without one this raises ``RuntimeError`` rather than
+        plan a failure nothing would ever consume.
+        """
+        if self.runner is None:
+            raise RuntimeError("fail_next_start needs the task runner: start the sandbox with run_tasks=True")
+        self.faults.fail_next_start(reason=reason, times=times)
+
+    def task_processes(self) -> dict[str, int]:
+        """Task ARN -> pid of every task process the runner started and has not reaped yet."""
+        return self.runner.processes() if self.runner is not None else {}
 
     def set_task_state(
         self,

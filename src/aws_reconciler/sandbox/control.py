@@ -12,12 +12,15 @@ same methods and talks to these routes (JSON in, JSON out; arguments use the Pyt
     POST /_sandbox/task-state      {task_arn, last_status, stop_code?, stopped_reason?,
                                     exit_code?, container_reason?, empty_containers?} -> task
     GET  /_sandbox/tasks[?cluster=NAME]        -> [task, ...]
+    POST /_sandbox/fail-next-start {reason?, times?}   (task runner only)
+    GET  /_sandbox/processes                   -> {task ARN: pid, ...} (task runner only)
     GET  /_sandbox/calls                       -> {"ecs:RunTask": 3, ...}
     POST /_sandbox/reset-calls
     POST /_sandbox/reset
 
 Errors: 400 ``{"error": ...}`` for bad arguments, 404 for an unknown task or route, 405 for a wrong
-method.
+method, 409 for a request the sandbox's configuration cannot serve (``fail-next-start`` without
+the task runner).
 """
 
 from __future__ import annotations
@@ -70,6 +73,10 @@ class SandboxControl(Protocol):
 
     def tasks(self, *, cluster: str | None = None) -> list[dict[str, Any]]: ...
 
+    def fail_next_start(self, *, reason: str = ..., times: int | None = 1) -> None: ...
+
+    def task_processes(self) -> dict[str, int]: ...
+
     def calls(self) -> dict[str, int]: ...
 
     def reset_calls(self) -> None: ...
@@ -91,6 +98,8 @@ _ROUTES: dict[str, _Route] = {
     "clear-faults": ("POST", lambda c, a: c.clear_faults()),
     "task-state": ("POST", lambda c, a: c.set_task_state(**a)),
     "tasks": ("GET", lambda c, a: c.tasks(**a)),
+    "fail-next-start": ("POST", lambda c, a: c.fail_next_start(**a)),
+    "processes": ("GET", lambda c, a: c.task_processes()),
     "calls": ("GET", lambda c, a: c.calls()),
     "reset-calls": ("POST", lambda c, a: c.reset_calls()),
     "reset": ("POST", lambda c, a: c.reset()),
@@ -119,6 +128,8 @@ def handle_control(control: SandboxControl, environ: dict[str, Any]) -> RawRespo
         return _json(404, {"error": str(exc.args[0]) if exc.args else "not found"})
     except (TypeError, ValueError) as exc:  # bad or missing arguments, unknown status names
         return _json(400, {"error": str(exc)})
+    except RuntimeError as exc:  # e.g. fail-next-start without a task runner
+        return _json(409, {"error": str(exc)})
     return _json(200, {"result": result})
 
 
@@ -237,6 +248,17 @@ class SandboxControlClient:
     def tasks(self, *, cluster: str | None = None) -> list[dict[str, Any]]:
         """See ``SandboxApp.tasks``."""
         return list(self._call("GET", "tasks", {"cluster": cluster}))
+
+    def fail_next_start(self, *, reason: str | None = None, times: int | None = 1) -> None:
+        """See ``SandboxServer.fail_next_start`` (the sandbox's default reason when ``reason`` is None)."""
+        args: dict[str, Any] = {"times": times}
+        if reason is not None:
+            args["reason"] = reason
+        self._call("POST", "fail-next-start", args)
+
+    def task_processes(self) -> dict[str, int]:
+        """See ``SandboxServer.task_processes``."""
+        return {str(k): int(v) for k, v in self._call("GET", "processes").items()}
 
     def calls(self) -> dict[str, int]:
         """See ``SandboxApp.calls``."""

@@ -31,13 +31,13 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from .awsproto import AwsRequest, RawResponse, error_response, json_response
 from .faults import FaultPlan
 from .motoenv import MOTO_LOCK, ecs_backend, iter_ecs_backends, serialize
 
-__all__ = ["LAST_STATUSES", "EcsError", "EcsShim"]
+__all__ = ["LAST_STATUSES", "EcsError", "EcsShim", "TaskListener"]
 
 #: ECS task lifecycle, in order (https://docs.aws.amazon.com/AmazonECS/latest/developerguide/task-lifecycle-explanation.html)
 LAST_STATUSES = (
@@ -116,11 +116,33 @@ def _decode_token(token: str) -> int:
     return position
 
 
+class TaskListener(Protocol):
+    """Told about task lifecycle events by the shim; what a task runner implements.
+
+    Every method is called with ``MOTO_LOCK`` held, from the thread serving the request, so it
+    must be quick and must not wait for anything (no process waits, no I/O beyond a wake-up).
+    """
+
+    def task_created(self, backend: Any, task: Any) -> None:
+        """A task was launched (RunTask) and initialised as PROVISIONING."""
+
+    def stop_requested(self, backend: Any, task: Any) -> bool:
+        """StopTask recorded ``desiredStatus`` STOPPED and ``stopCode`` UserInitiated on a task that
+        has not stopped. Return True when the listener owns the rest of the stop (it may already
+        have moved the task to STOPPED); False makes the shim stop the task at once itself."""
+        return False
+
+    def tasks_reset(self) -> None:
+        """Every task is gone (sandbox or moto reset): forget them and end their processes."""
+
+
 class EcsShim:
     """Serves the ECS operations moto gets wrong and holds the state moto does not keep.
 
     ``immediate_stop``: StopTask moves the task to STOPPED at once (moto's behaviour, fine without
-    a task runner). A task runner sets it to False and drives DEACTIVATING..STOPPED itself.
+    a task runner). A task runner sets it to False and installs itself as ``listener``; StopTask
+    then only records the request and the listener drives STOPPING..STOPPED. Both are
+    configuration, which ``reset`` leaves alone.
     """
 
     #: Operations answered here; everything else goes straight to moto.
@@ -131,13 +153,15 @@ class EcsShim:
         self._tokens: dict[tuple[str, str, str, str], _TokenRecord] = {}
         self._token_of_task: dict[str, str] = {}
         self.immediate_stop = True
+        self.listener: TaskListener | None = None
 
     def reset(self) -> None:
-        """Forget all shim state (call together with a moto reset)."""
+        """Forget all shim state (call together with a moto reset) and tell the listener."""
         with MOTO_LOCK:
             self._tokens.clear()
             self._token_of_task.clear()
-            self.immediate_stop = True
+            if self.listener is not None:
+                self.listener.tasks_reset()
 
     # ------------------------------------------------------------------ request handling
 
@@ -234,6 +258,8 @@ class EcsShim:
         tasks = [backend.tasks[cluster.name][arn] for arn in arns]
         for task in tasks:
             self._initialise(backend, task, token)
+            if self.listener is not None:
+                self.listener.task_created(backend, task)
         response = self._serialized("RunTask", {"tasks": tasks, "failures": []})
         if token:
             self._tokens[key] = _TokenRecord(fingerprint, tuple(arns), response.body)
@@ -391,7 +417,10 @@ class EcsShim:
             task.stopped_reason = reason
             task.stopping_at = now
             task.version = getattr(task, "version", 0) + 1
-            if self.immediate_stop:
+            owned = (
+                not self.immediate_stop and self.listener is not None and self.listener.stop_requested(backend, task)
+            )
+            if not owned:
                 # moto's stop_task also gives back the container instance's resources (EC2).
                 backend.stop_task(cluster.name, task.task_arn, reason)
                 task.stopped_at = now
@@ -439,7 +468,35 @@ class EcsShim:
         if last_status not in LAST_STATUSES:
             raise ValueError(f"last_status must be one of {', '.join(LAST_STATUSES)}")
         with MOTO_LOCK:
-            task = self._find(task_arn)
+            return self.apply_task_state(
+                self._find(task_arn),
+                last_status=last_status,
+                stop_code=stop_code,
+                stopped_reason=stopped_reason,
+                exit_code=exit_code,
+                container_reason=container_reason,
+                empty_containers=empty_containers,
+            )
+
+    def apply_task_state(
+        self,
+        task: Any,
+        *,
+        last_status: str,
+        stop_code: str | None = None,
+        stopped_reason: str | None = None,
+        exit_code: int | None = None,
+        container_reason: str | None = None,
+        empty_containers: bool = False,
+    ) -> dict[str, Any]:
+        """``set_task_state`` on a task object already in hand; the caller holds ``MOTO_LOCK``.
+
+        For the task runner, which holds the objects and must not pay ``set_task_state``'s scan
+        of every task in the sandbox for each transition.
+        """
+        if last_status not in LAST_STATUSES:
+            raise ValueError(f"last_status must be one of {', '.join(LAST_STATUSES)}")
+        with MOTO_LOCK:
             now = _now()
             task.last_status = last_status
             if last_status == "RUNNING":

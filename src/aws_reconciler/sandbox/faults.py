@@ -52,6 +52,7 @@ class FaultPlan:
         self._lock = threading.Lock()
         self._errors: list[InjectedError] = []
         self._run_task_failures: list[_PlannedFailure] = []
+        self._start_failures: list[_PlannedFailure] = []
 
     def inject_error(
         self,
@@ -78,6 +79,17 @@ class FaultPlan:
         with self._lock:
             self._run_task_failures.append(_PlannedFailure(reason, times))
 
+    def fail_next_start(self, *, reason: str, times: int | None = 1) -> None:
+        """Make the next ``times`` tasks launched fail to start (``TaskFailedToStart``) with ``reason``.
+
+        Consumed by the task runner, one per task, in launch order.
+        """
+        _check_times(times)
+        if not reason:
+            raise ValueError("reason is required")
+        with self._lock:
+            self._start_failures.append(_PlannedFailure(reason, times))
+
     def take_error(self, service: str, operation: str) -> InjectedError | None:
         """Consume one use of the first error planned for this operation, if any."""
         with self._lock:
@@ -92,14 +104,21 @@ class FaultPlan:
 
     def take_run_task_failure(self) -> str | None:
         """Consume one planned RunTask failure and return its reason, if any is planned."""
+        return self._take(self._run_task_failures)
+
+    def take_start_failure(self) -> str | None:
+        """Consume one planned start failure and return its reason, if any is planned."""
+        return self._take(self._start_failures)
+
+    def _take(self, planned: list[_PlannedFailure]) -> str | None:
         with self._lock:
-            if not self._run_task_failures:
+            if not planned:
                 return None
-            entry = self._run_task_failures[0]
+            entry = planned[0]
             if entry.remaining is not None:
                 entry.remaining -= 1
                 if entry.remaining == 0:
-                    self._run_task_failures.pop(0)
+                    planned.pop(0)
             return entry.reason
 
     def pending(self) -> dict[str, Any]:
@@ -108,6 +127,7 @@ class FaultPlan:
             return {
                 "errors": [asdict(e) for e in self._errors],
                 "run_task_failures": [asdict(f) for f in self._run_task_failures],
+                "start_failures": [asdict(f) for f in self._start_failures],
             }
 
     def clear(self) -> None:
@@ -115,6 +135,7 @@ class FaultPlan:
         with self._lock:
             self._errors.clear()
             self._run_task_failures.clear()
+            self._start_failures.clear()
 
 
 class CallCounter:

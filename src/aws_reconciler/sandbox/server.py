@@ -11,6 +11,7 @@ from moto.server import MotoRequestHandler
 from werkzeug.serving import BaseWSGIServer, make_server
 
 from .app import SandboxApp
+from .runner import DEFAULT_START_FAILURE, RunnerOptions, TaskRunner
 
 __all__ = ["FAKE_CREDENTIALS", "SandboxServer"]
 
@@ -39,15 +40,33 @@ class SandboxServer:
     ``start`` resets all state, so nothing leaks from an earlier sandbox; ``stop`` restores moto's
     global settings so later plain ``mock_aws`` users in the process see moto's defaults.
     The control methods are also served over HTTP (see ``control.py``).
+
+    ``run_tasks=True`` starts the task runner (``runner.py``, tuned by ``runner``): every ECS
+    task then runs its container command as a local process and walks PROVISIONING..STOPPED by
+    itself, its output going to CloudWatch Logs. Off by default: tasks stay PROVISIONING until
+    ``set_task_state`` moves them, and StopTask stops them at once.
     """
 
     _active: ClassVar[SandboxServer | None] = None
     _active_lock: ClassVar[threading.Lock] = threading.Lock()
 
-    def __init__(self, *, host: str = "127.0.0.1", port: int = 0, region: str = "us-east-1") -> None:
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        region: str = "us-east-1",
+        run_tasks: bool = False,
+        runner: RunnerOptions | None = None,
+    ) -> None:
         self.host = host
         self.port = port
         self.region = region
+        self.run_tasks = run_tasks
+        #: Used when ``run_tasks``; may be changed before ``start`` (e.g. ``extra_env``).
+        self.runner_options = runner if runner is not None else RunnerOptions()
+        #: The running task runner, when ``run_tasks`` and started.
+        self.task_runner: TaskRunner | None = None
         self.app = SandboxApp()
         self._server: BaseWSGIServer | None = None
         self._thread: threading.Thread | None = None
@@ -81,21 +100,43 @@ class SandboxServer:
                 daemon=True,
             )
             self._thread.start()
+            if self.run_tasks:
+                self.task_runner = TaskRunner(
+                    self.app.ecs, self.app.faults, self.runner_options, endpoint_url=self._local_url()
+                )
+                self.app.runner = self.task_runner
+                self.task_runner.start()
         except BaseException:
-            self._release()
+            self.stop()
             raise
         return self
 
     def stop(self) -> None:
-        """Stop serving and restore moto's global settings. Safe to call more than once."""
+        """Stop the task processes, stop serving, restore moto's global settings.
+
+        Safe to call more than once. The runner stops first, so that tasks can still reach the
+        fake AWS while they shut down; every process it started is gone when this returns.
+        """
+        if self.task_runner is not None:
+            try:
+                self.task_runner.stop()
+            finally:
+                self.app.runner = None
+                self.task_runner = None
         if self._server is not None:
-            self._server.shutdown()
+            if self._thread is not None and self._thread.is_alive():
+                self._server.shutdown()  # waits for serve_forever, so only when it runs
             self._server.server_close()
         if self._thread is not None:
             self._thread.join(timeout=10)
         self._server = None
         self._thread = None
         self._release()
+
+    def _local_url(self) -> str:
+        # What the task processes on this machine connect to, also when serving on all interfaces.
+        host = "127.0.0.1" if self.host in ("", "0.0.0.0") else "[::1]" if self.host == "::" else self.host
+        return f"http://{host}:{self.port}"
 
     def _release(self) -> None:
         if self._restore_moto is not None:
@@ -178,6 +219,19 @@ class SandboxServer:
     def pending_faults(self) -> dict[str, Any]:
         """Planned faults not yet consumed."""
         return self.app.pending_faults()
+
+    def fail_next_start(self, *, reason: str = DEFAULT_START_FAILURE, times: int | None = 1) -> None:
+        """The next ``times`` tasks launched fail to start: PROVISIONING -> STOPPED, ``stopCode``
+        TaskFailedToStart, ``stoppedReason`` = ``reason``, no containers, no process.
+
+        Needs the task runner (``run_tasks=True``); ``RuntimeError`` otherwise. ``times=None``:
+        every launch until ``clear_faults``.
+        """
+        self.app.fail_next_start(reason=reason, times=times)
+
+    def task_processes(self) -> dict[str, int]:
+        """Task ARN -> pid (also the process group id) of every task process alive or unreaped."""
+        return self.app.task_processes()
 
     def set_task_state(
         self,

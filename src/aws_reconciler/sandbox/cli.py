@@ -1,0 +1,144 @@
+"""``aws-reconciler sandbox``: serve the fake AWS in the foreground until SIGINT/SIGTERM.
+
+``add_sandbox_parser`` adds the subcommand to the ``aws-reconciler`` parser; ``run_sandbox`` is
+its body. ``python -m aws_reconciler.sandbox [options]`` runs the same without the main CLI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import shlex
+import signal
+import sys
+import tempfile
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from types import FrameType
+from typing import Any
+
+from .bootstrap import bootstrap
+from .server import SandboxServer
+
+__all__ = ["add_sandbox_parser", "export_lines", "main", "run_sandbox"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 5555
+
+_Handler = Callable[[int, FrameType | None], Any] | int | None
+
+
+def export_lines(settings: Mapping[str, str]) -> list[str]:
+    """``export NAME=VALUE`` lines, values shell-quoted, for ``eval`` or ``source``."""
+    return [f"export {name}={shlex.quote(value)}" for name, value in settings.items()]
+
+
+def _write_atomically(path: str, text: str) -> None:
+    # Readers poll for the file: they must never see it half-written.
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".sandbox-env-", dir=directory)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def run_sandbox(*, host: str, port: int, region: str, run_tasks: bool, env_file: str | None) -> int:
+    """Serve the sandbox until SIGINT or SIGTERM; returns the exit status (0 after a clean stop).
+
+    Starts the server (``port`` 0 picks a free one), creates the default resources with
+    ``bootstrap``, prints the settings as ``export`` lines (and writes them to ``env_file``),
+    prints ``sandbox ready on <url>``, then waits. On a signal it stops the task runner, whose
+    processes are all gone when this returns, and the server. Signal handlers are installed only
+    when called from the main thread (elsewhere, stop the process another way).
+    """
+    stop = threading.Event()
+    previous: dict[signal.Signals, _Handler] = {}
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info("sandbox: %s received, stopping", signal.Signals(signum).name)
+        stop.set()
+
+    if threading.current_thread() is threading.main_thread():
+        # Installed before starting, so that a signal during the start still ends in a clean stop.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, on_signal)
+    server = SandboxServer(host=host, port=port, region=region, run_tasks=run_tasks)
+    try:
+        server.start()
+        settings = bootstrap(endpoint_url=server.endpoint_url, region=region)
+        text = "\n".join(export_lines(settings)) + "\n"
+        print(text, end="")
+        if env_file:
+            _write_atomically(env_file, text)
+        log.info("sandbox: %s", "tasks run as local processes" if run_tasks else "task runner off")
+        # Exactly this line: scripts wait for it and take the URL from its end.
+        print(f"sandbox ready on {server.endpoint_url}", flush=True)
+        while not stop.is_set():
+            # A timeout, so that signal handlers run promptly and a dead server is noticed.
+            if server.wait(0.5):
+                log.error("sandbox: the server stopped by itself")
+                return 1
+    finally:
+        server.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help=f"port to listen on (default {DEFAULT_PORT}; 0 picks a free one)"
+    )
+    parser.add_argument("--region", default="us-east-1", help="region of the default resources (default us-east-1)")
+    parser.add_argument(
+        "--no-run-tasks",
+        dest="run_tasks",
+        action="store_false",
+        help="do not run tasks as local processes: they stay PROVISIONING until moved by the control API",
+    )
+    parser.add_argument("--env-file", default=None, help="also write the export lines to this file")
+
+
+def _cmd_sandbox(args: argparse.Namespace) -> int:
+    return run_sandbox(
+        host=args.host, port=args.port, region=args.region, run_tasks=args.run_tasks, env_file=args.env_file
+    )
+
+
+USER_DESCRIPTION = (
+    "Serve a local fake AWS (ECS, CloudWatch Logs, STS, EC2 default VPC) on this machine, create a cluster, "
+    "task definition and security group, print the settings to export, and run each ECS task's container "
+    "command as a local process. No AWS account is used. Stop with Ctrl-C."
+)
+
+
+def add_sandbox_parser(subparsers: Any) -> None:
+    """Add the ``sandbox`` subcommand to ``subparsers`` (from ``ArgumentParser.add_subparsers``).
+
+    The parsed ``Namespace`` carries ``func``, which takes it and returns the exit status.
+    """
+    parser = subparsers.add_parser(
+        "sandbox",
+        help="serve a local fake AWS (ECS, Batch, CloudWatch Logs...) that runs tasks as local processes",
+        description=USER_DESCRIPTION,
+    )
+    _add_arguments(parser)
+    parser.set_defaults(func=_cmd_sandbox)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m aws_reconciler.sandbox``: the ``sandbox`` subcommand on its own."""
+    parser = argparse.ArgumentParser(prog="python -m aws_reconciler.sandbox", description=USER_DESCRIPTION)
+    _add_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    return _cmd_sandbox(args)
