@@ -5,11 +5,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help venv test lint typecheck unit demo clean
+.PHONY: help venv test lint typecheck unit demo bench clean
 
 help:
 	@echo "make test   - lint, type-check and run the whole test suite (needs PostgreSQL for the store tests)"
 	@echo "make demo   - run the reconciler against the embedded sandbox (no AWS account needed)"
+	@echo "make bench  - EcsExecutor vs the amazon provider's AwsEcsExecutor (needs PostgreSQL, ~7 min; BENCH_ARGS=--quick)"
 	@echo "make lint / typecheck / unit / clean"
 
 $(STAMP): pyproject.toml
@@ -35,5 +36,12 @@ test: lint typecheck unit
 demo: $(STAMP)
 	$(BIN)/python -m aws_reconciler.demo
 
+BENCH_VENV ?= .venv-bench
+BENCH_ARGS ?=
+
+bench:
+	PYTHON=$(PYTHON) bench/setup.sh $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m bench.run $(BENCH_ARGS)
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(BENCH_VENV) .pytest_cache .mypy_cache .ruff_cache
