@@ -129,11 +129,11 @@ class Harness:
         self.engines.append(engine)
         return engine
 
-    def add(self, n: int = 1, *, commands: list[list[str]] | None = None) -> list[str]:
+    def add(self, n: int = 1, *, commands: list[list[str]] | None = None, ids: list[str] | None = None) -> list[str]:
         """Insert ``n`` pending rows the way the executor does; returns their ids."""
         rows: list[NewTask] = []
         for i in range(n):
-            record_id = str(uuid.uuid4())
+            record_id = ids[i] if ids else str(uuid.uuid4())
             key = TiKey("scenario_dag", f"task_{i}", "manual__2030-01-01T00:00:00", -1, 1)
             command = commands[i] if commands else ["airflow", "tasks", "run", key.task_id]
             spec = build_run_task_request(
@@ -304,9 +304,62 @@ def test_launch_carries_identity_and_the_row_follows_the_task_lifecycle(make_har
 # ---- 2. crash and lost answers -------------------------------------------------------------
 
 
-def test_crash_after_run_task_then_a_new_engine_adopts_the_task(make_harness: HarnessFactory) -> None:
+@pytest.mark.parametrize("rows", [1, 120], ids=["one-row", "120-rows-paginated"])
+def test_crash_after_run_task_then_a_new_engine_adopts_the_task(make_harness: HarnessFactory, rows: int) -> None:
     """The process dies after RunTask but before the ARN is stored: a new process ends up with exactly
-    one ECS task for the row, and the row carries its ARN."""
+    one ECS task per row, each row carrying its ARN, without launching again (discovery pages
+    through ListTasks and finds every lost launch)."""
+    h = make_harness()
+    ids = h.add(rows)
+    backend = h.backend()
+    real_launch = backend.launch
+    crashed = threading.Condition()
+    launched: list[str] = []
+
+    def launch_then_crash(**kwargs: Any) -> str:
+        real_launch(**kwargs)
+        with crashed:
+            launched.append(kwargs["record_id"])
+            crashed.notify_all()
+        raise Crash
+
+    backend.launch = launch_then_crash  # type: ignore[method-assign]
+    first = h.engine(backend=backend)
+    with pytest.raises(Crash):
+        cycle(first)
+    with crashed:  # every launch already submitted reaches AWS before the "process" is gone
+        assert crashed.wait_for(lambda: len(launched) == rows, timeout=30)
+    first.close()
+
+    arns: dict[str, str] = {}
+    for record_id in ids:
+        row = h.row(record_id)
+        assert (row.phase, row.attempt, row.external_id) == (Phase.LAUNCHING, 1, None)
+        [task] = h.tasks_of(record_id)
+        arns[record_id] = task["arn"]
+
+    second = h.engine()  # a new process: new engine, new backend and client, same store
+    cycle(second)
+
+    assert h.calls("RunTask") == rows
+    for record_id in ids:
+        assert [t["arn"] for t in h.tasks_of(record_id)] == [arns[record_id]]
+        row = h.row(record_id)
+        assert (row.phase, row.attempt, row.external_id) == (Phase.PROVISIONING, 1, arns[record_id])
+        assert row.launched_at is not None
+
+    # And the adopted rows are tracked from then on (DescribeTasks in batches of at most 100).
+    for arn in arns.values():
+        h.sandbox.set_task_state(task_arn=arn, last_status="RUNNING")
+    cycle(second)
+    assert all(h.row(r).phase is Phase.RUNNING for r in ids)
+
+
+def test_crash_after_run_task_is_recovered_by_client_token_when_discovery_misses_it(
+    make_harness: HarnessFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Even when discovery cannot see the lost task (ListTasks lags behind RunTask), relaunching the
+    launching row with the same attempt returns the task ECS already started."""
     h = make_harness()
     [record_id] = h.add()
     backend = h.backend()
@@ -316,22 +369,21 @@ def test_crash_after_run_task_then_a_new_engine_adopts_the_task(make_harness: Ha
         real_launch(**kwargs)
         raise Crash
 
-    backend.launch = launch_then_crash  # type: ignore[method-assign]
+    monkeypatch.setattr(backend, "launch", launch_then_crash)
     first = h.engine(backend=backend)
     with pytest.raises(Crash):
         cycle(first)
     first.close()
-
-    row = h.row(record_id)
-    assert (row.phase, row.attempt, row.external_id) == (Phase.LAUNCHING, 1, None)
     [task] = h.tasks_of(record_id)
 
-    cycle(h.engine())  # a new process: new engine, new backend and client, same store
+    second_backend = h.backend()
+    monkeypatch.setattr(second_backend, "discover", lambda: [])
+    cycle(h.engine(backend=second_backend))
 
+    assert h.calls("RunTask") == 2
     assert [t["arn"] for t in h.tasks_of(record_id)] == [task["arn"]]
     row = h.row(record_id)
     assert (row.phase, row.attempt, row.external_id) == (Phase.PROVISIONING, 1, task["arn"])
-    assert row.launched_at is not None
 
 
 @pytest.mark.parametrize("recovered_by", ["client_token", "discovery"])
@@ -506,6 +558,32 @@ def test_task_stopped_before_its_container_started_is_relaunched_up_to_max_attem
     assert h.calls("RunTask") == 2
 
 
+def test_a_64_character_record_id_still_gets_a_new_client_token_per_attempt(make_harness: HarnessFactory) -> None:
+    """Ids fill the store's 64-character column; clientToken is capped at 64 characters too, and
+    must still differ per attempt, or ECS would answer a relaunch with the task that failed."""
+    h = make_harness(AIRFLOW__AWS_RECONCILER_ECS__MAX_LAUNCH_ATTEMPTS="2")
+    engine = h.engine()
+    [record_id] = h.add(ids=[uuid.uuid4().hex + uuid.uuid4().hex])
+    assert len(record_id) == 64
+
+    cycle(engine)
+    first = h.row(record_id).external_id
+    assert first
+    h.sandbox.set_task_state(
+        task_arn=first, last_status="STOPPED", stop_code="TaskFailedToStart", empty_containers=True
+    )
+    cycle(engine)
+    h.clock.set(h.row(record_id).next_attempt_at or h.clock())
+    cycle(engine)
+
+    row = h.row(record_id)
+    assert (row.phase, row.attempt) == (Phase.PROVISIONING, 2)
+    assert row.external_id not in (None, first)
+    tokens = [t["clientToken"] for t in h.tasks_of(record_id)]
+    assert len(set(tokens)) == 2
+    assert all(len(token) <= 64 for token in tokens)
+
+
 def test_task_that_ran_and_failed_is_not_relaunched(make_harness: HarnessFactory) -> None:
     """A container that started and exited non-zero is a task failure, never a relaunch."""
     h = make_harness()
@@ -558,6 +636,8 @@ def test_revoke_stops_a_running_task_and_fails_a_pending_row_without_launching(
     assert h.tasks_of(pending) == []
     assert h.calls("RunTask") == 1
 
+    # The container handled SIGTERM and exited 0: a revoked row still never counts as a success.
+    h.sandbox.set_task_state(task_arn=arn, last_status="STOPPED", exit_code=0)
     cycle(engine)
     row = h.row(running)
     assert row.phase is Phase.FAILED
@@ -570,48 +650,86 @@ def test_revoke_stops_a_running_task_and_fails_a_pending_row_without_launching(
 
 
 def test_orphans_are_stopped_after_the_grace_and_foreign_tasks_never(make_harness: HarnessFactory) -> None:
-    """A task with our deployment tag + startedBy but no open row is stopped once orphan_grace has
-    passed, not before; tasks of another deployment, untagged tasks and our own rows' tasks never."""
+    """A task with our deployment tag + startedBy but no open row (or a duplicate of a launched row)
+    is stopped once orphan_grace has passed, not before; tasks of another deployment, untagged tasks
+    and our own rows' tasks never are."""
     h = make_harness(AIRFLOW__AWS_RECONCILER__RESYNC_INTERVAL="1", AIRFLOW__AWS_RECONCILER__ORPHAN_GRACE="120")
     engine = h.engine()
     [record_id] = h.add()
-    orphan = h.start_foreign_task(started_by=DEPLOYMENT, tags={DEPLOYMENT_TAG: DEPLOYMENT, ID_TAG: "lost-record"})
+    cycle(engine)
+    ours = h.row(record_id).external_id
+    assert ours
+    h.sandbox.set_task_state(task_arn=ours, last_status="RUNNING")
+
+    ours_tags = {DEPLOYMENT_TAG: DEPLOYMENT}
+    orphans = [
+        h.start_foreign_task(started_by=DEPLOYMENT, tags={**ours_tags, ID_TAG: "lost-record"}),
+        h.start_foreign_task(started_by=DEPLOYMENT, tags={**ours_tags, ID_TAG: record_id}),  # a duplicate
+    ]
     keep = {
+        "our own row's task": ours,
         "other deployment": h.start_foreign_task(started_by="other", tags={DEPLOYMENT_TAG: "other", ID_TAG: "x"}),
         "our startedBy, no tags": h.start_foreign_task(started_by=DEPLOYMENT, tags=None),
         "our startedBy, other tag": h.start_foreign_task(
             started_by=DEPLOYMENT, tags={DEPLOYMENT_TAG: "other", ID_TAG: "y"}
         ),
-        "our tags, other startedBy": h.start_foreign_task(
-            started_by="other", tags={DEPLOYMENT_TAG: DEPLOYMENT, ID_TAG: "z"}
-        ),
-        "no startedBy": h.start_foreign_task(started_by=None, tags={DEPLOYMENT_TAG: DEPLOYMENT, ID_TAG: "w"}),
+        "our tags, other startedBy": h.start_foreign_task(started_by="other", tags={**ours_tags, ID_TAG: "z"}),
+        "no startedBy": h.start_foreign_task(started_by=None, tags={**ours_tags, ID_TAG: "w"}),
     }
 
+    h.clock.advance(1)
     assert cycle(engine).stats.orphans_stopped == 0  # first seen now
-    ours = h.row(record_id).external_id
-    assert ours
-    keep["our own row's task"] = ours
-    h.sandbox.set_task_state(task_arn=ours, last_status="RUNNING")
-
     h.clock.advance(119)
     assert cycle(engine).stats.orphans_stopped == 0
     assert h.calls("StopTask") == 0
 
     h.clock.advance(1)
-    assert cycle(engine).stats.orphans_stopped == 1
-    stopped = h.task(orphan)
-    assert (stopped["desiredStatus"], stopped["stopCode"]) == ("STOPPED", "UserInitiated")
-    assert "orphan" in (stopped["stoppedReason"] or "")
+    assert cycle(engine).stats.orphans_stopped == 2
+    for arn in orphans:
+        stopped = h.task(arn)
+        assert (stopped["desiredStatus"], stopped["stopCode"]) == ("STOPPED", "UserInitiated")
+        assert "orphan" in (stopped["stoppedReason"] or "")
 
     h.clock.advance(3600)
     cycle(engine)
     h.clock.advance(3600)
     cycle(engine)
-    assert h.calls("StopTask") == 1
+    assert h.calls("StopTask") == 2
     for name, arn in keep.items():
         assert h.task(arn)["desiredStatus"] == "RUNNING", name
-    assert h.row(record_id).phase is Phase.RUNNING
+    row = h.row(record_id)
+    assert (row.phase, row.external_id) == (Phase.RUNNING, ours)
+
+
+def test_task_of_a_row_given_back_to_pending_is_not_stopped_as_an_orphan(make_harness: HarnessFactory) -> None:
+    """A launch whose answer was lost (500) and whose retry is then throttled leaves the row pending
+    while its task runs on AWS. However long the throttling lasts, the orphan sweep must not stop
+    that task: the row's next launch (same clientToken) adopts it."""
+    h = make_harness(AIRFLOW__AWS_RECONCILER__RESYNC_INTERVAL="60", AIRFLOW__AWS_RECONCILER__ORPHAN_GRACE="120")
+    engine = h.engine()
+    [record_id] = h.add()
+    h.sandbox.inject_error(operation="RunTask", code="ServerException", message="Internal", status=500, phantom=True)
+    cycle(engine)
+    [task] = h.tasks_of(record_id)
+
+    h.sandbox.inject_error(operation="RunTask", code="ThrottlingException", message="Rate exceeded", times=None)
+    h.clock.set(h.row(record_id).next_attempt_at or h.clock())
+    cycle(engine)  # the retry is throttled: the attempt is given back
+    assert (h.row(record_id).phase, h.row(record_id).attempt) == (Phase.PENDING, 0)
+    for _ in range(4):  # throttled for well over orphan_grace, with a discovery every cycle
+        h.clock.advance(61)
+        cycle(engine)
+        assert h.row(record_id).phase is Phase.PENDING
+    assert h.calls("StopTask") == 0
+
+    h.sandbox.clear_faults()
+    h.clock.advance(61)
+    cycle(engine)
+    assert h.calls("StopTask") == 0
+    assert [t["arn"] for t in h.tasks_of(record_id)] == [task["arn"]]
+    assert h.task(task["arn"])["desiredStatus"] == "RUNNING"
+    row = h.row(record_id)
+    assert (row.phase, row.attempt, row.external_id) == (Phase.PROVISIONING, 1, task["arn"])
 
 
 # ---- 7. isolation --------------------------------------------------------------------------
@@ -739,18 +857,26 @@ def test_throttled_launches_cost_no_attempt_and_slow_the_cycle(
     assert h.calls("RunTask") == 15
 
 
-def _runner(h: Harness, engine_kwargs: dict[str, Any] | None = None) -> tuple[Runner, Engine]:
-    elector = LeaderElector(
+def _elector(h: Harness, *, holder: str = "replica-a", monotonic: Callable[[], float] | None = None) -> LeaderElector:
+    core = h.settings.core
+    return LeaderElector(
         leases=LeaseStore(h.db),
         name=f"reconciler-{DEPLOYMENT}",
-        holder="test-replica",
-        lease_duration=h.settings.core.lease_duration,
-        renew_deadline=h.settings.core.renew_deadline,
-        retry_period=h.settings.core.retry_period,
+        holder=holder,
+        lease_duration=core.lease_duration,
+        renew_deadline=core.renew_deadline,
+        retry_period=core.retry_period,
         clock=h.clock,
+        **({"monotonic": monotonic} if monotonic else {}),
     )
-    assert elector.try_once()
-    engine = h.engine(is_leader=elector.is_leader, **(engine_kwargs or {}))
+
+
+def _runner(h: Harness, *, holder: str = "replica-a", acquire: bool = True) -> tuple[Runner, Engine]:
+    """A runner over one engine, wired like ``build_runner``; the lease is taken once, no threads."""
+    elector = _elector(h, holder=holder)
+    if acquire:
+        assert elector.try_once()
+    engine = h.engine(is_leader=elector.is_leader)
     core = h.settings.core
     runner = Runner(
         engines=[engine],
@@ -819,7 +945,7 @@ def test_expired_workload_is_failed_not_launched(make_harness: HarnessFactory) -
     """A row older than task_queued_timeout (its Airflow token has expired) is failed with that reason
     and never reaches RunTask; a fresh row in the same cycle still launches."""
     h = make_harness(AIRFLOW__AWS_RECONCILER__TASK_QUEUED_TIMEOUT="300")
-    engine = h.engine(is_leader=lambda: True)
+    engine = h.engine()
     [stale] = h.add()
     h.clock.advance(301)
     [fresh] = h.add()
@@ -908,3 +1034,72 @@ def test_a_replica_that_is_not_leader_launches_and_stops_nothing(make_harness: H
 
     stats = cycle(h.engine()).stats
     assert (stats.launched, stats.stopped, stats.orphans_stopped) == (3, 1, 1)
+
+
+def test_a_leader_whose_renewals_stall_stops_acting_before_its_lease_can_expire(
+    make_harness: HarnessFactory,
+) -> None:
+    """Fencing: once renew_deadline has passed without a successful renewal, the engine launches
+    nothing, though the lease row (lease_duration) still names this replica."""
+    h = make_harness()
+    now = [1000.0]
+    elector = _elector(h, monotonic=lambda: now[0])
+    assert elector.try_once()
+    engine = h.engine(is_leader=elector.is_leader)
+    ids = h.add(2)
+
+    now[0] += h.settings.core.renew_deadline
+    assert cycle(engine).stats.launched == 0
+    assert h.calls("RunTask") == 0
+    assert all(h.row(r).phase is Phase.PENDING for r in ids)
+
+    assert elector.try_once()  # a renewal succeeds again: it acts again
+    assert cycle(engine).stats.launched == 2
+
+
+def test_standby_runner_does_not_reconcile_while_another_replica_holds_the_lease(
+    make_harness: HarnessFactory,
+) -> None:
+    """Two replicas: the one without the lease only waits (retry_period) and makes no AWS call."""
+    h = make_harness()
+    active = _elector(h, holder="replica-a")
+    assert active.try_once()
+    standby, _engine = _runner(h, holder="replica-b", acquire=False)
+    h.add(2)
+    h.sandbox.reset_calls()  # forget the bootstrap's calls
+    try:
+        assert not standby.elector.try_once()
+        assert standby.cycle() == h.settings.core.retry_period
+        assert standby.health.leader is False
+        assert standby.health.cycles == 0
+        assert h.sandbox.calls() == {}
+    finally:
+        standby.waker.close()
+
+
+def test_run_once_reconciles_one_cycle_and_releases_the_lease(make_harness: HarnessFactory) -> None:
+    """``aws-reconciler run --once``: takes the lease, launches what is due, exits 0 and releases the
+    lease at once so a standby does not wait for it to expire."""
+    h = make_harness()
+    runner, _engine = _runner(h, acquire=False)
+    ids = h.add(3)
+
+    assert runner.run(once=True) == 0
+    assert all(h.row(r).phase is Phase.PROVISIONING for r in ids)
+    h.clock.advance(1)  # well within lease_duration: only a release lets replica-b in
+    assert _elector(h, holder="replica-b").try_once()
+
+
+def test_request_stop_lets_no_new_launch_start(make_harness: HarnessFactory) -> None:
+    """After SIGTERM (request_stop) a cycle starts no launch, and the rows stay pending, not
+    half-launched, for the next reconciler to take."""
+    h = make_harness()
+    runner, _engine = _runner(h)
+    ids = h.add(3)
+    try:
+        runner.request_stop()
+        runner.cycle()
+        assert h.calls("RunTask") == 0
+        assert all((h.row(r).phase, h.row(r).attempt) == (Phase.PENDING, 0) for r in ids)
+    finally:
+        runner.waker.close()

@@ -145,6 +145,11 @@ class Engine:
         self._last_discovery = now
         by_external = {r.external_id: r for r in rows if r.external_id}
         waiting_for_arn = {r.id: r for r in rows if r.external_id is None and r.phase is Phase.LAUNCHING}
+        # A pending row may own a running task: an ambiguous launch whose retry was throttled gave
+        # its attempt back, and its next RunTask (same clientToken) returns that task. Not an orphan.
+        relaunching = {
+            r.id for r in rows if r.external_id is None and r.phase is Phase.PENDING and r.desired is Desired.RUNNING
+        }
         updated: dict[str, TaskRecord] = {}
         orphans: dict[str, Observation] = {}
         for obs in found:
@@ -164,7 +169,7 @@ class Engine:
                     updated[row.id] = replace(row, phase=Phase.PROVISIONING, external_id=obs.external_id)
                     observed[obs.external_id] = obs
                 continue
-            if obs.phase.terminal:
+            if obs.phase.terminal or obs.record_id in relaunching:
                 continue
             orphans[obs.external_id] = obs
         for external_id in self.orphans.due(orphans, now=now):

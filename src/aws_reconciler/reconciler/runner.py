@@ -77,10 +77,12 @@ class Runner:
         if not leading:
             return self.elector.retry_period
         try:
-            requeue = self.interval
+            # The soonest pass any engine asks for; starting from `interval` would cap every
+            # engine's request at it and silently drop a throttled engine's longer requeue.
+            requeue: float | None = None
             for engine in self.engines:
                 result = engine.reconcile()
-                requeue = min(requeue, result.requeue_after)
+                requeue = result.requeue_after if requeue is None else min(requeue, result.requeue_after)
                 self.health.history = [*self.health.history[-9:], result]
                 if result.stats.launched or result.stats.failed or result.stats.finished:
                     log.info("%s cycle: %s", engine.backend.kind.value, result.stats)
@@ -97,7 +99,7 @@ class Runner:
         self.health.last_error = None
         self.health.last_cycle_ok_at = self._monotonic()
         self.health.cycles += 1
-        return requeue
+        return self.interval if requeue is None else requeue
 
     def run(self, *, once: bool = False) -> int:
         """Loop until asked to stop; ``once`` acquires the lease, runs one cycle and returns."""

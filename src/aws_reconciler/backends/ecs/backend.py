@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -17,8 +18,17 @@ T = TypeVar("T")
 
 
 def client_token(record_id: str, attempt: int) -> str:
-    """RunTask's idempotency key: a retried call for the same attempt returns the same task."""
-    return f"{record_id}-{attempt}"[:64]
+    """RunTask's idempotency key: a retried call for the same attempt returns the same task.
+
+    ECS caps it at 64 characters. Truncating ``<id>-<attempt>`` would cut the attempt off long
+    ids and give every attempt the same token (ECS would answer a relaunch with the failed
+    task), so a long id is replaced by a digest and the attempt always survives.
+    """
+    token = f"{record_id}-{attempt}"
+    if len(token) <= 64:
+        return token
+    suffix = f"-{attempt}"
+    return hashlib.sha256(record_id.encode()).hexdigest()[: 64 - len(suffix)] + suffix
 
 
 def is_fargate(spec: Mapping[str, Any]) -> bool:
