@@ -13,11 +13,31 @@ log = logging.getLogger("aws_reconciler")
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from .metrics.definitions import Metrics
+    from .metrics.server import MetricsServer
     from .reconciler.factory import build_runner
 
-    runner = build_runner(load_settings())
+    settings = load_settings()
+    metrics = Metrics()
+    runner = build_runner(settings, metrics=metrics)
     runner.install_signal_handlers()
-    return runner.run(once=args.once)
+    server = None
+    if settings.core.metrics_address and not args.once:
+        host, _, port = settings.core.metrics_address.rpartition(":")
+        server = MetricsServer(
+            registry=metrics.registry,
+            liveness=runner.liveness,
+            readiness=runner.readiness,
+            host=host or "0.0.0.0",
+            port=int(port),
+        )
+        server.start()
+        log.info("serving /metrics, /healthz and /readyz on %s:%d", host or "0.0.0.0", server.port)
+    try:
+        return runner.run(once=args.once)
+    finally:
+        if server is not None:
+            server.stop()
 
 
 def _cmd_db_migrate(args: argparse.Namespace) -> int:

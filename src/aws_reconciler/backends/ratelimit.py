@@ -32,6 +32,8 @@ class TokenBucket:
         self._updated = clock()
         self._paused_until = 0.0
         self._lock = threading.Lock()
+        # Waiters queue here one at a time: without it every blocked thread wakes for each token.
+        self._turn = threading.Lock()
 
     def _refill(self, now: float) -> None:
         if now < self._paused_until:
@@ -58,12 +60,13 @@ class TokenBucket:
     def acquire(self, tokens: float = 1.0) -> float:
         """Block until ``tokens`` are taken; returns the seconds spent waiting."""
         waited = 0.0
-        while True:
-            wait = self.try_acquire(tokens)
-            if wait <= 0:
-                return waited
-            self._sleep(wait)
-            waited += wait
+        with self._turn:
+            while True:
+                wait = self.try_acquire(tokens)
+                if wait <= 0:
+                    return waited
+                self._sleep(wait)
+                waited += wait
 
     def penalize(self, seconds: float) -> None:
         """AWS throttled us: empty the bucket and pause it for ``seconds``."""

@@ -124,6 +124,14 @@ class CoreSettings(SectionSettings):
         20.0, gt=0, description="Client-side sustained rate (tasks/s) of Fargate launches."
     )
     fargate_launch_burst: int = Field(100, ge=1, description="Client-side burst of Fargate task launches.")
+    metrics_address: str = Field(
+        "0.0.0.0:9109",
+        pattern=r"^$|^[^:\s]*:\d{1,5}$",
+        description=(
+            "host:port where the reconciler serves /metrics, /healthz and /readyz (standbys too); "
+            "empty disables the server."
+        ),
+    )
     check_health_on_startup: bool = Field(
         True, description="The executor checks that the task store is reachable and migrated when the scheduler starts."
     )

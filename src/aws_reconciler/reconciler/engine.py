@@ -28,6 +28,7 @@ from typing import Any
 
 from ..backends.base import Observation, TaskBackend
 from ..backends.errors import AwsError, RetriableError, TerminalError, classify
+from ..metrics.definitions import Metrics
 from ..store.records import Desired, Phase, TaskRecord
 from ..store.tasks import TaskStore, utcnow
 from .backoff import backoff_delay
@@ -83,8 +84,11 @@ class Engine:
         is_leader: Callable[[], bool] = lambda: True,
         clock: Callable[[], datetime] = utcnow,
         rng: Callable[[], float] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
+        self.metrics = metrics or Metrics()
+        self._kind = backend.kind.value
         self.backend = backend
         self.settings = settings
         self.is_leader = is_leader
@@ -108,6 +112,7 @@ class Engine:
         now = self.clock()
         counter = _Counter()
         rows = self.store.open_tasks(backend=self.backend.kind)
+        self._export_snapshot(rows, now)
         observed = self._observe(rows)
         if self._discovery_due(now):
             rows = self._discover(rows, observed, now, counter)
@@ -126,6 +131,19 @@ class Engine:
         if stats.throttled:
             requeue = max(requeue, self.settings.backoff_base)
         return Result(requeue_after=requeue, stats=stats)
+
+    def _export_snapshot(self, rows: list[TaskRecord], now: datetime) -> None:
+        """Gauges of open rows by phase and the oldest row waiting for a launch (from rows already read)."""
+        counts = {phase: 0 for phase in Phase if not phase.terminal}
+        oldest: datetime | None = None
+        for row in rows:
+            counts[row.phase] = counts.get(row.phase, 0) + 1
+            if row.phase in LAUNCH_PHASES and (oldest is None or row.created_at < oldest):
+                oldest = row.created_at
+        for phase, count in counts.items():
+            self.metrics.tasks.labels(self._kind, phase.value).set(count)
+        age = 0.0 if oldest is None else max(0.0, (now - oldest).total_seconds())
+        self.metrics.oldest_pending.labels(self._kind).set(age)
 
     def _observe(self, rows: list[TaskRecord]) -> dict[str, Observation]:
         targets = {r.external_id: r.target for r in rows if r.external_id and r.phase in OBSERVED_PHASES}
@@ -172,6 +190,9 @@ class Engine:
             if obs.phase.terminal or obs.record_id in relaunching:
                 continue
             orphans[obs.external_id] = obs
+        new_orphans = set(orphans) - self.orphans.tracked()
+        if new_orphans:
+            self.metrics.orphans_found.labels(self._kind).inc(len(new_orphans))
         for external_id in self.orphans.due(orphans, now=now):
             obs = orphans[external_id]
             if not self.is_leader():
@@ -184,6 +205,7 @@ class Engine:
                 )
                 self.orphans.forget(external_id)
                 counter.add("orphans_stopped")
+                self.metrics.stops.labels(self._kind, "orphan").inc()
                 log.warning("stopped orphan task %s (record %s)", external_id, obs.record_id)
             except AwsError as exc:
                 log.warning("could not stop orphan %s: %s", external_id, exc.reason)
@@ -227,6 +249,7 @@ class Engine:
         self.backend.stop(external_id=row.external_id, target=row.target, reason="aws-reconciler: revoked by Airflow")
         self.store.transition(row.id, expect_phases=[row.phase], phase=Phase.STOPPING)
         counter.add("stopped")
+        self.metrics.stops.labels(self._kind, "revoked").inc()
 
     def _record_observation(self, row: TaskRecord, obs: Observation, now: datetime, counter: _Counter) -> None:
         if obs.never_started and obs.phase.terminal and not obs.missing:
@@ -236,13 +259,24 @@ class Engine:
             self._finish(row, obs, counter)
             return
         if obs.phase is not row.phase or (obs.started_at and row.started_at is None):
-            self.store.transition(
-                row.id,
-                expect_phases=[row.phase],
-                expect_attempt=row.attempt,
-                phase=obs.phase if row.phase is not Phase.STOPPING else Phase.STOPPING,
-                started_at=obs.started_at or row.started_at,
-            )
+            started_at = obs.started_at or row.started_at
+            if obs.phase is Phase.RUNNING and started_at is None:
+                started_at = now
+            if (
+                self.store.transition(
+                    row.id,
+                    expect_phases=[row.phase],
+                    expect_attempt=row.attempt,
+                    phase=obs.phase if row.phase is not Phase.STOPPING else Phase.STOPPING,
+                    started_at=started_at,
+                )
+                and row.started_at is None
+                and started_at is not None
+                and row.launched_at is not None
+            ):
+                self.metrics.launch_to_running.labels(self._kind).observe(
+                    max(0.0, (started_at - row.launched_at).total_seconds())
+                )
 
     def _finish(self, row: TaskRecord, obs: Observation, counter: _Counter, reason_prefix: str | None = None) -> None:
         reason = obs.reason or ""
@@ -269,7 +303,9 @@ class Engine:
             counter.add("failed")
             log.info("task %s failed: %s", row.id, reason)
 
-    def _retry_or_fail(self, row: TaskRecord, reason: str, now: datetime, counter: _Counter) -> None:
+    def _retry_or_fail(
+        self, row: TaskRecord, reason: str, now: datetime, counter: _Counter, *, reason_label: str = "never_started"
+    ) -> None:
         """Nothing ran: try a new attempt after backoff, unless the budget or the token is spent."""
         if row.attempt >= self.settings.max_launch_attempts:
             self._fail(row, f"gave up after {row.attempt} launch attempts: {reason}", counter)
@@ -285,6 +321,7 @@ class Engine:
             last_error=reason,
         ):
             counter.add("launch_retries")
+            self.metrics.launch_retries.labels(self._kind, reason_label).inc()
             log.info("task %s: %s; attempt %d in %.1f s", row.id, reason, row.attempt + 1, delay)
 
     def _backoff(self, attempt: int) -> float:
@@ -294,65 +331,62 @@ class Engine:
     # ---- launches -------------------------------------------------------------------------
 
     def _launch_all(self, rows: list[TaskRecord], counter: _Counter) -> None:
-        if not rows or not self.is_leader():
+        if not rows or self.stopping.is_set() or not self.is_leader():
             return
-        specs = self.store.specs([r.id for r in rows])
-        futures = [self._pool.submit(self._launch_one, row, specs.get(row.id), counter) for row in rows]
+        claimed = self.store.claim_for_launch([r.id for r in rows if r.phase is Phase.PENDING])
+        batch = [
+            replace(r, phase=Phase.LAUNCHING, attempt=claimed[r.id]) if r.phase is Phase.PENDING else r
+            for r in rows
+            if r.phase is Phase.LAUNCHING or r.id in claimed
+        ]
+        specs = self.store.specs([r.id for r in batch])
+        futures = [self._pool.submit(self._launch_one, row, specs.get(row.id), counter) for row in batch]
         for future in futures:
             # _launch_one contains every Exception; anything else (a crash) propagates.
             future.result()
 
     def _launch_one(self, row: TaskRecord, spec: Mapping[str, Any] | None, counter: _Counter) -> None:
+        """Launch one claimed (``launching``) row and record the outcome."""
         if self.stopping.is_set() or not self.is_leader():
+            # Stays `launching`: whoever leads next relaunches it with the same client token.
             return
-        now = self.clock()
         try:
             if spec is None:
                 self._fail(row, "task record has no launch request", counter)
                 return
-            attempt = row.attempt
-            if row.phase is Phase.PENDING:
-                # Write-ahead: from here on, attempt `attempt` may exist on AWS.
-                attempt = row.attempt + 1
-                if not self.store.transition(
-                    row.id,
-                    expect_phases=[Phase.PENDING],
-                    expect_attempt=row.attempt,
-                    phase=Phase.LAUNCHING,
-                    attempt=attempt,
-                    next_attempt_at=now,
-                ):
-                    return
-            row = replace(row, phase=Phase.LAUNCHING, attempt=attempt)
-            external_id = self.backend.launch(record_id=row.id, attempt=attempt, spec=spec)
+            external_id = self.backend.launch(record_id=row.id, attempt=row.attempt, spec=spec)
         except Exception as exc:
             self._launch_failed(row, classify(exc), counter)
             return
+        launched_at = self.clock()
         if self.store.transition(
             row.id,
             expect_phases=[Phase.LAUNCHING],
             expect_attempt=row.attempt,
             phase=Phase.PROVISIONING,
             external_id=external_id,
-            launched_at=self.clock(),
+            launched_at=launched_at,
             last_error=None,
         ):
             counter.add("launched")
+            self.metrics.launches.labels(self._kind, "success").inc()
+            self.metrics.queue_to_launch.labels(self._kind).observe(
+                max(0.0, (launched_at - row.created_at).total_seconds())
+            )
 
     def _launch_failed(self, row: TaskRecord, error: AwsError, counter: _Counter) -> None:
         now = self.clock()
-        if row.phase is not Phase.LAUNCHING:
-            # Failed before the write-ahead (the store): nothing reached AWS; the next cycle retries.
-            counter.add("row_errors")
-            log.warning("task %s: could not claim for launch: %s", row.id, error.reason)
-            return
+        kind = self._kind
         if isinstance(error, TerminalError):
+            self.metrics.launches.labels(kind, "terminal_error").inc()
             self._fail(row, f"launch failed: {error.reason}", counter)
             return
         assert isinstance(error, RetriableError)
+        self.metrics.launches.labels(kind, "throttled" if error.throttled else "retriable_error").inc()
         if error.throttled or error.credentials:
             if error.throttled:
                 counter.add("throttled")
+            self.metrics.launch_retries.labels(kind, "throttled" if error.throttled else "credentials").inc()
             # Refused before anything started, and not this task's fault: give the attempt back.
             self.store.transition(
                 row.id,
@@ -366,10 +400,11 @@ class Engine:
             return
         if error.rejected:
             # Definitely no task (capacity): the next attempt gets a new client token.
-            self._retry_or_fail(row, f"launch failed: {error.reason}", now, counter)
+            self._retry_or_fail(row, f"launch failed: {error.reason}", now, counter, reason_label="capacity")
             return
         # Ambiguous: the call may have started a task. Retry the SAME attempt (same clientToken).
         counter.add("launch_retries")
+        self.metrics.launch_retries.labels(kind, "ambiguous").inc()
         delay = self._backoff(row.attempt)
         self.store.transition(
             row.id,

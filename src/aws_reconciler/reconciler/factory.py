@@ -10,6 +10,8 @@ from ..backends.ecs.backend import EcsBackend
 from ..backends.ecs.client import make_client
 from ..backends.ratelimit import TokenBucket
 from ..config import Settings
+from ..metrics.aws import instrument_client
+from ..metrics.definitions import Metrics
 from ..store.engine import create_store_engine
 from ..store.lease import LeaseStore
 from ..store.migrate import check_schema
@@ -37,13 +39,18 @@ def engine_settings(settings: Settings) -> EngineSettings:
     )
 
 
-def build_ecs_backend(settings: Settings, *, client: object | None = None) -> EcsBackend:
-    """The ECS backend with buckets shaped like AWS's."""
+def build_ecs_backend(
+    settings: Settings, *, client: object | None = None, metrics: Metrics | None = None
+) -> EcsBackend:
+    """The ECS backend with buckets shaped like AWS's; its client's calls are counted in ``metrics``."""
     core, ecs = settings.core, settings.ecs
     assert ecs.container_name is not None
+    if client is None:
+        client = make_client("ecs", region_name=ecs.region_name, max_pool_connections=core.launch_concurrency + 4)
+        if metrics is not None:
+            instrument_client(client, metrics)
     return EcsBackend(
-        client=client
-        or make_client("ecs", region_name=ecs.region_name, max_pool_connections=core.launch_concurrency + 4),
+        client=client,
         deployment=core.deployment,
         clusters=ecs.clusters,
         container_name=ecs.container_name,
@@ -58,9 +65,10 @@ def holder_identity() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
-def build_runner(settings: Settings) -> Runner:
+def build_runner(settings: Settings, *, metrics: Metrics | None = None) -> Runner:
     """Everything ``aws-reconciler run`` needs, validated before the loop starts."""
     settings.require_backend()
+    metrics = metrics or Metrics()
     db = create_store_engine(settings.store_url)
     check_schema(db)
     store = TaskStore(db)
@@ -88,4 +96,5 @@ def build_runner(settings: Settings) -> Runner:
         interval=core.reconcile_interval,
         backoff_base=core.backoff_base,
         backoff_max=core.backoff_max,
+        metrics=metrics,
     )

@@ -25,6 +25,10 @@ class OrphanTracker:
                 ready.append(external_id)
         return ready
 
+    def tracked(self) -> set[str]:
+        """Orphans currently inside their grace."""
+        return set(self._first_seen)
+
     def forget(self, external_id: str) -> None:
         """The orphan was stopped."""
         self._first_seen.pop(external_id, None)

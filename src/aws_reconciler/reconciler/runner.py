@@ -9,6 +9,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from ..metrics.definitions import Metrics
+from ..metrics.server import Check
 from ..store.notify import Waker
 from .backoff import backoff_delay
 from .engine import Engine
@@ -23,8 +25,12 @@ class Health:
     """What /healthz and /readyz report: progress of the loop and the last trouble."""
 
     last_cycle_ok_at: float | None = None
+    # The loop's last sign of life: end of a pass (leader or standby) or start of a cycle.
+    last_progress_at: float | None = None
     consecutive_failures: int = 0
     last_error: str | None = None
+    # Only the type reaches /readyz: messages may name hosts or resources.
+    last_error_type: str | None = None
     leader: bool = False
     cycles: int = 0
     history: list[Result] = field(default_factory=list, repr=False)
@@ -43,8 +49,15 @@ class Runner:
         backoff_base: float,
         backoff_max: float,
         monotonic: Callable[[], float] = time.monotonic,
+        metrics: Metrics | None = None,
+        stall_timeout: float | None = None,
+        unready_after_failures: int = 3,
     ) -> None:
         self.engines = list(engines)
+        self.metrics = metrics or Metrics()
+        # Long enough for a large launch burst within one cycle, short enough to catch a hang.
+        self.stall_timeout = stall_timeout if stall_timeout is not None else max(10 * interval, 600.0)
+        self.unready_after_failures = unready_after_failures
         self.elector = elector
         self.waker = waker
         self.interval = interval
@@ -74,8 +87,11 @@ class Runner:
         """One pass over every engine if leading; returns seconds until the next pass."""
         leading = self.elector.is_leader()
         self.health.leader = leading
+        self.metrics.leader.set(1 if leading else 0)
+        self.health.last_progress_at = self._monotonic()
         if not leading:
             return self.elector.retry_period
+        started = self._monotonic()
         try:
             # The soonest pass any engine asks for; starting from `interval` would cap every
             # engine's request at it and silently drop a throttled engine's longer requeue.
@@ -88,18 +104,48 @@ class Runner:
                     log.info("%s cycle: %s", engine.backend.kind.value, result.stats)
         except Exception as exc:
             # AWS or database trouble: stay up, report unready, back off, try again.
+            self.metrics.reconciles.labels("error").inc()
+            self.health.last_progress_at = self._monotonic()
             self.health.consecutive_failures += 1
             self.health.last_error = f"{type(exc).__name__}: {exc}"[:500]
+            self.health.last_error_type = type(exc).__name__
             delay = backoff_delay(
                 attempt=self.health.consecutive_failures, base=self.backoff_base, cap=self.backoff_max
             )
             log.warning("reconcile cycle failed (%s); retrying in %.1f s", self.health.last_error, delay)
             return delay
+        finished = self._monotonic()
+        self.metrics.reconciles.labels("success").inc()
+        self.metrics.reconcile_duration.observe(finished - started)
+        self.metrics.last_reconcile.set(time.time())
         self.health.consecutive_failures = 0
         self.health.last_error = None
-        self.health.last_cycle_ok_at = self._monotonic()
+        self.health.last_cycle_ok_at = finished
+        self.health.last_progress_at = finished
         self.health.cycles += 1
         return self.interval if requeue is None else requeue
+
+    def liveness(self) -> Check:
+        """Alive while the loop makes progress (a failing loop is alive but not ready)."""
+        last = self.health.last_progress_at
+        if last is None:
+            return Check(True, {"status": "starting"})
+        idle = self._monotonic() - last
+        details = {"seconds_since_progress": round(idle, 1), "stall_timeout": self.stall_timeout}
+        return Check(idle < self.stall_timeout, details)
+
+    def readiness(self) -> Check:
+        """Ready when the store answers and, while leading, cycles succeed; standbys are ready too."""
+        role = "active" if self.elector.is_leader() else "standby"
+        details: dict[str, object] = {"role": role, "consecutive_failures": self.health.consecutive_failures}
+        ok = True
+        if self.elector.last_error is not None:
+            ok = False
+            details["store"] = self.elector.last_error
+        if role == "active" and self.health.consecutive_failures >= self.unready_after_failures:
+            ok = False
+            details["last_error"] = self.health.last_error_type
+        return Check(ok, details)
 
     def run(self, *, once: bool = False) -> int:
         """Loop until asked to stop; ``once`` acquires the lease, runs one cycle and returns."""

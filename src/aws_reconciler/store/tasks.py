@@ -220,6 +220,32 @@ class TaskStore:
                     found[row.id] = row.spec
         return found
 
+    def claim_for_launch(self, ids: Sequence[str]) -> dict[str, int]:
+        """Write-ahead for a batch of launches: pending rows still wanted move to ``launching``
+        with the next attempt number, in one statement. Returns id -> the attempt to launch.
+
+        From here on each claimed attempt may exist on AWS, so it is only ever relaunched with
+        the same client token.
+        """
+        now = self.clock()
+        claimed: dict[str, int] = {}
+        with self.engine.begin() as conn:
+            for chunk in _chunks(ids):
+                statement = (
+                    task.update()
+                    .where(
+                        task.c.id.in_(chunk),
+                        task.c.phase == Phase.PENDING.value,
+                        task.c.desired == Desired.RUNNING.value,
+                    )
+                    .values(
+                        phase=Phase.LAUNCHING.value, attempt=task.c.attempt + 1, next_attempt_at=now, updated_at=now
+                    )
+                    .returning(task.c.id, task.c.attempt)
+                )
+                claimed.update({row.id: row.attempt for row in conn.execute(statement)})
+        return claimed
+
     def get(self, record_id: str) -> TaskRecord | None:
         """One full row (with spec), or ``None``."""
         with self.engine.connect() as conn:
