@@ -60,6 +60,21 @@ def _cmd_db_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_status(args: argparse.Namespace) -> int:
+    from .status import print_status
+    from .store.engine import create_store_engine
+    from .store.migrate import check_schema
+    from .store.queries import TaskQueries
+
+    settings = load_settings()
+    engine = create_store_engine(settings.store_url)
+    check_schema(engine)
+    print_status(
+        TaskQueries(engine), store_label=redact_url(settings.store_url), failures=args.failures, out=sys.stdout
+    )
+    return 0
+
+
 def _cmd_config_show(args: argparse.Namespace) -> int:
     rows = describe_settings(load_settings())
     width = max(len(f"[{s}] {o}") for s, o, _, _ in rows)
@@ -86,6 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_sandbox_parser(commands)
 
+    status = commands.add_parser("status", help="tasks by backend and phase, oldest pending, recent failures")
+    status.add_argument(
+        "--failures", type=int, default=10, metavar="N", help="how many recent failures to list (default 10)"
+    )
+    status.set_defaults(func=_cmd_status)
+
     config = commands.add_parser("config", help="settings").add_subparsers(dest="config_command", required=True)
     config.add_parser("show", help="effective settings and their origin, secrets redacted").set_defaults(
         func=_cmd_config_show
@@ -99,6 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    # Alembic announces every plugin at INFO; only its warnings matter to operators.
+    logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLogger().level))
     try:
         return int(args.func(args) or 0)
     except ConfigError as exc:

@@ -6,6 +6,7 @@ import threading
 import uuid
 from datetime import UTC, datetime, timedelta
 
+import pytest
 import sqlalchemy as sa
 
 from aws_reconciler.store import (
@@ -215,3 +216,28 @@ def test_lease_contention_has_one_winner(store_url: str) -> None:
     for t in threads:
         t.join(timeout=60)
     assert results.count(True) == 1 and len(results) == 8
+
+
+@pytest.mark.timeout(60)
+def test_waker_wakes_on_notify_and_drains_a_burst(pg_schema_url: str) -> None:
+    """An executor's insert wakes the reconciler; draining a burst of notifications never blocks it.
+
+    (The channel is database-wide, so other writers may add wake-ups: only "woken" is asserted.)
+    """
+    from aws_reconciler.store import Waker
+
+    engine = create_store_engine(pg_schema_url)
+    migrate(engine)
+    waker = Waker(engine)
+    try:
+        waker.wait(0.1)  # connects and LISTENs
+        store = TaskStore(engine)
+        for _ in range(5):
+            store.add([new_task()])  # five transactions, five notifications
+        assert waker.wait(30) is True
+        waker.wait(0.3)  # returns (True or False) instead of hanging on the drained connection
+        waker.wake()
+        assert waker.wait(30) is True
+    finally:
+        waker.close()
+        engine.dispose()

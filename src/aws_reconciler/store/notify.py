@@ -51,7 +51,10 @@ class Waker:
         try:
             conn = self._listening_connection()
             while remaining > 0:
-                for _ in conn.notifies(timeout=min(slice_seconds, remaining), stop_after=1):
+                # Let the generator run to its end: it holds the connection's lock until then,
+                # and draining inside it would deadlock.
+                received = list(conn.notifies(timeout=min(slice_seconds, remaining), stop_after=1))
+                if received:
                     self._drain(conn)
                     return True
                 if self._local.is_set():
@@ -68,8 +71,9 @@ class Waker:
         return False
 
     def _drain(self, conn: Any) -> None:
-        # Many inserts in a burst produce many notifications; one cycle handles them all.
-        for _ in conn.notifies(timeout=0):
+        # Many inserts in a burst produce many notifications; one cycle handles them all. The
+        # timeout must be positive: psycopg treats 0 as "no timeout" and would block forever.
+        for _ in conn.notifies(timeout=0.001):
             pass
 
     def _listening_connection(self) -> Any:
