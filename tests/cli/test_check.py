@@ -1,0 +1,66 @@
+"""`aws-reconciler check` against the sandbox: all permissions present, then one denied."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from aws_reconciler.cli import main
+from aws_reconciler.sandbox import SandboxServer, bootstrap
+
+REGION = "us-east-1"
+
+
+@pytest.fixture(scope="module")
+def sandbox() -> Iterator[SandboxServer]:
+    server = SandboxServer(region=REGION)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def configured(sandbox: SandboxServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> SandboxServer:
+    sandbox.reset()
+    for name, value in bootstrap(endpoint_url=sandbox.endpoint_url, region=REGION).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("AIRFLOW_CONFIG", str(tmp_path / "absent.cfg"))
+    monkeypatch.setenv("AIRFLOW__AWS_RECONCILER__STORE_URL", f"sqlite:///{tmp_path / 'store.db'}")
+    return sandbox
+
+
+def test_all_permissions_present(configured: SandboxServer, capsys: pytest.CaptureFixture[str]) -> None:
+    tasks_before = len(configured.tasks())
+    assert main(["check"]) == 0
+    out = capsys.readouterr().out
+    for permission in (
+        "ecs:RunTask",
+        "ecs:StopTask",
+        "ecs:DescribeTasks",
+        "ecs:ListTasks",
+        "ecs:DescribeTaskDefinition",
+    ):
+        assert f"ok       {permission}" in out, out
+    assert "MISSING" not in out
+    # The probes changed nothing: no task was launched.
+    assert len(configured.tasks()) == tasks_before
+
+
+def test_a_denied_permission_is_reported_and_fails(
+    configured: SandboxServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    configured.inject_error(
+        operation="StopTask",
+        code="AccessDeniedException",
+        message="User: arn:aws:sts::123456789012:assumed-role/reconciler is not authorized to perform: ecs:StopTask",
+    )
+    assert main(["check"]) == 1
+    captured = capsys.readouterr()
+    line = next(line for line in captured.out.splitlines() if "ecs:StopTask" in line)
+    assert line.startswith("MISSING") and "AccessDeniedException" in line
+    assert "1 permission(s) missing" in captured.err
+    assert all(line.startswith("ok") for line in captured.out.splitlines() if "ecs:RunTask" in line)
