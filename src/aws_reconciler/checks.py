@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -62,27 +63,28 @@ def ecs_checks(settings: Settings, client: Any) -> list[CheckResult]:
     )
     for cluster in ecs.clusters:
         results.append(
-            _probe(f"ecs:ListTasks {cluster}", lambda c=cluster: client.list_tasks(cluster=c, startedBy=deployment))
+            _probe(f"ecs:ListTasks {cluster}", partial(client.list_tasks, cluster=cluster, startedBy=deployment))
         )
         missing_task = f"arn:aws:ecs:{client.meta.region_name}:000000000000:task/{cluster}/{'0' * 32}"
         results.append(
             _probe(
                 f"ecs:DescribeTasks {cluster}",
-                lambda c=cluster, t=missing_task: client.describe_tasks(cluster=c, tasks=[t], include=["TAGS"]),
+                partial(client.describe_tasks, cluster=cluster, tasks=[missing_task], include=["TAGS"]),
             )
         )
         results.append(
             _probe(
                 f"ecs:StopTask {cluster}",
-                lambda c=cluster, t=missing_task: client.stop_task(cluster=c, task=t, reason="aws-reconciler check"),
+                partial(client.stop_task, cluster=cluster, task=missing_task, reason="aws-reconciler check"),
             )
         )
         # count=0 is rejected by parameter validation after authorisation: nothing can launch.
         results.append(
             _probe(
                 f"ecs:RunTask {cluster} {ecs.task_definition}",
-                lambda c=cluster: client.run_task(
-                    cluster=c,
+                partial(
+                    client.run_task,
+                    cluster=cluster,
                     taskDefinition=ecs.task_definition,
                     count=0,
                     startedBy=deployment,
