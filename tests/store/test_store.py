@@ -133,6 +133,21 @@ def test_retention_deletes_only_old_reported_rows(store: TaskStore) -> None:
     assert store.get(old.id) is None and store.get(fresh.id) is not None and store.get(open_.id) is not None
 
 
+def test_retention_also_drops_rows_never_reported(store: TaskStore) -> None:
+    """A row whose scheduler died after it finished, and which Airflow never had adopted."""
+    abandoned, recent = new_task(), new_task()
+    store.add([abandoned, recent])
+    store.transition(
+        abandoned.id,
+        expect_phases=[Phase.PENDING],
+        phase=Phase.FAILED,
+        finished_at=datetime.now(UTC) - timedelta(days=9),
+    )
+    store.transition(recent.id, expect_phases=[Phase.PENDING], phase=Phase.FAILED)
+    assert store.delete_reported_before(datetime.now(UTC) - timedelta(days=7)) == 1
+    assert store.get(abandoned.id) is None and store.get(recent.id) is not None
+
+
 def test_timestamps_are_utc_aware(store: TaskStore) -> None:
     t = new_task()
     store.add([t])

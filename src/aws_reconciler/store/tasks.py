@@ -289,9 +289,18 @@ class TaskStore:
             return bool(own.execute(statement).rowcount)
 
     def delete_reported_before(self, cutoff: datetime) -> int:
-        """Retention: drop rows reported before ``cutoff``."""
+        """Retention: drop finished rows reported before ``cutoff``, and finished rows nobody
+        reported by then (their scheduler died and Airflow never asked anyone to adopt them)."""
         with self.engine.begin() as conn:
-            result = conn.execute(task.delete().where(task.c.reported_at < cutoff, task.c.finished_at.is_not(None)))
+            result = conn.execute(
+                task.delete().where(
+                    task.c.finished_at.is_not(None),
+                    sa.or_(
+                        task.c.reported_at < cutoff,
+                        sa.and_(task.c.reported_at.is_(None), task.c.finished_at < cutoff),
+                    ),
+                )
+            )
             return result.rowcount or 0
 
     def count_by_phase(self) -> dict[tuple[str, str], int]:

@@ -1,0 +1,90 @@
+"""The demo DAG: every task instance becomes one ECS task, launched by the reconciler.
+
+20 task instances in one run (21 ECS tasks: ``flaky`` runs twice):
+
+- ``make_items`` returns 15 numbers; ``square`` is mapped over them (dynamic task mapping, 15
+  task instances); ``total`` adds the squares up (XComs travel through the Execution API);
+- ``flaky`` fails on its first try and succeeds on its second (``retries=1``): Airflow's own
+  retry re-runs it as a *new* ECS task; the reconciler never relaunches a task that ran;
+- ``long_running`` works for about 20 seconds and prints its progress (visible in the Airflow UI
+  while it runs: the executor serves the container's CloudWatch log);
+- ``report`` waits for all of them.
+
+Every task is cheap on purpose: each task instance is a full Airflow task runner process
+(~250 MB), so ``max_active_tasks`` keeps a two-core machine responsive.
+
+Run configuration (``conf`` of the trigger): ``items`` (how many mapped task instances),
+``square_seconds`` (how long each works) and ``long_running_seconds``. The end-to-end tests
+change them to have many tasks running when they kill the scheduler or the reconciler.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+from typing import Any
+
+from airflow.sdk import dag, get_current_context, task
+
+ITEMS = 15
+LONG_RUNNING_SECONDS = 20
+
+
+@dag(
+    dag_id="aws_reconciler_example",
+    schedule=None,
+    catchup=False,
+    max_active_tasks=8,
+    max_active_runs=1,
+    params={"items": ITEMS, "square_seconds": 0, "long_running_seconds": LONG_RUNNING_SECONDS},
+    tags=["aws-reconciler", "demo"],
+    doc_md=__doc__,
+)
+def aws_reconciler_example() -> None:
+    """Fan out, retry, run long, gather."""
+
+    @task
+    def make_items() -> list[int]:
+        """The input of the mapped task."""
+        return list(range(1, int(get_current_context()["params"]["items"]) + 1))
+
+    @task
+    def square(x: int) -> int:
+        """One mapped task instance per item."""
+        time.sleep(float(get_current_context()["params"]["square_seconds"]))
+        print(f"{x} squared is {x * x}")
+        return x * x
+
+    @task
+    def total(values: Any) -> int:
+        """Gathers the mapped results."""
+        result = sum(values)
+        print(f"sum of squares: {result}")
+        return result
+
+    @task(retries=1, retry_delay=timedelta(seconds=3))
+    def flaky() -> str:
+        """Fails on try 1 on purpose; Airflow retries it as a new ECS task, which succeeds."""
+        try_number = get_current_context()["ti"].try_number
+        if try_number == 1:
+            raise RuntimeError("failing on purpose on try 1; try 2 will succeed")
+        return f"succeeded on try {try_number}"
+
+    @task
+    def long_running() -> int:
+        """Works for tens of seconds, printing progress."""
+        seconds = int(get_current_context()["params"]["long_running_seconds"])
+        for second in range(1, seconds + 1):
+            time.sleep(1)
+            print(f"working: {second}/{seconds} s", flush=True)
+        return seconds
+
+    @task
+    def report(result: Any, flaky_result: Any, seconds: Any) -> None:
+        """The end of the run (arguments are the upstream tasks' XComs)."""
+        print(f"sum of squares {result}; flaky {flaky_result}; long task ran {seconds} s")
+
+    report(total(square.expand(x=make_items())), flaky(), long_running())
+
+
+aws_reconciler_example()

@@ -1,0 +1,143 @@
+"""Helpers of the end-to-end tests: start a stack for a module, read ECS tasks by record, check outcomes.
+
+Every wait polls a real interface (Airflow's REST API, the task store, the sandbox control API)
+until a condition holds or a deadline passes; nothing sleeps and hopes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aws_reconciler.backends.tags import ID_TAG
+from aws_reconciler.demo.stack import (
+    ADMIN_URL_ENV,
+    DEFAULT_ADMIN_URL,
+    DEPLOYMENT,
+    LocalStack,
+    StackOptions,
+    StoreRow,
+    postgres_problem,
+)
+from aws_reconciler.demo.summary import Expectation, TiOutcome, outcomes
+
+E2E_DAGS = Path(__file__).resolve().parent / "dags"
+#: Deadline of one DAG run of the example on a loaded two-core machine.
+RUN_TIMEOUT = 300.0
+
+
+def require_postgres() -> None:
+    """The end-to-end stack runs several Airflow processes: SQLite's single writer is not enough."""
+    problem = postgres_problem(os.environ.get(ADMIN_URL_ENV, DEFAULT_ADMIN_URL))
+    if problem is None:
+        return
+    if os.environ.get("AWS_RECONCILER_REQUIRE_POSTGRES") == "1":
+        pytest.fail(f"{problem} and AWS_RECONCILER_REQUIRE_POSTGRES=1")
+    pytest.skip(problem)
+
+
+@contextmanager
+def running_stack(work_dir: Path, **options: Any) -> Iterator[LocalStack]:
+    """A started stack on a fresh PostgreSQL database; everything stopped and dropped afterwards."""
+    require_postgres()
+    with LocalStack(StackOptions(work_dir=work_dir, database="postgres", **options)) as stack:
+        yield stack
+
+
+def ecs_tasks_by_record(stack: LocalStack) -> dict[str, list[dict[str, Any]]]:
+    """The sandbox's ECS tasks of this deployment grouped by their ``aws-reconciler:id`` tag."""
+    grouped: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for task in stack.ecs_tasks():
+        tags = task.get("tags") or {}
+        if task.get("startedBy") == DEPLOYMENT and ID_TAG in tags:
+            grouped[tags[ID_TAG]].append(task)
+    return dict(grouped)
+
+
+def never_started(task: Mapping[str, Any]) -> bool:
+    """Stopped before its container ran (nothing of the Airflow task happened)."""
+    return task.get("lastStatus") == "STOPPED" and (
+        task.get("startedAt") is None or task.get("stopCode") == "TaskFailedToStart"
+    )
+
+
+def run_outcomes(stack: LocalStack, dag_id: str, run_id: str, expected: Mapping[str, Expectation]) -> list[TiOutcome]:
+    """Every task instance of the run with its store row and the expectation it is checked against."""
+    return outcomes(stack.api.task_instances(dag_id, run_id), stack.store_rows(dag_id=dag_id, run_id=run_id), expected)
+
+
+def assert_as_expected(results: Sequence[TiOutcome], *, count: int) -> None:
+    """All ``count`` task instances ended in their expected state on their expected try."""
+    wrong = [f"{r.label}: {r.state} on try {r.try_number}, expected {r.expected}" for r in results if not r.ok]
+    assert not wrong, "task instances not as expected:\n" + "\n".join(wrong)
+    assert len(results) == count, f"expected {count} task instances, got {[r.label for r in results]}"
+
+
+def assert_one_ecs_task_per_record(stack: LocalStack, rows: Sequence[StoreRow]) -> None:
+    """Each queueing that was launched ran as exactly one ECS task carrying its record id.
+
+    Several tasks per id would be legitimate only for launch attempts stopped before their
+    container started (a retried launch); each attempt has its own client token.
+    """
+    by_record = ecs_tasks_by_record(stack)
+    problems = []
+    for row in rows:
+        tasks = by_record.get(row.id, [])
+        tokens = [t.get("clientToken") for t in tasks]
+        if len(set(tokens)) != len(tokens):
+            problems.append(f"{row.id}: one client token launched several tasks: {tokens}")
+        ran = [t["arn"] for t in tasks if not never_started(t)]
+        if len(ran) > 1:
+            problems.append(
+                f"{row.id} ({row.task_id}[{row.map_index}] try {row.try_number}): {len(ran)} tasks ran: {ran}"
+            )
+        if row.phase == "succeeded" and len(ran) != 1:
+            problems.append(f"{row.id} ({row.task_id}[{row.map_index}]) succeeded but {len(ran)} ECS tasks ran")
+        if row.external_id is not None and row.external_id not in {t["arn"] for t in tasks}:
+            problems.append(f"{row.id}: its ECS task {row.external_id} does not carry its id tag")
+    assert not problems, "\n".join(problems)
+
+
+def wait_no_ecs_task_running(stack: LocalStack, timeout: float = 60.0) -> None:
+    """Until every ECS task of the deployment is STOPPED (orphans are stopped after the grace)."""
+
+    def all_stopped() -> bool:
+        return all(t.get("lastStatus") == "STOPPED" for tasks in ecs_tasks_by_record(stack).values() for t in tasks)
+
+    stack.wait(all_stopped, "every ECS task to be STOPPED (no orphan left running)", timeout)
+
+
+def wait_rows_reported(stack: LocalStack, dag_id: str, run_id: str, timeout: float = 60.0) -> list[StoreRow]:
+    """Until every row of the run is finished and reported to Airflow; returns the rows.
+
+    A DAG run can succeed before its last ECS task is seen STOPPED: the task instance reports
+    success through the Execution API, then its process exits, then the reconciler observes it
+    and the executor reports it. Nothing may stay unreported.
+    """
+
+    def settled() -> list[StoreRow] | None:
+        rows = stack.store_rows(dag_id=dag_id, run_id=run_id)
+        return rows if all(r.finished_at is not None and r.reported_at is not None for r in rows) else None
+
+    def unsettled() -> str:
+        rows = stack.store_rows(dag_id=dag_id, run_id=run_id)
+        return "unsettled rows: " + "; ".join(
+            f"{r.task_id}[{r.map_index}] try {r.try_number} {r.phase} owner {r.owner} reported {r.reported_at}"
+            for r in rows
+            if r.finished_at is None or r.reported_at is None
+        )
+
+    return stack.wait(
+        settled, f"every task record of {dag_id}/{run_id} to be finished and reported", timeout, on_timeout=unsettled
+    )
+
+
+def ti_map(tis: Sequence[Mapping[str, Any]]) -> dict[tuple[str, int], Mapping[str, Any]]:
+    """Task instances keyed by (task_id, map_index)."""
+    return {(str(t["task_id"]), int(t["map_index"])): t for t in tis}

@@ -1,0 +1,250 @@
+"""End to end on one shared stack: real Airflow 3 processes, the EcsExecutor, the reconciler and
+the sandbox running every ECS task as a local process.
+
+The tests run in file order on the same stack (starting one costs ~30 s). Each uses its own DAG
+run and checks only that run's rows and tasks; the kill tests put the killed process back even
+when they fail, so a failure does not cascade.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from e2e_support import (
+    RUN_TIMEOUT,
+    assert_as_expected,
+    assert_one_ecs_task_per_record,
+    ecs_tasks_by_record,
+    run_outcomes,
+    running_stack,
+    ti_map,
+    wait_no_ecs_task_running,
+    wait_rows_reported,
+)
+
+from aws_reconciler.demo.stack import (
+    EXAMPLE_DAG_ID,
+    INVALID_CONFIG_DAG_ID,
+    RECONCILER,
+    SCHEDULER,
+    LocalStack,
+    StoreRow,
+    utc_now,
+)
+from aws_reconciler.demo.summary import EXAMPLE_EXPECTED, INVALID_CONFIG_EXPECTED
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+
+EXAMPLE_TIS = 20  # make_items, 15 x square, total, flaky, long_running, report
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    work_dir: Path = tmp_path_factory.mktemp("e2e-stack")
+    with running_stack(work_dir, wait_for_dags=(EXAMPLE_DAG_ID, INVALID_CONFIG_DAG_ID)) as started:
+        yield started
+
+
+@pytest.fixture
+def healthy(stack: LocalStack) -> Iterator[LocalStack]:
+    """The stack, with any process a test killed started again and any planned fault dropped."""
+    try:
+        yield stack
+    finally:
+        stack.ensure_running()
+        stack.sandbox.clear_faults()
+
+
+def test_example_dag_reaches_expected_states(stack: LocalStack) -> None:
+    run_id = stack.api.trigger(EXAMPLE_DAG_ID)
+    run = stack.api.wait_run_finished(EXAMPLE_DAG_ID, run_id, timeout=RUN_TIMEOUT)
+
+    results = run_outcomes(stack, EXAMPLE_DAG_ID, run_id, EXAMPLE_EXPECTED)
+    assert_as_expected(results, count=EXAMPLE_TIS)
+    assert run["state"] == "success"
+    rows = wait_rows_reported(stack, EXAMPLE_DAG_ID, run_id)
+    # One queueing per try: 20 task instances, flaky twice.
+    assert len(rows) == EXAMPLE_TIS + 1
+    assert all(r.phase == "succeeded" for r in rows), [(r.task_id, r.phase, r.status_reason) for r in rows]
+    assert all(r.ecs_task_arn for r in results)
+    assert_one_ecs_task_per_record(stack, rows)
+    # The try that failed on purpose ran as its own ECS task, which ended normally: in Airflow 3
+    # the task's failure travels through the Execution API, not the exit code.
+    flaky = sorted((r for r in rows if r.task_id == "flaky"), key=lambda r: r.try_number)
+    assert [r.try_number for r in flaky] == [1, 2]
+    assert flaky[0].external_id != flaky[1].external_id
+    wait_no_ecs_task_running(stack)
+
+
+def test_invalid_executor_config_fails_only_that_task(stack: LocalStack) -> None:
+    run_id = stack.api.trigger(INVALID_CONFIG_DAG_ID)
+    stack.api.wait_run_finished(INVALID_CONFIG_DAG_ID, run_id, timeout=RUN_TIMEOUT)
+    wait_rows_reported(stack, INVALID_CONFIG_DAG_ID, run_id)
+
+    assert_as_expected(run_outcomes(stack, INVALID_CONFIG_DAG_ID, run_id, INVALID_CONFIG_EXPECTED), count=2)
+    rows = {r.task_id: r for r in stack.store_rows(dag_id=INVALID_CONFIG_DAG_ID, run_id=run_id)}
+    bad = rows["bad_config"]
+    assert bad.phase == "failed" and bad.external_id is None and bad.attempt == 0
+    assert bad.status_reason is not None and "invalid executor_config key 'clientToken'" in bad.status_reason
+    assert bad.id not in ecs_tasks_by_record(stack), "nothing may be launched for an invalid executor_config"
+    assert rows["good"].phase == "succeeded"
+
+    # Clear in Airflow itself: the event log of the task instance, and the scheduler's log.
+    events = stack.api.event_logs(dag_id=INVALID_CONFIG_DAG_ID, event="state mismatch")
+    messages = [str(e.get("extra")) for e in events if e.get("task_id") == "bad_config" and e.get("run_id") == run_id]
+    assert any("invalid executor_config key 'clientToken'" in m for m in messages), messages
+    assert "invalid executor_config key 'clientToken'" in stack.scheduler_log()
+
+
+def test_scheduler_kill9_adopts_running_task_instances(healthy: LocalStack) -> None:
+    stack = healthy
+    # Long enough that the tasks running at the kill still run when the new scheduler declares
+    # the old one dead (scheduler_health_check_threshold 15 s) and adopts (every 5 s).
+    conf = {"items": 6, "square_seconds": 45, "long_running_seconds": 45}
+    run_id = stack.api.trigger(EXAMPLE_DAG_ID, conf=conf)
+
+    def several_running() -> list[dict[str, Any]] | None:
+        tis = stack.api.task_instances(EXAMPLE_DAG_ID, run_id)
+        running = [t for t in tis if t["state"] == "running" and t["task_id"] == "square"]
+        return tis if len(running) >= 4 else None
+
+    before = ti_map(stack.wait(several_running, "four mapped task instances running", RUN_TIMEOUT))
+    in_flight = {key: ti for key, ti in before.items() if ti["state"] in ("queued", "running")}
+    running = {key for key, ti in in_flight.items() if ti["state"] == "running"}
+    old_job = stack.scheduler_job_id()
+    killed_at = utc_now()
+    stack.kill(SCHEDULER)
+    stack.start_scheduler()
+    new_job = stack.wait_scheduler_running(started_after=killed_at)
+    assert new_job != old_job
+
+    run = stack.api.wait_run_finished(EXAMPLE_DAG_ID, run_id, timeout=RUN_TIMEOUT)
+    assert run["state"] == "success"
+    assert_as_expected(run_outcomes(stack, EXAMPLE_DAG_ID, run_id, EXAMPLE_EXPECTED), count=6 + 5)
+
+    # Adopted, not reset: a reset task instance would have run again with try_number + 1.
+    after = ti_map(stack.api.task_instances(EXAMPLE_DAG_ID, run_id))
+    for key, ti in in_flight.items():
+        assert after[key]["state"] == "success", (key, after[key]["state"])
+        assert after[key]["try_number"] == ti["try_number"], f"{key} was reset instead of adopted"
+    # Airflow's view (queued_by_job_id) and ours (the row's owner, who reports it) moved together.
+    airflow_rows = stack.task_instance_rows(EXAMPLE_DAG_ID, run_id)
+    rows = _wait_rows_settled(stack, run_id, old_job=old_job, airflow_rows=airflow_rows)
+    owner = {
+        (r.task_id, r.map_index): r.owner
+        for r in rows
+        if r.id == airflow_rows[(r.task_id, r.map_index)]["external_executor_id"]
+    }
+    for key in running:
+        assert airflow_rows[key]["queued_by_job_id"] == new_job, (key, airflow_rows[key]["queued_by_job_id"], new_job)
+        assert owner[key] == str(new_job), (key, owner[key], new_job)
+
+    # Exactly one ECS task per queueing: per Airflow's external executor id and per store row.
+    by_record = ecs_tasks_by_record(stack)
+    for key, ti in airflow_rows.items():
+        assert ti["external_executor_id"] is not None, key
+        assert len(by_record.get(ti["external_executor_id"], [])) == 1, (key, by_record.get(ti["external_executor_id"]))
+    assert_one_ecs_task_per_record(stack, rows)
+    wait_no_ecs_task_running(stack)
+
+
+def _wait_rows_settled(
+    stack: LocalStack, run_id: str, *, old_job: int | None, airflow_rows: dict[tuple[str, int], dict[str, Any]]
+) -> list[StoreRow]:
+    """Every row finished; reported, except those of the dead scheduler whose try ended before
+    anyone adopted it.
+
+    Such a try reported its outcome through the Execution API while no scheduler ran, so Airflow
+    never asks the new scheduler to adopt it and nobody owns its row any more. Harmless for
+    Airflow (the try is over), but the row is never reported, so retention never deletes it.
+    """
+
+    def orphaned_report(row: StoreRow) -> bool:
+        ti = airflow_rows[(row.task_id, row.map_index)]
+        if row.owner != str(old_job):
+            return False
+        # An earlier try (flaky's first) that failed meanwhile, or the final try, never adopted.
+        return ti["try_number"] > row.try_number or (ti["queued_by_job_id"] == old_job and ti["state"] == "success")
+
+    def settled() -> list[StoreRow] | None:
+        rows = stack.store_rows(dag_id=EXAMPLE_DAG_ID, run_id=run_id)
+        done = all(r.finished_at is not None and (r.reported_at is not None or orphaned_report(r)) for r in rows)
+        return rows if done else None
+
+    def describe() -> str:
+        return "unsettled: " + "; ".join(
+            f"{r.task_id}[{r.map_index}] try {r.try_number} {r.phase} owner {r.owner} reported {r.reported_at} "
+            f"TI {airflow_rows[(r.task_id, r.map_index)]}"
+            for r in stack.store_rows(dag_id=EXAMPLE_DAG_ID, run_id=run_id)
+            if r.finished_at is None or (r.reported_at is None and not orphaned_report(r))
+        )
+
+    return stack.wait(settled, "every task record to be finished and reported", 60, on_timeout=describe)
+
+
+def test_reconciler_kill9_while_launching_loses_nothing_and_duplicates_nothing(healthy: LocalStack) -> None:
+    stack = healthy
+    sandbox = stack.sandbox
+    conf = {"items": 8, "square_seconds": 2, "long_running_seconds": 20}
+
+    # Point 1: the RunTask answers are lost (the call takes effect, the caller sees a 500) and the
+    # reconciler dies before it learns what happened: the tasks exist, their rows have no ARN.
+    sandbox.inject_error(
+        operation="ecs:RunTask", code="ServerException", message="lost answer", status=500, times=None, phantom=True
+    )
+    run_id = stack.api.trigger(EXAMPLE_DAG_ID, conf=conf)
+
+    def launching_with_lost_answers() -> bool:
+        rows = stack.store_rows(dag_id=EXAMPLE_DAG_ID, run_id=run_id)
+        return len([r for r in rows if r.phase == "launching" and r.last_error]) >= 2
+
+    stack.wait(launching_with_lost_answers, "launches whose answer was lost", 120)
+    stack.kill(RECONCILER)
+    sandbox.clear_faults()
+    stack.start_reconciler()
+    stack.wait_reconciler_leading()
+
+    # Point 2: the mapped task instances have just been queued: kill before or while they launch.
+    def mapped_queued() -> bool:
+        rows = stack.store_rows(dag_id=EXAMPLE_DAG_ID, run_id=run_id)
+        return any(r.task_id == "square" for r in rows)
+
+    stack.wait(mapped_queued, "the mapped task instances to be queued", RUN_TIMEOUT, interval=0.1)
+    stack.kill(RECONCILER)
+    stack.start_reconciler()
+    stack.wait_reconciler_leading()
+
+    # Point 3: tasks are running and finish while no reconciler watches them.
+    def several_running() -> bool:
+        rows = stack.store_rows(dag_id=EXAMPLE_DAG_ID, run_id=run_id)
+        return len([r for r in rows if r.phase == "running"]) >= 3
+
+    stack.wait(several_running, "three ECS tasks running", RUN_TIMEOUT, interval=0.2)
+    running = {
+        (r.task_id, r.map_index) for r in stack.store_rows(dag_id=EXAMPLE_DAG_ID, run_id=run_id) if r.phase == "running"
+    }
+    stack.kill(RECONCILER)
+
+    def one_finished() -> bool:
+        tis = ti_map(stack.api.task_instances(EXAMPLE_DAG_ID, run_id))
+        return any(tis[key]["state"] == "success" for key in running)
+
+    stack.wait(one_finished, "a task to finish while the reconciler is down", RUN_TIMEOUT)
+    stack.start_reconciler()
+    stack.wait_reconciler_leading()
+
+    run = stack.api.wait_run_finished(EXAMPLE_DAG_ID, run_id, timeout=RUN_TIMEOUT)
+    assert run["state"] == "success"
+    assert_as_expected(run_outcomes(stack, EXAMPLE_DAG_ID, run_id, EXAMPLE_EXPECTED), count=8 + 5)
+
+    # Nothing lost: every queueing finished and was reported to Airflow.
+    rows = wait_rows_reported(stack, EXAMPLE_DAG_ID, run_id)
+    assert len(rows) == 8 + 5 + 1
+    assert all(r.phase == "succeeded" for r in rows), [(r.task_id, r.map_index, r.phase, r.status_reason) for r in rows]
+    # No duplicate: per record, one ECS task ran; repeated launches of an attempt were idempotent.
+    assert_one_ecs_task_per_record(stack, rows)
+    # No orphan left running.
+    wait_no_ecs_task_running(stack)
