@@ -75,6 +75,23 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_check(args: argparse.Namespace) -> int:
+    from .backends.ecs.client import make_client
+    from .checks import ecs_checks, render
+
+    settings = load_settings()
+    settings.require_backend()
+    results = []
+    if settings.ecs.enabled:
+        results += ecs_checks(settings, make_client("ecs", region_name=settings.ecs.region_name))
+    print(render(results))
+    missing = [r for r in results if not r.ok]
+    if missing:
+        print(f"{len(missing)} permission(s) missing", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _cmd_config_show(args: argparse.Namespace) -> int:
     rows = describe_settings(load_settings())
     width = max(len(f"[{s}] {o}") for s, o, _, _ in rows)
@@ -106,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--failures", type=int, default=10, metavar="N", help="how many recent failures to list (default 10)"
     )
     status.set_defaults(func=_cmd_status)
+
+    check = commands.add_parser("check", help="probe every AWS permission the reconciler needs, changing nothing")
+    check.set_defaults(func=_cmd_check)
 
     config = commands.add_parser("config", help="settings").add_subparsers(dest="config_command", required=True)
     config.add_parser("show", help="effective settings and their origin, secrets redacted").set_defaults(

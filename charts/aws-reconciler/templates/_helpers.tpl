@@ -1,0 +1,184 @@
+{{/*
+Names, labels and the pieces shared by the Deployment and the migration Job.
+*/}}
+
+{{/* Chart name, overridable. */}}
+{{- define "aws-reconciler.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Full name: <release>-<chart>, or the release name when it already contains the chart name. */}}
+{{- define "aws-reconciler.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "aws-reconciler.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels every object carries. */}}
+{{- define "aws-reconciler.labels" -}}
+helm.sh/chart: {{ include "aws-reconciler.chart" . }}
+app.kubernetes.io/name: {{ include "aws-reconciler.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: airflow
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+Selector of the reconciler pods. `component` keeps the migration Job's pod out of the Service,
+the PodDisruptionBudget and the NetworkPolicy.
+*/}}
+{{- define "aws-reconciler.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "aws-reconciler.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: reconciler
+{{- end }}
+
+{{- define "aws-reconciler.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "aws-reconciler.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* The image reference: digest wins over tag; the tag defaults to the chart's appVersion. */}}
+{{- define "aws-reconciler.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/*
+One setting as an environment variable value. Helm parses every YAML number as a float64, so
+whole numbers are printed without a decimal point or exponent (604800, not 6.048e+05: an int
+option would reject the latter); lists and maps become JSON, which the settings models parse.
+*/}}
+{{- define "aws-reconciler.settingValue" -}}
+{{- $v := . }}
+{{- if or (kindIs "slice" $v) (kindIs "map" $v) }}
+{{- toJson $v }}
+{{- else if and (kindIs "float64" $v) (eq $v (floor $v)) }}
+{{- int64 $v }}
+{{- else }}
+{{- toString $v }}
+{{- end }}
+{{- end }}
+
+{{/*
+Environment shared by the reconciler and the migration Job: the settings from `config`, the
+database URL from the existing Secret (never a literal), AWS region, airflow.cfg location.
+*/}}
+{{- define "aws-reconciler.env" -}}
+{{- range $section := keys .Values.config | sortAlpha }}
+{{- $options := index $.Values.config $section }}
+{{- range $option := keys $options | sortAlpha }}
+{{- $value := index $options $option }}
+{{- if not (or (kindIs "invalid" $value) (and (kindIs "string" $value) (eq $value ""))) }}
+- name: {{ printf "AIRFLOW__%s__%s" (upper $section) (upper $option) }}
+  value: {{ include "aws-reconciler.settingValue" $value | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
+- name: {{ .Values.database.envVar }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.database.existingSecret }}
+      key: {{ .Values.database.existingSecretKey }}
+{{- with .Values.aws.region }}
+- name: AWS_REGION
+  value: {{ . | quote }}
+- name: AWS_DEFAULT_REGION
+  value: {{ . | quote }}
+{{- end }}
+{{- if .Values.airflowConfig.existingConfigMap }}
+- name: AIRFLOW_CONFIG
+  value: /opt/airflow/config/airflow.cfg
+{{- end }}
+{{- with .Values.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Volumes shared by the reconciler and the migration Job. */}}
+{{- define "aws-reconciler.volumes" -}}
+# The root filesystem is read-only: Python, boto3 and Alembic get a small writable /tmp.
+- name: tmp
+  emptyDir:
+    medium: Memory
+    sizeLimit: 64Mi
+{{- if .Values.airflowConfig.existingConfigMap }}
+- name: airflow-config
+  configMap:
+    name: {{ .Values.airflowConfig.existingConfigMap }}
+    items:
+      - key: {{ .Values.airflowConfig.key }}
+        path: airflow.cfg
+{{- end }}
+{{- with .Values.extraVolumes }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "aws-reconciler.volumeMounts" -}}
+- name: tmp
+  mountPath: /tmp
+{{- if .Values.airflowConfig.existingConfigMap }}
+- name: airflow-config
+  mountPath: /opt/airflow/config
+  readOnly: true
+{{- end }}
+{{- with .Values.extraVolumeMounts }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+Checks the schema cannot express; each fails the install with a message naming the value.
+*/}}
+{{- define "aws-reconciler.validate" -}}
+{{- $core := default dict .Values.config.aws_reconciler }}
+{{- /* Leader election: the same rule the settings model enforces, caught before pods crash. */}}
+{{- $lease := float64 (default 15 $core.lease_duration) }}
+{{- $renew := float64 (default 10 $core.renew_deadline) }}
+{{- $retry := float64 (default 2 $core.retry_period) }}
+{{- if not (lt $renew $lease) }}
+{{- fail (printf "config.aws_reconciler.renew_deadline (%v) must be shorter than lease_duration (%v): a leader must stop acting before another replica can take the lease over" $renew $lease) }}
+{{- end }}
+{{- if not (lt $retry $renew) }}
+{{- fail (printf "config.aws_reconciler.retry_period (%v) must be shorter than renew_deadline (%v)" $retry $renew) }}
+{{- end }}
+{{- /* The database URL and the reconciler's settings have their own values. */}}
+{{- range .Values.extraEnv }}
+{{- $name := upper (toString .name) }}
+{{- if or (hasPrefix "AIRFLOW__AWS_RECONCILER" $name) (eq $name "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN") }}
+{{- fail (printf "extraEnv: %s is managed by the chart: set the database URL through database.existingSecret and settings under config.<section>.<option>" .name) }}
+{{- end }}
+{{- end }}
+{{- with .Values.podDisruptionBudget }}
+{{- if and .enabled (not (kindIs "invalid" .minAvailable)) (not (kindIs "invalid" .maxUnavailable)) }}
+{{- fail "podDisruptionBudget: set minAvailable or maxUnavailable, not both" }}
+{{- end }}
+{{- if and .enabled (or (kindIs "float64" .minAvailable) (kindIs "int64" .minAvailable) (kindIs "int" .minAvailable)) }}
+{{- if ge (int64 .minAvailable) (int64 $.Values.replicaCount) }}
+{{- fail (printf "podDisruptionBudget.minAvailable (%v) must be lower than replicaCount (%v), else no node could ever be drained" .minAvailable $.Values.replicaCount) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}

@@ -1,0 +1,692 @@
+"""charts/aws-reconciler: lint, render, validate for Kubernetes 1.29-1.33, and what the objects say.
+
+Helm 3 (CLI from tests/deploy/tools.sh) and Helm 4 (helm-python-sdk) both lint and render the
+chart; object assertions use the Helm 3 CLI when installed, else the SDK.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from deploy_support import (
+    CHART,
+    ENGINE_NAMES,
+    KUBE_VERSIONS,
+    NAMESPACE,
+    VALUES_FILES,
+    Engine,
+    RenderError,
+    any_engine,
+    container,
+    engine,
+    env_of,
+    load_values,
+    missing_tool,
+    render,
+    render_file,
+)
+
+from aws_reconciler.config.loader import SECTIONS, load_settings
+from aws_reconciler.config.models import DEPLOYMENT_PATTERN, SECRET_OPTIONS
+
+#: Custom resources kubernetes-validate has no schema for; checked by dedicated tests below.
+CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
+#: Every option of every settings section, by section.
+OPTIONS: dict[str, set[str]] = {model.section: set(model.model_fields) for model in SECTIONS}
+#: Options values-all.yaml cannot set, with the test that covers them instead.
+NOT_IN_VALUES_ALL = {
+    # Excludes capacity_provider_strategy, which values-all sets: test_launch_type_settings_load.
+    "aws_reconciler_ecs": {"launch_type"},
+}
+SETTINGS_ENV = re.compile(r"^AIRFLOW__(AWS_RECONCILER(?:_[A-Z0-9]+)?)__([A-Z0-9_]+)$")
+#: Keys that would hold a secret in plain text.
+SECRET_KEYS = {"password", "passwd", "pass", "secret", "token", "apikey", "api_key", "secretaccesskey"}
+#: Environment variable names that carry credentials.
+SECRET_ENV = re.compile(r"PASSWORD|SECRET|TOKEN|SQL_ALCHEMY_CONN|STORE_URL")
+#: Matches credentials in a URL (scheme://user:password@host).
+URL_WITH_PASSWORD = re.compile(r"[a-z][a-z0-9+.-]*://[^\s/:@'\"]+:[^\s/@'\"]+@")
+
+
+@pytest.fixture(scope="module")
+def helm() -> Engine:
+    return any_engine()
+
+
+def test_values_file_names_cover_all_variants() -> None:
+    for files in VALUES_FILES.values():
+        for path in files:
+            assert path.is_file(), path
+
+
+# ---- lint and validation ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("values_name", sorted(VALUES_FILES))
+@pytest.mark.parametrize("engine_name", ENGINE_NAMES)
+def test_helm_lint_strict(engine_name: str, values_name: str) -> None:
+    helm_ = engine(engine_name)
+    problems = helm_.lint(load_values(VALUES_FILES[values_name]))
+    assert problems == [], "\n".join(problems)
+
+
+@pytest.mark.parametrize("values_name", sorted(VALUES_FILES))
+def test_helm3_and_helm4_render_the_same_objects(values_name: str) -> None:
+    helm3, helm4 = engine("helm3-cli"), engine("helm4-sdk")
+    objects3 = sorted(render_file(helm3, values_name).objects, key=json.dumps)
+    objects4 = sorted(render_file(helm4, values_name).objects, key=json.dumps)
+    assert objects3 == objects4
+
+
+def _kubernetes_validate() -> Any:
+    try:
+        import kubernetes_validate
+    except ImportError as exc:
+        missing_tool(f"kubernetes-validate unavailable ({exc})")
+    return kubernetes_validate
+
+
+@pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
+@pytest.mark.parametrize("values_name", sorted(VALUES_FILES))
+def test_rendered_objects_are_valid_kubernetes(helm: Engine, values_name: str, kube_version: str) -> None:
+    kv = _kubernetes_validate()
+    rendered = render_file(helm, values_name)
+    validated = set()
+    for obj in rendered.objects:
+        if obj["kind"] in CRD_KINDS:
+            continue
+        try:
+            kv.validate(obj, kube_version, strict=True)
+        except kv.ValidationError as exc:
+            pytest.fail(f"{obj['kind']} {obj['metadata']['name']} invalid for Kubernetes {kube_version}: {exc}")
+        validated.add(obj["kind"])
+    assert {"Deployment", "Service", "ServiceAccount", "PodDisruptionBudget", "Job"} <= validated
+
+
+def test_every_manifest_names_the_release_namespace(helm: Engine) -> None:
+    rendered = render_file(helm, "all")
+    for obj in rendered.objects:
+        expected = "monitoring" if obj["metadata"]["name"].endswith("-dashboard") else NAMESPACE
+        assert obj["metadata"]["namespace"] == expected, obj["metadata"]["name"]
+
+
+# ---- the Deployment -------------------------------------------------------------------------
+
+
+def test_two_replicas_by_default_with_a_surge_only_rollout(helm: Engine) -> None:
+    deployment = render_file(helm, "defaults").one("Deployment")
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+    assert render_file(helm, "all").one("Deployment")["spec"]["replicas"] == 3
+
+
+def test_runs_aws_reconciler_run(helm: Engine) -> None:
+    main = container(render_file(helm, "defaults").one("Deployment")["spec"]["template"]["spec"])
+    assert main["command"] == ["aws-reconciler"]
+    assert main["args"][-1] == "run"
+    assert main["args"][:2] == ["--log-level", "INFO"]
+
+
+@pytest.mark.parametrize("values_name", sorted(VALUES_FILES))
+def test_pods_are_locked_down(helm: Engine, values_name: str) -> None:
+    rendered = render_file(helm, values_name)
+    kinds = []
+    for kind, pod in rendered.pod_specs():
+        kinds.append(kind)
+        pod_sc = pod["securityContext"]
+        assert pod_sc["runAsNonRoot"] is True
+        assert pod_sc["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert isinstance(pod_sc["runAsUser"], int) and pod_sc["runAsUser"] > 0
+        assert pod["automountServiceAccountToken"] is False, kind
+        for main in pod["containers"]:
+            sc = main["securityContext"]
+            assert sc["runAsNonRoot"] is True
+            assert sc["readOnlyRootFilesystem"] is True
+            assert sc["allowPrivilegeEscalation"] is False
+            assert sc["capabilities"]["drop"] == ["ALL"]
+            assert "add" not in sc["capabilities"]
+            assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
+            # A read-only root needs a writable /tmp.
+            mounts = {m["mountPath"]: m["name"] for m in main["volumeMounts"]}
+            assert mounts.get("/tmp") == "tmp"
+            assert main["resources"]["requests"] and main["resources"]["limits"]["memory"]
+    assert sorted(kinds) == ["Deployment", "Job"]
+
+
+@pytest.mark.parametrize(("values_name", "port"), [("defaults", 9109), ("all", 9200)])
+def test_probes_and_service_use_the_metrics_port(helm: Engine, values_name: str, port: int) -> None:
+    rendered = render_file(helm, values_name)
+    main = container(rendered.one("Deployment")["spec"]["template"]["spec"])
+    assert main["ports"] == [{"name": "metrics", "containerPort": port, "protocol": "TCP"}]
+    assert main["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert main["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    # The reconciler listens where the probes look.
+    assert env_of(main)["AIRFLOW__AWS_RECONCILER__METRICS_ADDRESS"]["value"] == f"0.0.0.0:{port}"
+    service = rendered.one("Service")
+    assert service["spec"]["ports"] == [{"name": "metrics", "port": port, "targetPort": "metrics", "protocol": "TCP"}]
+    pod_labels = rendered.one("Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+
+
+def test_selectors_match_the_reconciler_pods_only(helm: Engine) -> None:
+    rendered = render_file(helm, "all")
+    deployment = rendered.one("Deployment")
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= pod_labels.items()
+    job_labels = rendered.one("Job")["spec"]["template"]["metadata"]["labels"]
+    assert not selector.items() <= job_labels.items(), "the migration pod must not count as a reconciler"
+    for kind in ("PodDisruptionBudget", "NetworkPolicy"):
+        obj = rendered.one(kind)
+        match = obj["spec"]["selector" if kind == "PodDisruptionBudget" else "podSelector"]["matchLabels"]
+        assert match == selector, kind
+
+
+def test_topology_spread_fills_in_the_selector(helm: Engine) -> None:
+    rendered = render_file(helm, "all")
+    spec = rendered.one("Deployment")["spec"]
+    zone, host = spec["template"]["spec"]["topologySpreadConstraints"]
+    assert zone["labelSelector"]["matchLabels"] == spec["selector"]["matchLabels"]
+    assert zone["matchLabelKeys"] == ["pod-template-hash"]
+    assert zone["whenUnsatisfiable"] == "DoNotSchedule"
+    # A constraint with its own selector is kept as written.
+    assert host["labelSelector"] == {"matchLabels": {"app.kubernetes.io/name": "aws-reconciler"}}
+    assert "matchLabelKeys" not in host
+    assert (
+        "topologySpreadConstraints"
+        not in render(helm, {"topologySpread": {"enabled": False}}).one("Deployment")["spec"]["template"]["spec"]
+    )
+
+
+# ---- identity and secrets -------------------------------------------------------------------
+
+
+def test_irsa_role_annotation_on_the_service_account(helm: Engine) -> None:
+    rendered = render_file(helm, "all")
+    account = rendered.one("ServiceAccount")
+    assert account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"] == (
+        "arn:aws:iam::123456789012:role/airflow-reconciler"
+    )
+    assert account["metadata"]["annotations"]["example.com/owner"] == "data-platform"
+    assert account["automountServiceAccountToken"] is False
+    pod = rendered.one("Deployment")["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == account["metadata"]["name"] == "aws-reconciler"
+    # The migration needs no AWS role: it runs under its own (here: configured) account.
+    assert rendered.one("Job")["spec"]["template"]["spec"]["serviceAccountName"] == "aws-reconciler-migrate"
+    # Without a role there is no annotation at all (an empty role-arn breaks the EKS webhook).
+    defaults = render_file(helm, "defaults").one("ServiceAccount")
+    assert "annotations" not in defaults["metadata"]
+
+
+def test_existing_service_account_is_used_not_created(helm: Engine) -> None:
+    rendered = render(helm, {"serviceAccount": {"create": False, "name": "platform-reconciler"}})
+    assert rendered.maybe("ServiceAccount") is None
+    assert rendered.one("Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == "platform-reconciler"
+
+
+@pytest.mark.parametrize(
+    ("values_name", "env_var", "secret", "key"),
+    [
+        ("defaults", "AIRFLOW__AWS_RECONCILER__STORE_URL", "airflow-metadata", "connection"),
+        ("all", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "reconciler-store", "url"),
+    ],
+)
+def test_database_url_only_from_the_existing_secret(
+    helm: Engine, values_name: str, env_var: str, secret: str, key: str
+) -> None:
+    rendered = render_file(helm, values_name)
+    for kind, pod in rendered.pod_specs():
+        env = env_of(container(pod))
+        assert env[env_var] == {"name": env_var, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}, kind
+        other = ({"AIRFLOW__AWS_RECONCILER__STORE_URL", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"} - {env_var}).pop()
+        assert other not in env, kind
+    assert rendered.maybe("Secret") is None, "the chart never creates a Secret"
+
+
+@pytest.mark.parametrize("values_name", sorted(VALUES_FILES))
+def test_no_plaintext_password_anywhere(helm: Engine, values_name: str) -> None:
+    rendered = render_file(helm, values_name)
+    assert not URL_WITH_PASSWORD.search(rendered.text)
+    for obj in rendered.objects:
+        for path, value in _leaves(obj):
+            assert str(path[-1]).lower() not in SECRET_KEYS, (obj["kind"], path)
+            if isinstance(value, str):
+                assert not URL_WITH_PASSWORD.search(value), (obj["kind"], path)
+    # Environment variables that carry credentials come from Secrets, never literal values.
+    for kind, pod in rendered.pod_specs():
+        for name, entry in env_of(container(pod)).items():
+            if SECRET_ENV.search(name):
+                assert "value" not in entry and "secretKeyRef" in entry["valueFrom"], (kind, name)
+    if rendered.notes is not None:
+        assert not URL_WITH_PASSWORD.search(rendered.notes)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"storeUrl": "postgresql://airflow:hunter2@db/airflow"}, "storeUrl"),
+        ({"database": {"url": "postgresql://airflow:hunter2@db/airflow"}}, "url"),
+        ({"database": {"password": "hunter2"}}, "password"),
+        ({"config": {"aws_reconciler": {"store_url": "postgresql://airflow:hunter2@db/x"}}}, "store_url"),
+        ({"config": {"database": {"sql_alchemy_conn": "postgresql://airflow:hunter2@db/x"}}}, "database"),
+        (
+            {"extraEnv": [{"name": "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "value": "postgresql://a:hunter2@db/x"}]},
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN is managed by the chart",
+        ),
+        (
+            {"extraEnv": [{"name": "AIRFLOW__AWS_RECONCILER__STORE_URL", "value": "postgresql://a:hunter2@db/x"}]},
+            "AIRFLOW__AWS_RECONCILER__STORE_URL is managed by the chart",
+        ),
+    ],
+    ids=["storeUrl", "database.url", "database.password", "config.store_url", "config.database", "extraEnv", "env2"],
+)
+@pytest.mark.parametrize("engine_name", ENGINE_NAMES)
+def test_a_database_url_in_values_is_refused(engine_name: str, values: dict[str, Any], message: str) -> None:
+    with pytest.raises(RenderError) as failure:
+        render(engine(engine_name), values)
+    assert message in str(failure.value)
+    assert "hunter2" not in str(failure.value), "Helm must not echo the secret back"
+
+
+# ---- settings -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("values_name", sorted(VALUES_FILES))
+def test_every_rendered_setting_is_a_real_option(helm: Engine, values_name: str) -> None:
+    rendered = render_file(helm, values_name)
+    seen = 0
+    for _kind, pod in rendered.pod_specs():
+        for name in env_of(container(pod)):
+            match = SETTINGS_ENV.match(name)
+            if not match:
+                assert not name.startswith("AIRFLOW__AWS_RECONCILER"), name
+                continue
+            section, option = match.group(1).lower(), match.group(2).lower()
+            assert section in OPTIONS, f"{name}: no settings section [{section}] (known: {sorted(OPTIONS)})"
+            assert option in OPTIONS[section], f"{name}: [{section}] has no option {option}"
+            seen += 1
+    assert seen >= 1
+
+
+def test_values_all_sets_every_option_of_every_section(helm: Engine) -> None:
+    """So the test above really covers every option (a new option only needs a line in values-all)."""
+    env = env_of(container(render_file(helm, "all").one("Deployment")["spec"]["template"]["spec"]))
+    for section, options in OPTIONS.items():
+        for option in options - SECRET_OPTIONS - NOT_IN_VALUES_ALL.get(section, set()):
+            name = f"AIRFLOW__{section.upper()}__{option.upper()}"
+            assert name in env, f"tests/deploy/values-all.yaml does not set config.{section}.{option}"
+
+
+def test_rendered_settings_load_in_the_reconciler(helm: Engine, tmp_path: Path) -> None:
+    """The exact env the pod gets (numbers, JSON lists and maps, booleans) passes the settings models."""
+    env = env_of(container(render_file(helm, "all").one("Deployment")["spec"]["template"]["spec"]))
+    environ = {name: entry["value"] for name, entry in env.items() if "value" in entry}
+    environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{tmp_path / 'store.db'}"
+    environ["AIRFLOW_CONFIG"] = str(tmp_path / "absent.cfg")
+    settings = load_settings(environ=environ, cfg_path=tmp_path / "absent.cfg")
+    assert settings.core.deployment == "prod-airflow"
+    assert (settings.core.lease_duration, settings.core.renew_deadline, settings.core.retry_period) == (20, 12.5, 2)
+    assert settings.core.retention == 1209600
+    assert settings.core.metrics_address == "0.0.0.0:9200"
+    assert settings.ecs.capacity_provider_strategy == [
+        {"capacityProvider": "FARGATE_SPOT", "weight": 3},
+        {"capacityProvider": "FARGATE", "weight": 1, "base": 1},
+    ]
+    assert settings.ecs.subnets == ["subnet-0abc", "subnet-0def"]
+    assert settings.ecs.run_task_kwargs == {"propagateTags": "TASK_DEFINITION", "enableExecuteCommand": False}
+    assert settings.ecs.assign_public_ip is False
+    assert settings.task_queued_timeout == 900
+    assert settings.batch.allowed_job_queues == ["airflow-jobs-spot"]
+    assert settings.batch.submit_job_kwargs == {"timeout": {"attemptDurationSeconds": 86400}}
+    assert settings.batch.runnable_timeout == 1800
+    assert environ["AIRFLOW__AWS_RECONCILER__RETENTION"] == "1209600", "whole numbers render without exponent"
+
+
+def test_launch_type_settings_load(helm: Engine, tmp_path: Path) -> None:
+    values = load_values(VALUES_FILES["minimal"], {"config": {"aws_reconciler_ecs": {"launch_type": "FARGATE"}}})
+    env = env_of(container(render(helm, values).one("Deployment")["spec"]["template"]["spec"]))
+    environ = {name: entry["value"] for name, entry in env.items() if "value" in entry}
+    environ["AIRFLOW__AWS_RECONCILER__STORE_URL"] = f"sqlite:///{tmp_path / 'store.db'}"
+    settings = load_settings(environ=environ, cfg_path=tmp_path / "absent.cfg")
+    assert settings.ecs.launch_type == "FARGATE"
+    assert settings.ecs.cluster == "airflow-tasks"
+
+
+def test_unset_and_null_settings_are_not_rendered(helm: Engine) -> None:
+    values = {"config": {"aws_reconciler": {"orphan_grace": None}, "aws_reconciler_ecs": {"platform_version": ""}}}
+    env = env_of(container(render(helm, values).one("Deployment")["spec"]["template"]["spec"]))
+    assert "AIRFLOW__AWS_RECONCILER__ORPHAN_GRACE" not in env
+    assert "AIRFLOW__AWS_RECONCILER_ECS__PLATFORM_VERSION" not in env
+
+
+def test_airflow_cfg_mounted_from_the_airflow_chart(helm: Engine) -> None:
+    rendered = render_file(helm, "all")
+    for kind, pod in rendered.pod_specs():
+        main = container(pod)
+        assert env_of(main)["AIRFLOW_CONFIG"]["value"] == "/opt/airflow/config/airflow.cfg", kind
+        volume = next(v for v in pod["volumes"] if v["name"] == "airflow-config")
+        assert volume["configMap"] == {
+            "name": "airflow-config",
+            "items": [{"key": "airflow.cfg", "path": "airflow.cfg"}],
+        }
+        mount = next(m for m in main["volumeMounts"] if m["name"] == "airflow-config")
+        assert mount == {"name": "airflow-config", "mountPath": "/opt/airflow/config", "readOnly": True}
+
+
+def test_schema_types_the_options_exactly_like_the_models() -> None:
+    """Each option values.schema.json types must exist in the settings models, with the same
+    bounds, so a value the chart accepts is one the reconciler accepts (and vice versa)."""
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    sections = schema["properties"]["config"]["properties"]
+    models = {model.section: model for model in SECTIONS}
+    checked = 0
+    for section, section_schema in sections.items():
+        if section == "scheduler":
+            continue
+        assert section in models, f"values.schema.json types section {section}, which has no settings model"
+        model = models[section]
+        for option, option_schema in section_schema.get("properties", {}).items():
+            assert option in model.model_fields, f"values.schema.json types [{section}] {option}: no such option"
+            if "not" in option_schema:  # refused here on purpose (secret, or owned by the chart)
+                continue
+            _assert_same_bounds(section, option, option_schema, model.model_fields[option])
+            checked += 1
+    assert checked >= 20
+    deployment = sections["aws_reconciler"]["properties"]["deployment"]
+    assert deployment["pattern"] == DEPLOYMENT_PATTERN
+
+
+def _assert_same_bounds(section: str, option: str, option_schema: Mapping[str, Any], field: Any) -> None:
+    metadata: dict[str, Any] = {}
+    for item in field.metadata:
+        for attr in ("gt", "ge", "lt", "le"):
+            if getattr(item, attr, None) is not None:
+                metadata[attr] = getattr(item, attr)
+    where = f"[{section}] {option}"
+    assert option_schema.get("exclusiveMinimum") == metadata.get("gt"), where
+    assert option_schema.get("minimum") == metadata.get("ge"), where
+    assert option_schema.get("maximum") == metadata.get("le"), where
+    types = set(option_schema.get("type", []) if isinstance(option_schema.get("type"), list) else [])
+    annotation = str(field.annotation)
+    if annotation.startswith("<class 'int'>") or annotation == "int":
+        assert "integer" in types and "number" not in types, where
+    if "float" in annotation:
+        assert "number" in types, where
+    if "bool" in annotation:
+        assert types == {"boolean", "null"}, where
+
+
+@pytest.mark.parametrize(
+    ("values", "path"),
+    [
+        ({"replicaCount": 0}, ("replicaCount",)),
+        ({"replicaCount": "2"}, ("replicaCount",)),
+        ({"config": {"aws_reconciler": {"deployment": "has spaces"}}}, ("config", "aws_reconciler", "deployment")),
+        ({"config": {"aws_reconciler": {"deployment": "x" * 37}}}, ("config", "aws_reconciler", "deployment")),
+        ({"config": {"aws_reconciler": {"lease_duration": 0}}}, ("config", "aws_reconciler", "lease_duration")),
+        (
+            {"config": {"aws_reconciler": {"launch_concurrency": 1.5}}},
+            ("config", "aws_reconciler", "launch_concurrency"),
+        ),
+        ({"config": {"aws_reconciler": {"metrics_address": ":9999"}}}, ("config", "aws_reconciler", "metrics_address")),
+        (
+            {"config": {"aws_reconciler_ecs": {"launch_type": "LAMBDA"}}},
+            ("config", "aws_reconciler_ecs", "launch_type"),
+        ),
+        # Helm 4 reports a bad property name without its path, so the name itself is the path.
+        ({"config": {"aws_reconciler": {"Bad-Option": 1}}}, ("Bad-Option",)),
+        ({"image": {"tag": "latest"}}, ("image", "tag")),
+        ({"metrics": {"port": 80}}, ("metrics", "port")),
+        ({"serviceAccount": {"roleArn": "airflow-reconciler"}}, ("serviceAccount", "roleArn")),
+        ({"database": {"existingSecret": ""}}, ("database", "existingSecret")),
+        ({"database": {"envVar": "DATABASE_URL"}}, ("database", "envVar")),
+        ({"logLevel": "TRACE"}, ("logLevel",)),
+        ({"podDisruptionBudget": {"maxUnavailable": "half"}}, ("podDisruptionBudget", "maxUnavailable")),
+    ],
+    ids=lambda value: json.dumps(value)[:60] if isinstance(value, dict) else None,
+)
+@pytest.mark.parametrize("engine_name", ENGINE_NAMES)
+def test_schema_rejects_bad_values(engine_name: str, values: dict[str, Any], path: tuple[str, ...]) -> None:
+    with pytest.raises(RenderError) as failure:
+        render(engine(engine_name), values)
+    message = str(failure.value)
+    # Helm 3 writes a.b.c, Helm 4 /a/b/c.
+    assert ".".join(path) in message or "/" + "/".join(path) in message, message
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"config": {"aws_reconciler": {"renew_deadline": 15}}}, "renew_deadline (15) must be shorter than"),
+        (
+            {"config": {"aws_reconciler": {"lease_duration": 8, "renew_deadline": 9, "retry_period": 1}}},
+            "must be shorter than lease_duration (8)",
+        ),
+        ({"config": {"aws_reconciler": {"retry_period": 10}}}, "retry_period (10) must be shorter than"),
+        ({"podDisruptionBudget": {"minAvailable": 2}}, "must be lower than replicaCount (2)"),
+        ({"podDisruptionBudget": {"minAvailable": 1, "maxUnavailable": 1}}, "not both"),
+        ({"serviceAccount": {"create": False}}, "serviceAccount.name is required"),
+    ],
+)
+@pytest.mark.parametrize("engine_name", ENGINE_NAMES)
+def test_inconsistent_values_fail_with_a_message(engine_name: str, values: dict[str, Any], message: str) -> None:
+    with pytest.raises(RenderError, match=re.escape(message)):
+        render(engine(engine_name), values)
+
+
+def test_lease_settings_reach_the_pods(helm: Engine) -> None:
+    values = {"config": {"aws_reconciler": {"lease_duration": 30, "renew_deadline": 20, "retry_period": 5}}}
+    env = env_of(container(render(helm, values).one("Deployment")["spec"]["template"]["spec"]))
+    assert {
+        k: env[f"AIRFLOW__AWS_RECONCILER__{k}"]["value"] for k in ("LEASE_DURATION", "RENEW_DEADLINE", "RETRY_PERIOD")
+    } == {
+        "LEASE_DURATION": "30",
+        "RENEW_DEADLINE": "20",
+        "RETRY_PERIOD": "5",
+    }
+
+
+# ---- availability ---------------------------------------------------------------------------
+
+
+def test_pod_disruption_budget(helm: Engine) -> None:
+    pdb = render_file(helm, "defaults").one("PodDisruptionBudget")
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert "minAvailable" not in pdb["spec"]
+    assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+    assert render_file(helm, "all").one("PodDisruptionBudget")["spec"]["minAvailable"] == 2
+    assert render(helm, {"podDisruptionBudget": {"enabled": False}}).maybe("PodDisruptionBudget") is None
+
+
+def test_graceful_shutdown_time(helm: Engine) -> None:
+    pod = render_file(helm, "defaults").one("Deployment")["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] == 60
+
+
+# ---- the migration --------------------------------------------------------------------------
+
+
+def test_migration_is_a_pre_install_pre_upgrade_hook(helm: Engine) -> None:
+    job = render_file(helm, "defaults").one("Job")
+    annotations = job["metadata"]["annotations"]
+    assert annotations["helm.sh/hook"] == "pre-install,pre-upgrade"
+    assert "before-hook-creation" in annotations["helm.sh/hook-delete-policy"]
+    migrate = container(job["spec"]["template"]["spec"])
+    assert migrate["command"] == ["aws-reconciler"]
+    assert migrate["args"][-2:] == ["db", "migrate"]
+    assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
+    # A pre-install hook runs before the chart's ServiceAccount exists.
+    assert "serviceAccountName" not in job["spec"]["template"]["spec"]
+
+
+def test_migration_without_hooks_is_a_job_per_revision(helm: Engine) -> None:
+    job = render_file(helm, "all").one("Job")
+    assert "annotations" not in job["metadata"]
+    assert job["metadata"]["name"].endswith("-migrate-1")
+    assert job["spec"]["ttlSecondsAfterFinished"] == 600
+    assert render(helm, {"migration": {"enabled": False}}).maybe("Job") is None
+
+
+def test_migration_and_reconciler_see_the_same_settings(helm: Engine) -> None:
+    rendered = render_file(helm, "all")
+    reconciler = env_of(container(rendered.one("Deployment")["spec"]["template"]["spec"]))
+    migration = env_of(container(rendered.one("Job")["spec"]["template"]["spec"]))
+    reconciler.pop("AIRFLOW__AWS_RECONCILER__METRICS_ADDRESS")
+    assert reconciler == migration
+
+
+# ---- monitoring and network -----------------------------------------------------------------
+
+
+def test_optional_objects_are_off_by_default(helm: Engine) -> None:
+    kinds = render_file(helm, "defaults").kinds()
+    assert kinds == sorted(["Deployment", "Job", "PodDisruptionBudget", "Service", "ServiceAccount"])
+
+
+def test_optional_objects_when_enabled(helm: Engine) -> None:
+    kinds = render_file(helm, "all").kinds()
+    for kind in ("ServiceMonitor", "PrometheusRule", "ConfigMap", "NetworkPolicy"):
+        assert kind in kinds
+
+
+@pytest.mark.parametrize("option", ["serviceMonitor", "prometheusRule", "grafanaDashboard", "networkPolicy"])
+def test_each_optional_object_alone(helm: Engine, option: str) -> None:
+    kind = {
+        "serviceMonitor": "ServiceMonitor",
+        "prometheusRule": "PrometheusRule",
+        "grafanaDashboard": "ConfigMap",
+        "networkPolicy": "NetworkPolicy",
+    }[option]
+    kinds = render(helm, {option: {"enabled": True}}).kinds()
+    assert kinds.count(kind) == 1
+    assert len(kinds) == 6
+
+
+def test_service_monitor_scrapes_the_service_as_job_aws_reconciler(helm: Engine) -> None:
+    rendered = render_file(helm, "all")
+    monitor = rendered.one("ServiceMonitor")
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= rendered.one("Service")["metadata"]["labels"].items()
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert (endpoint["port"], endpoint["path"], endpoint["interval"]) == ("metrics", "/metrics", "15s")
+    assert endpoint["relabelings"][0] == {"action": "replace", "targetLabel": "job", "replacement": "aws-reconciler"}
+    assert endpoint["relabelings"][1]["targetLabel"] == "cluster"
+    assert endpoint["metricRelabelings"][0]["action"] == "drop"
+
+
+def test_prometheus_rule_carries_the_rule_file(helm: Engine) -> None:
+    rules_file = CHART / "files" / "aws-reconciler-rules.yaml"
+    rule = render_file(helm, "all").one("PrometheusRule")
+    source = yaml.safe_load(rules_file.read_text())
+    assert rule["spec"] == {"groups": source["groups"]}
+    assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    # Alert templates reach Prometheus untouched, not evaluated by Helm.
+    assert "{{ $labels." in json.dumps(rule["spec"]) or "{{ $value" in json.dumps(rule["spec"])
+
+
+def test_rules_select_the_job_label_the_service_monitor_sets() -> None:
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    job = values["serviceMonitor"]["jobLabel"]
+    groups = yaml.safe_load((CHART / "files" / "aws-reconciler-rules.yaml").read_text())["groups"]
+    selected = {m for g in groups for r in g["rules"] for m in re.findall(r'job="([^"]*)"', r["expr"])}
+    assert selected == {job}
+
+
+def test_prometheus_rule_passes_promtool(helm: Engine, tmp_path: Path) -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        reason = "promtool not installed (Debian package prometheus)"
+        if os.environ.get("AWS_RECONCILER_REQUIRE_PROMTOOL") == "1":
+            pytest.fail(f"{reason} and AWS_RECONCILER_REQUIRE_PROMTOOL=1")
+        pytest.skip(reason)
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(yaml.safe_dump(render_file(helm, "all").one("PrometheusRule")["spec"]))
+    result = subprocess.run([promtool, "check", "rules", str(rules)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dashboard_config_map_for_the_grafana_sidecar(helm: Engine) -> None:
+    config_map = render_file(helm, "all").one("ConfigMap", component="dashboard")
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert config_map["metadata"]["annotations"] == {"grafana_folder": "Airflow"}
+    assert config_map["metadata"]["namespace"] == "monitoring"
+    dashboard = json.loads(config_map["data"]["aws-reconciler.json"])
+    assert dashboard == json.loads((CHART / "files" / "aws-reconciler.json").read_text())
+    # The default labels are what the Grafana sidecar watches.
+    default_map = render(helm, {"grafanaDashboard": {"enabled": True}}).one("ConfigMap")
+    assert default_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert default_map["metadata"]["namespace"] == NAMESPACE
+
+
+def test_network_policy(helm: Engine) -> None:
+    policy = render_file(helm, "all").one("NetworkPolicy")["spec"]
+    assert policy["policyTypes"] == ["Ingress", "Egress"]
+    (ingress,) = policy["ingress"]
+    assert ingress["ports"] == [{"port": "metrics", "protocol": "TCP"}]
+    assert ingress["from"][0]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "monitoring"}
+    egress_ports = {(p["port"], p["protocol"]) for rule in policy["egress"] for p in rule.get("ports", [])}
+    assert {(53, "UDP"), (53, "TCP"), (5432, "TCP"), (443, "TCP"), (3128, "TCP")} <= egress_ports
+    aws_rule = next(rule for rule in policy["egress"] if rule["ports"][0]["port"] == 443)
+    assert aws_rule["to"] == [{"ipBlock": {"cidr": "10.0.128.0/20"}}]
+
+
+# ---- NOTES.txt (rendered by the Helm 4 SDK; `helm template` skips it) -----------------------
+
+
+def _notes(values: Mapping[str, Any]) -> str:
+    notes = render(engine("helm4-sdk"), values).notes
+    assert notes is not None
+    return notes
+
+
+def test_notes_warn_about_missing_backend_and_role() -> None:
+    notes = _notes({})
+    assert "no backend is configured" in notes
+    assert "serviceAccount.roleArn is empty" in notes
+    assert "aws_reconciler.executor.EcsExecutor" in notes
+
+
+def test_notes_without_warnings_for_a_complete_install() -> None:
+    notes = _notes(load_values(VALUES_FILES["minimal"]))
+    assert "WARNING" not in notes
+    assert "airflow-metadata" in notes
+    assert "port-forward" in notes
+
+
+@pytest.mark.parametrize(
+    ("config", "executor"),
+    [
+        ({"aws_reconciler_ecs": {"cluster": "c"}}, "aws_reconciler.executor.EcsExecutor"),
+        ({"aws_reconciler_batch": {"job_queue": "q"}}, "aws_reconciler.executor.BatchExecutor"),
+        (
+            {"aws_reconciler_ecs": {"cluster": "c"}, "aws_reconciler_batch": {"job_queue": "q"}},
+            "aws_reconciler.executor.EcsExecutor,aws_reconciler.executor.BatchExecutor",
+        ),
+    ],
+)
+def test_notes_name_the_executors_of_the_configured_backends(config: dict[str, Any], executor: str) -> None:
+    assert f"AIRFLOW__CORE__EXECUTOR={executor}\n" in _notes({"config": config})
+
+
+def test_notes_warn_about_a_single_replica() -> None:
+    assert "not highly available" in _notes({"replicaCount": 1})
+
+
+# ---- helpers --------------------------------------------------------------------------------
+
+
+def _leaves(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[tuple[Any, ...], Any]]:
+    if isinstance(value, Mapping):
+        return [leaf for key, item in value.items() for leaf in _leaves(item, (*path, key))]
+    if isinstance(value, list):
+        return [leaf for index, item in enumerate(value) for leaf in _leaves(item, (*path, index))]
+    return [(path, value)]
