@@ -142,6 +142,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     # Alembic announces every plugin at INFO; only its warnings matter to operators.
     logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLogger().level))
+    # At DEBUG, botocore logs request and response bodies: RunTask's carries the workload token.
+    for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):
+        logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLogger().level))
     try:
         return int(args.func(args) or 0)
     except ConfigError as exc:

@@ -16,10 +16,11 @@ from . import __version__
 from .config.loader import SECTIONS
 from .config.models import SECRET_OPTIONS
 
-EXECUTORS = ["aws_reconciler.executor.EcsExecutor"]
+EXECUTORS = ["aws_reconciler.executor.EcsExecutor", "aws_reconciler.executor.BatchExecutor"]
 SECTION_DESCRIPTIONS = {
     "aws_reconciler": "Shared settings of the aws-reconciler executors and the reconciler process.",
     "aws_reconciler_ecs": "How task instances become ECS tasks (EcsExecutor); mirrors [aws_ecs_executor].",
+    "aws_reconciler_batch": "How task instances become AWS Batch jobs (BatchExecutor); mirrors [aws_batch_executor].",
 }
 
 
@@ -80,7 +81,9 @@ def get_provider_info() -> dict[str, Any]:
     return {
         "package-name": "airflow-aws-reconciler",
         "name": "AWS Reconciler",
-        "description": "Executors that run task instances as ECS tasks, driven by a separate reconciler.",
+        "description": (
+            "Executors that run task instances as ECS tasks or AWS Batch jobs, driven by a separate reconciler."
+        ),
         "versions": [__version__],
         "executors": list(EXECUTORS),
         "cli": ["aws_reconciler.provider.get_cli_commands"],

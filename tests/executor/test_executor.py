@@ -624,3 +624,28 @@ def test_start_without_a_cluster_names_the_option(sqlite_url: str, tmp_path: Pat
         executor.start()
     # It fails before touching the store: no database file was created.
     assert not Path(sa.engine.make_url(sqlite_url).database or "").exists()
+
+
+# ---- Airflow metrics ----------------------------------------------------------------------
+
+
+def test_scheduler_side_events_are_counted_in_airflows_stats(
+    new_executor: ExecutorFactory, store: TaskStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Queued, invalid, reported, adopted and revoked counts reach Airflow's own metrics."""
+    from aws_reconciler.executor import base
+
+    counted: dict[str, int] = {}
+    monkeypatch.setattr(base.Stats, "incr", lambda name, n=1, **_: counted.__setitem__(name, counted.get(name, 0) + n))
+    executor = new_executor()
+    ok, bad = make_workload("ok"), make_workload("bad", executor_config={"bogus": 1})
+    queue(executor, [ok, bad])
+    executor.heartbeat()
+    finish(store, ok, Phase.SUCCEEDED)
+    executor.heartbeat()
+    assert counted == {
+        "aws_reconciler.ecs.queued": 1,
+        "aws_reconciler.ecs.invalid_config": 1,
+        "aws_reconciler.ecs.reported_success": 1,
+        "aws_reconciler.ecs.reported_failed": 1,
+    }

@@ -17,11 +17,12 @@ from typing import Any
 import pytest
 from pydantic.fields import FieldInfo
 
-from aws_reconciler.config.models import CoreSettings, EcsSettings, SectionSettings
+from aws_reconciler.config.models import BatchSettings, CoreSettings, EcsSettings, SectionSettings
 
 pytestmark = pytest.mark.airflow
 
 EXECUTOR = "aws_reconciler.executor.EcsExecutor"
+BATCH_EXECUTOR = "aws_reconciler.executor.BatchExecutor"
 COMMANDS = {
     "executors": ["providers", "executors", "--output", "json"],
     # Every section at once (one Airflow start-up instead of one per section); split below.
@@ -58,15 +59,18 @@ def test_airflow_lists_the_executor(cli_output: dict[str, str]) -> None:
     # `--output json` prints only the JSON document on stdout.
     listed = [row["executor_class_names"] for row in json.loads(cli_output["executors"])]
     assert EXECUTOR in listed
+    assert BATCH_EXECUTOR in listed
 
 
-def test_the_listed_executor_imports_through_airflows_loader() -> None:
+def test_the_listed_executors_import_through_airflows_loader() -> None:
     from airflow.executors.executor_loader import ExecutorLoader, ExecutorName
 
-    from aws_reconciler.executor import EcsExecutor
+    from aws_reconciler.executor import BatchExecutor, EcsExecutor
 
     executor_cls, _ = ExecutorLoader.import_executor_cls(ExecutorName(EXECUTOR))
     assert executor_cls is EcsExecutor
+    executor_cls, _ = ExecutorLoader.import_executor_cls(ExecutorName(BATCH_EXECUTOR))
+    assert executor_cls is BatchExecutor
 
 
 def _section(config_list: str, section: str) -> str:
@@ -84,7 +88,7 @@ def _expected_default(field: FieldInfo) -> str:
     return str(value)
 
 
-@pytest.mark.parametrize("model", [CoreSettings, EcsSettings], ids=lambda m: m.section)
+@pytest.mark.parametrize("model", [CoreSettings, EcsSettings, BatchSettings], ids=lambda m: m.section)
 def test_airflow_config_documents_every_option_with_its_default(
     cli_output: dict[str, str], model: type[SectionSettings]
 ) -> None:

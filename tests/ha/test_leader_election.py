@@ -36,12 +36,15 @@ REGION = "us-east-1"
 LEASE = {"LEASE_DURATION": "3", "RENEW_DEADLINE": "2", "RETRY_PERIOD": "0.5"}
 
 
-def wait_for(condition: Callable[[], Any], *, timeout: float, what: str, every: float = 0.1) -> Any:
-    """Poll ``condition`` until it returns something truthy, or fail naming ``what``."""
+def wait_for(
+    condition: Callable[[], Any], *, timeout: float, what: str, every: float = 0.1, accept_zero: bool = False
+) -> Any:
+    """Poll ``condition`` until it returns something truthy (or any non-None value with
+    ``accept_zero``), or fail naming ``what``."""
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
-        if value:
+        if value or (accept_zero and value is not None):
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
@@ -118,13 +121,13 @@ class Replica:
     metrics_port: int
     log: Path
 
-    def metric(self, name: str, labels: str = "") -> float:
-        """One sample of this replica's /metrics (0 when absent or unreachable)."""
+    def metric(self, name: str, labels: str = "") -> float | None:
+        """One sample of this replica's /metrics; ``None`` when the endpoint did not answer."""
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2) as response:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
                 text = response.read().decode()
         except OSError:
-            return 0.0
+            return None
         pattern = re.compile(rf"^{re.escape(name)}(\{{[^}}]*\}})? (\S+)$", re.MULTILINE)
         total = 0.0
         for match in pattern.finditer(text):
@@ -135,8 +138,19 @@ class Replica:
     def is_leader(self) -> bool:
         return self.metric("aws_reconciler_leader") == 1.0
 
+    def is_standby(self) -> bool:
+        # An unanswered scrape proves nothing: only an explicit 0 counts.
+        return self.metric("aws_reconciler_leader") == 0.0
+
     def run_tasks(self) -> float:
-        return self.metric("aws_reconciler_aws_requests_total", 'operation="RunTask"')
+        """RunTask calls this replica made (waits for an answer: a missed scrape is not zero)."""
+        value = wait_for(
+            lambda: self.metric("aws_reconciler_aws_requests_total", 'operation="RunTask"'),
+            timeout=30,
+            what=f"{self.name} metrics",
+            accept_zero=True,
+        )
+        return float(value)
 
 
 @pytest.fixture(scope="module")
@@ -266,7 +280,7 @@ def test_one_active_replica_and_failover_after_kill_9_under_load(
     wait_for(a.is_leader, timeout=15, what="the first replica to lead")
     b = world.start("b")
     # b is a standby: it serves metrics, never leads while a renews.
-    wait_for(lambda: b.metric("aws_reconciler_reconcile_total") == 0 and not b.is_leader(), timeout=5, what="b standby")
+    wait_for(lambda: b.metric("aws_reconciler_reconcile_total") == 0 and b.is_standby(), timeout=15, what="b standby")
 
     ids = queue_rows(pg_schema_url, world.aws_env, 300)
     # Kill the leader in the middle of the burst (Fargate launches are rate limited to 20/s).
@@ -296,7 +310,7 @@ def test_a_leader_cut_off_from_the_database_stops_acting(
 
         proxy.cut()
         # Fencing: without a renewal for renew_deadline, the ex-leader stops acting by itself.
-        wait_for(lambda: not a.is_leader(), timeout=10, what="the cut-off leader to step down")
+        wait_for(a.is_standby, timeout=20, what="the cut-off leader to step down")
         fenced_run_tasks = a.run_tasks()
         wait_for(b.is_leader, timeout=15, what="the standby to take over")
         wait_for(lambda: launched_exactly_once(sandbox, ids, pg_schema_url), timeout=90, what="every row launched once")

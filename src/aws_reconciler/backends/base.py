@@ -11,6 +11,18 @@ from ..store.records import Backend, Phase
 
 
 @dataclass(frozen=True)
+class Stuck:
+    """A task/job that will not make progress by itself: the reconciler stops it and fails its row.
+
+    ``code`` is a short, low-cardinality metric label (``runnable_timeout``); ``reason`` is what
+    the Airflow user reads as the task's failure.
+    """
+
+    code: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class Observation:
     """What AWS says about one task/job, already mapped to our phases."""
 
@@ -30,6 +42,8 @@ class Observation:
     missing: bool = False
     raw_status: str | None = None
     tags: Mapping[str, str] = field(default_factory=dict)
+    # Not finished, but past the backend's patience (a Batch job RUNNABLE for too long).
+    stuck: Stuck | None = None
 
 
 class TaskBackend(Protocol):

@@ -1,6 +1,15 @@
 """Settings: pydantic-settings models read from defaults < airflow.cfg < environment."""
 
 from .loader import ConfigError, Settings, describe_settings, load_settings, redact_url
-from .models import CoreSettings, EcsSettings
+from .models import BatchSettings, CoreSettings, EcsSettings
 
-__all__ = ["ConfigError", "CoreSettings", "EcsSettings", "Settings", "describe_settings", "load_settings", "redact_url"]
+__all__ = [
+    "BatchSettings",
+    "ConfigError",
+    "CoreSettings",
+    "EcsSettings",
+    "Settings",
+    "describe_settings",
+    "load_settings",
+    "redact_url",
+]

@@ -14,10 +14,10 @@ from typing import Any
 
 from pydantic import SecretStr, ValidationError
 
-from .models import SECRET_OPTIONS, CoreSettings, EcsSettings, SectionSettings
+from .models import SECRET_OPTIONS, BatchSettings, CoreSettings, EcsSettings, SectionSettings
 from .sources import RawConfig, airflow_home, env_var_name
 
-SECTIONS: tuple[type[SectionSettings], ...] = (CoreSettings, EcsSettings)
+SECTIONS: tuple[type[SectionSettings], ...] = (CoreSettings, EcsSettings, BatchSettings)
 DEFAULT_TASK_QUEUED_TIMEOUT = 600.0
 REDACTED = "***"
 
@@ -32,17 +32,24 @@ class Settings:
 
     core: CoreSettings
     ecs: EcsSettings
+    batch: BatchSettings
     store_url: str
     task_queued_timeout: float
     origins: Mapping[tuple[str, str], str]
 
     def require_backend(self) -> None:
         """Fail clearly when the reconciler would have nothing to reconcile."""
-        if not self.ecs.enabled:
+        if not self.ecs.enabled and not self.batch.enabled:
             raise ConfigError(
                 f"no backend is configured: set [aws_reconciler_ecs] cluster "
-                f"(env {env_var_name('aws_reconciler_ecs', 'cluster')})"
+                f"(env {env_var_name('aws_reconciler_ecs', 'cluster')}) and/or [aws_reconciler_batch] job_queue "
+                f"(env {env_var_name('aws_reconciler_batch', 'job_queue')})"
             )
+
+    @property
+    def runnable_timeout(self) -> float:
+        """Seconds a Batch job may stay RUNNABLE; the workload token's lifetime unless set."""
+        return self.batch.runnable_timeout or self.task_queued_timeout
 
 
 def load_settings(*, environ: Mapping[str, str] | None = None, cfg_path: Path | None = None) -> Settings:
@@ -54,10 +61,12 @@ def load_settings(*, environ: Mapping[str, str] | None = None, cfg_path: Path | 
         models[model.section] = _load_section(model, raw, origins)
     core = models["aws_reconciler"]
     ecs = models["aws_reconciler_ecs"]
-    assert isinstance(core, CoreSettings) and isinstance(ecs, EcsSettings)
+    batch = models["aws_reconciler_batch"]
+    assert isinstance(core, CoreSettings) and isinstance(ecs, EcsSettings) and isinstance(batch, BatchSettings)
     return Settings(
         core=core,
         ecs=ecs,
+        batch=batch,
         store_url=_store_url(core, raw, origins),
         task_queued_timeout=_task_queued_timeout(core, raw, origins),
         origins=origins,
@@ -130,7 +139,7 @@ def _task_queued_timeout(core: CoreSettings, raw: RawConfig, origins: dict[tuple
 def describe_settings(settings: Settings) -> list[tuple[str, str, str, str]]:
     """Rows of (section, option, value, origin) for ``aws-reconciler config show``; secrets redacted."""
     rows: list[tuple[str, str, str, str]] = []
-    for model in (settings.core, settings.ecs):
+    for model in (settings.core, settings.ecs, settings.batch):
         section = type(model).section
         for option in type(model).model_fields:
             if option == "section":

@@ -1,4 +1,4 @@
-"""Typed settings for ``[aws_reconciler]`` and ``[aws_reconciler_ecs]``.
+"""Typed settings for ``[aws_reconciler]``, ``[aws_reconciler_ecs]`` and ``[aws_reconciler_batch]``.
 
 Every field's ``description`` is also what ``airflow config list`` shows (see ``provider.py``),
 so the text here is user documentation.
@@ -124,6 +124,23 @@ class CoreSettings(SectionSettings):
         20.0, gt=0, description="Client-side sustained rate (tasks/s) of Fargate launches."
     )
     fargate_launch_burst: int = Field(100, ge=1, description="Client-side burst of Fargate task launches.")
+    # AWS documents only SubmitJob's limit (50 TPS per account). Every submit is preceded by a
+    # ListJobs lookup of its name (idempotency), so the List/Describe bucket must keep up with it.
+    batch_submit_rate: float = Field(
+        50.0, gt=0, description="Client-side sustained rate (calls/s) of Batch SubmitJob+CancelJob+TerminateJob."
+    )
+    batch_submit_burst: int = Field(
+        50, ge=1, description="Client-side burst of Batch SubmitJob+CancelJob+TerminateJob calls."
+    )
+    batch_describe_rate: float = Field(
+        50.0,
+        gt=0,
+        description=(
+            "Client-side sustained rate (calls/s) of Batch DescribeJobs+ListJobs (each submit looks its job "
+            "name up first, so this also bounds submits)."
+        ),
+    )
+    batch_describe_burst: int = Field(100, ge=1, description="Client-side burst of Batch DescribeJobs+ListJobs calls.")
     metrics_address: str = Field(
         "0.0.0.0:9109",
         pattern=r"^$|^[^:\s]*:\d{1,5}$",
@@ -237,3 +254,83 @@ class EcsSettings(SectionSettings):
         if self.cluster is None:
             return []
         return [self.cluster, *[c for c in self.allowed_clusters if c != self.cluster]]
+
+
+class BatchSettings(SectionSettings):
+    """``[aws_reconciler_batch]``: how task instances become AWS Batch jobs (mirrors ``[aws_batch_executor]``)."""
+
+    section: ClassVar[str] = "aws_reconciler_batch"
+
+    job_queue: str | None = Field(
+        None, description="Batch job queue name or ARN jobs are submitted to. Setting it enables the Batch backend."
+    )
+    allowed_job_queues: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "Further job queues a task may choose through executor_config (comma list); "
+            "the reconciler watches them too."
+        ),
+    )
+    job_definition: str | None = Field(
+        None,
+        description=(
+            "Job definition name, name:revision or ARN; its container (containerProperties) runs the Airflow task."
+        ),
+    )
+    region_name: str | None = Field(
+        None, description="AWS region; defaults to the boto3 chain (AWS_DEFAULT_REGION...)."
+    )
+    submit_job_kwargs: Annotated[dict[str, Any], NoDecode] = Field(
+        default_factory=dict,
+        description=(
+            "JSON object merged into every SubmitJob request (e.g. containerOverrides, timeout, "
+            "schedulingPriorityOverride, shareIdentifier)."
+        ),
+    )
+    max_submit_job_attempts: int = Field(
+        3,
+        ge=1,
+        le=100,
+        description=(
+            "Submit attempts per queueing before the task instance fails (retriable failures and jobs that "
+            "failed before their container started only)."
+        ),
+    )
+    runnable_timeout: float | None = Field(
+        None,
+        gt=0,
+        description=(
+            "Seconds after submission a job may still be RUNNABLE (waiting for capacity) before the reconciler "
+            "cancels it and fails the task instance with Batch's reason. Defaults to [aws_reconciler] "
+            "task_queued_timeout: a job starting later could not run its task (the workload token has expired)."
+        ),
+    )
+
+    @field_validator("allowed_job_queues", mode="before")
+    @classmethod
+    def _lists(cls, value: Any) -> Any:
+        return _split_list(value)
+
+    @field_validator("submit_job_kwargs", mode="before")
+    @classmethod
+    def _json(cls, value: Any) -> Any:
+        decoded = _json_value(value)
+        return {} if decoded is None else decoded
+
+    @model_validator(mode="after")
+    def _consistent(self) -> BatchSettings:
+        if self.job_queue is not None and not self.job_definition:
+            raise ValueError("job_queue is set but job_definition is not")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        """The Batch backend runs when a job queue is configured."""
+        return self.job_queue is not None
+
+    @property
+    def job_queues(self) -> list[str]:
+        """Every job queue the executor may target and the reconciler must watch."""
+        if self.job_queue is None:
+            return []
+        return [self.job_queue, *[q for q in self.allowed_job_queues if q != self.job_queue]]

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow.executors.base_executor import BaseExecutor
+from airflow.observability.stats import Stats
 
 from ..config import ConfigError, Settings, load_settings
 from ..store.engine import create_store_engine
@@ -129,6 +130,9 @@ class ReconcilerExecutor(BaseExecutor):
         for workload in workload_items:
             self.queued_tasks.pop(workload.ti.key, None)
             self.running.add(workload.ti.key)
+        invalid = sum(1 for r in rows if r.phase is Phase.FAILED)
+        self._count("queued", len(rows) - invalid)
+        self._count("invalid_config", invalid)
 
     def sync(self) -> None:
         """Report each finished row exactly once: one indexed query, no AWS call."""
@@ -144,6 +148,9 @@ class ReconcilerExecutor(BaseExecutor):
                 self.fail(key, info=info)
         # After buffering: a crash in between re-reports after adoption rather than losing it.
         self.store.mark_reported([r.id for r in rows])
+        succeeded = sum(1 for r in rows if r.phase is Phase.SUCCEEDED)
+        self._count("reported_success", succeeded)
+        self._count("reported_failed", len(rows) - succeeded)
 
     def try_adopt_task_instances(self, tis: Sequence[TaskInstance]) -> Sequence[TaskInstance]:
         """Adopt from the store alone (zero AWS calls): by record id, else by TI key."""
@@ -169,6 +176,7 @@ class ReconcilerExecutor(BaseExecutor):
                 not_adopted.append(ti)
         if adopted:
             self.log.info("adopted %d task instances from the task store", len(tis) - len(not_adopted))
+        self._count("adopted", len(tis) - len(not_adopted))
         return not_adopted
 
     def revoke_task(self, *, ti: TaskInstance) -> None:
@@ -180,6 +188,22 @@ class ReconcilerExecutor(BaseExecutor):
             self.log.exception("could not record the revoke of %s; the reconciler will not stop it", ti.key)
         self.queued_tasks.pop(ti.key, None)
         self.running.discard(ti.key)
+        self._count("revoked", 1)
+
+    def _count(self, event: str, n: int) -> None:
+        """What only the scheduler side knows, through Airflow's own metrics (StatsD/OpenTelemetry)."""
+        if n:
+            Stats.incr(f"aws_reconciler.{self.backend.value}.{event}", n)
+
+    def get_task_log(self, ti: TaskInstance, try_number: int) -> tuple[list[str], list[str]]:
+        """``(sources, lines)``: the CloudWatch Logs output of the try's container, for the Airflow UI.
+
+        Called by the API server while the TI runs; the subclass's ``_log_location(record)`` says
+        where its backend's logs are (see :mod:`aws_reconciler.executor.logs`). Never raises.
+        """
+        from .logs import read_task_log
+
+        return read_task_log(self, ti, try_number)
 
     def end(self) -> None:
         """Nothing to wait for: tasks keep running and the next scheduler adopts them."""

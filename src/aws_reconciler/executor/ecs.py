@@ -6,8 +6,9 @@ from typing import Any, ClassVar
 
 from ..backends.ecs.spec import InvalidExecutorConfig, build_run_task_request
 from ..config import ConfigError, Settings
-from ..store.records import Backend
+from ..store.records import Backend, TaskRecord
 from .base import ReconcilerExecutor, SpecError
+from .logs import LogLocation, ecs_executor_log_location
 from .workload import ti_key, workload_command
 
 
@@ -38,3 +39,7 @@ class EcsExecutor(ReconcilerExecutor):
         except InvalidExecutorConfig as exc:
             raise SpecError(str(exc)) from None
         return spec, spec["cluster"]
+
+    def _log_location(self, record: TaskRecord) -> LogLocation:
+        """The awslogs stream of the task's Airflow container (see :mod:`.logs`)."""
+        return ecs_executor_log_location(self, record)

@@ -6,10 +6,12 @@ after a crash with the same outcome. Each row is handled in isolation: an except
 is logged and counted, and the others go on.
 
 Launch attempts and idempotency:
-- ``attempt`` numbers the launch attempts of a row; ``clientToken`` = ``<id>-<attempt>``.
+- ``attempt`` numbers the launch attempts of a row; ``clientToken`` = ``<id>-<attempt>`` on ECS,
+  the job name ``af-<id>-<attempt>`` on Batch.
 - A row is set to ``launching`` (write-ahead) before RunTask; a ``launching`` row found at the
   start of a cycle may have reached AWS, so it is relaunched with the SAME attempt: ECS returns
-  the task it already started instead of a second one.
+  the task it already started instead of a second one, and the Batch backend finds the job by
+  its name before submitting.
 - A definite "nothing launched" (capacity ``failures``, a task stopped before its container
   started) moves to the next attempt with backoff, up to ``max_launch_attempts``.
 - Throttling costs no attempt; an ambiguous failure (5xx, timeout, unexpected exception)
@@ -26,7 +28,8 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from ..backends.base import Observation, TaskBackend
+from ..backends.base import Observation, Stuck, TaskBackend
+from ..backends.calls import NotLeader
 from ..backends.errors import AwsError, RetriableError, TerminalError, classify
 from ..metrics.definitions import Metrics
 from ..store.records import Desired, Phase, TaskRecord
@@ -89,6 +92,10 @@ class Engine:
         self.store = store
         self.metrics = metrics or Metrics()
         self._kind = backend.kind.value
+        # Series exist from the start at zero, so increase() sees their first event.
+        for result in ("success", "retriable_error", "terminal_error", "throttled"):
+            self.metrics.launches.labels(self._kind, result)
+        self.metrics.orphans_found.labels(self._kind)
         self.backend = backend
         self.settings = settings
         self.is_leader = is_leader
@@ -121,6 +128,8 @@ class Engine:
             try:
                 if self._reconcile_row(row, observed.get(row.external_id or ""), now, counter):
                     due_launches.append(row)
+            except NotLeader:
+                break  # fenced mid-cycle: the next leader picks up from the rows as they are
             except Exception:
                 counter.add("row_errors")
                 log.exception("reconciling task %s failed; continuing with the others", row.id)
@@ -207,6 +216,8 @@ class Engine:
                 counter.add("orphans_stopped")
                 self.metrics.stops.labels(self._kind, "orphan").inc()
                 log.warning("stopped orphan task %s (record %s)", external_id, obs.record_id)
+            except NotLeader:
+                break
             except AwsError as exc:
                 log.warning("could not stop orphan %s: %s", external_id, exc.reason)
         return [updated.get(r.id, r) for r in rows]
@@ -244,9 +255,14 @@ class Engine:
         if obs is not None and (obs.phase.terminal or obs.missing):
             self._finish(row, obs, counter, reason_prefix="revoked by Airflow")
             return
-        if row.phase is Phase.STOPPING or not self.is_leader():
+        if not self.is_leader():
+            return
+        if row.phase is Phase.STOPPING and (now - row.updated_at).total_seconds() < self.settings.resync_interval:
+            # Asked already. A stop that did not take (its answer lost, or a Batch job that started
+            # between DescribeJobs and CancelJob) is sent again once per resync_interval.
             return
         self.backend.stop(external_id=row.external_id, target=row.target, reason="aws-reconciler: revoked by Airflow")
+        # Also rewrites a stopping row, which restarts its resend timer (updated_at).
         self.store.transition(row.id, expect_phases=[row.phase], phase=Phase.STOPPING)
         counter.add("stopped")
         self.metrics.stops.labels(self._kind, "revoked").inc()
@@ -257,6 +273,9 @@ class Engine:
             return
         if obs.phase.terminal or obs.missing:
             self._finish(row, obs, counter)
+            return
+        if obs.stuck is not None:
+            self._stop_stuck(row, obs.stuck, counter)
             return
         if obs.phase is not row.phase or (obs.started_at and row.started_at is None):
             started_at = obs.started_at or row.started_at
@@ -277,6 +296,18 @@ class Engine:
                 self.metrics.launch_to_running.labels(self._kind).observe(
                     max(0.0, (started_at - row.launched_at).total_seconds())
                 )
+
+    def _stop_stuck(self, row: TaskRecord, stuck: Stuck, counter: _Counter) -> None:
+        """A task/job that will not progress by itself (a Batch job RUNNABLE for too long): stop
+        it, then fail the row with the backend's reason. The row fails at once rather than when
+        AWS confirms the stop, which for a job waiting for capacity can take long; should the stop
+        not take, the job is an orphan of ours and the orphan sweep stops it again."""
+        if not self.is_leader() or row.external_id is None:
+            return
+        self.backend.stop(external_id=row.external_id, target=row.target, reason=f"aws-reconciler: {stuck.reason}")
+        counter.add("stopped")
+        self.metrics.stops.labels(self._kind, stuck.code).inc()
+        self._fail(row, stuck.reason, counter)
 
     def _finish(self, row: TaskRecord, obs: Observation, counter: _Counter, reason_prefix: str | None = None) -> None:
         reason = obs.reason or ""
@@ -355,6 +386,8 @@ class Engine:
                 self._fail(row, "task record has no launch request", counter)
                 return
             external_id = self.backend.launch(record_id=row.id, attempt=row.attempt, spec=spec)
+        except NotLeader:
+            return  # fenced: stays `launching` for the next leader, same client token
         except Exception as exc:
             self._launch_failed(row, classify(exc), counter)
             return

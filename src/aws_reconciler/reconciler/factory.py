@@ -5,7 +5,13 @@ from __future__ import annotations
 import os
 import socket
 import uuid
+from collections.abc import Callable
+from datetime import datetime
 
+from ..backends.base import TaskBackend
+from ..backends.batch.backend import BatchBackend
+from ..backends.batch.spec import check_settings as check_batch_settings
+from ..backends.calls import always
 from ..backends.ecs.backend import EcsBackend
 from ..backends.ecs.client import make_client
 from ..backends.ratelimit import TokenBucket
@@ -16,18 +22,20 @@ from ..store.engine import create_store_engine
 from ..store.lease import LeaseStore
 from ..store.migrate import check_schema
 from ..store.notify import Waker
+from ..store.records import Backend
 from ..store.tasks import TaskStore
 from .engine import Engine, EngineSettings
 from .leader import LeaderElector
 from .runner import Runner
 
 
-def engine_settings(settings: Settings) -> EngineSettings:
-    """The subset of settings one engine uses."""
+def engine_settings(settings: Settings, backend: Backend = Backend.ECS) -> EngineSettings:
+    """The subset of settings the engine of ``backend`` uses."""
     core = settings.core
+    attempts = settings.ecs.max_launch_attempts if backend is Backend.ECS else settings.batch.max_submit_job_attempts
     return EngineSettings(
         deployment=core.deployment,
-        max_launch_attempts=settings.ecs.max_launch_attempts,
+        max_launch_attempts=attempts,
         task_queued_timeout=settings.task_queued_timeout,
         reconcile_interval=core.reconcile_interval,
         resync_interval=core.resync_interval,
@@ -40,7 +48,11 @@ def engine_settings(settings: Settings) -> EngineSettings:
 
 
 def build_ecs_backend(
-    settings: Settings, *, client: object | None = None, metrics: Metrics | None = None
+    settings: Settings,
+    *,
+    client: object | None = None,
+    metrics: Metrics | None = None,
+    may_act: Callable[[], bool] = always,
 ) -> EcsBackend:
     """The ECS backend with buckets shaped like AWS's; its client's calls are counted in ``metrics``."""
     core, ecs = settings.core, settings.ecs
@@ -57,6 +69,34 @@ def build_ecs_backend(
         run_task_bucket=TokenBucket(rate=core.ecs_run_task_rate, burst=core.ecs_run_task_burst),
         describe_bucket=TokenBucket(rate=core.ecs_describe_rate, burst=core.ecs_describe_burst),
         fargate_bucket=TokenBucket(rate=core.fargate_launch_rate, burst=core.fargate_launch_burst),
+        may_act=may_act,
+    )
+
+
+def build_batch_backend(
+    settings: Settings,
+    *,
+    client: object | None = None,
+    metrics: Metrics | None = None,
+    clock: Callable[[], datetime] | None = None,
+    may_act: Callable[[], bool] = always,
+) -> BatchBackend:
+    """The Batch backend with its own buckets (SubmitJob is limited per account, apart from ECS)."""
+    core, batch = settings.core, settings.batch
+    check_batch_settings(batch)
+    if client is None:
+        client = make_client("batch", region_name=batch.region_name, max_pool_connections=core.launch_concurrency + 4)
+        if metrics is not None:
+            instrument_client(client, metrics)
+    return BatchBackend(
+        client=client,
+        deployment=core.deployment,
+        job_queues=batch.job_queues,
+        submit_bucket=TokenBucket(rate=core.batch_submit_rate, burst=core.batch_submit_burst),
+        describe_bucket=TokenBucket(rate=core.batch_describe_rate, burst=core.batch_describe_burst),
+        runnable_timeout=settings.runnable_timeout,
+        clock=clock,
+        may_act=may_act,
     )
 
 
@@ -81,13 +121,21 @@ def build_runner(settings: Settings, *, metrics: Metrics | None = None) -> Runne
         renew_deadline=core.renew_deadline,
         retry_period=core.retry_period,
     )
+    # One engine per configured backend, each with its own client, buckets and attempt budget.
+    backends: list[TaskBackend] = []
+    if settings.ecs.enabled:
+        backends.append(build_ecs_backend(settings, metrics=metrics, may_act=elector.is_leader))
+    if settings.batch.enabled:
+        backends.append(build_batch_backend(settings, metrics=metrics, may_act=elector.is_leader))
     engines = [
         Engine(
             store=store,
-            backend=build_ecs_backend(settings),
-            settings=engine_settings(settings),
+            backend=backend,
+            settings=engine_settings(settings, backend.kind),
             is_leader=elector.is_leader,
+            metrics=metrics,
         )
+        for backend in backends
     ]
     return Runner(
         engines=engines,

@@ -90,30 +90,41 @@ class Runner:
         self.metrics.leader.set(1 if leading else 0)
         self.health.last_progress_at = self._monotonic()
         if not leading:
+            # A former leader's snapshot would otherwise linger and double-count in dashboards.
+            self.metrics.tasks.clear()
+            self.metrics.oldest_pending.clear()
             return self.elector.retry_period
         started = self._monotonic()
-        try:
-            # The soonest pass any engine asks for; starting from `interval` would cap every
-            # engine's request at it and silently drop a throttled engine's longer requeue.
-            requeue: float | None = None
-            for engine in self.engines:
+        # The soonest pass any engine asks for; starting from `interval` would cap every
+        # engine's request at it and silently drop a throttled engine's longer requeue.
+        requeue: float | None = None
+        error: tuple[str, Exception] | None = None
+        for engine in self.engines:
+            # Each backend on its own: ECS trouble must not stall Batch launches, nor the reverse.
+            try:
                 result = engine.reconcile()
-                requeue = result.requeue_after if requeue is None else min(requeue, result.requeue_after)
-                self.health.history = [*self.health.history[-9:], result]
-                if result.stats.launched or result.stats.failed or result.stats.finished:
-                    log.info("%s cycle: %s", engine.backend.kind.value, result.stats)
-        except Exception as exc:
+            except Exception as exc:
+                error = error or (engine.backend.kind.value, exc)
+                log.debug("%s cycle failed", engine.backend.kind.value, exc_info=True)
+                continue
+            requeue = result.requeue_after if requeue is None else min(requeue, result.requeue_after)
+            self.health.history = [*self.health.history[-9:], result]
+            if result.stats.launched or result.stats.failed or result.stats.finished:
+                log.info("%s cycle: %s", engine.backend.kind.value, result.stats)
+        if error is not None:
             # AWS or database trouble: stay up, report unready, back off, try again.
+            kind, failure = error
             self.metrics.reconciles.labels("error").inc()
             self.health.last_progress_at = self._monotonic()
             self.health.consecutive_failures += 1
-            self.health.last_error = f"{type(exc).__name__}: {exc}"[:500]
-            self.health.last_error_type = type(exc).__name__
+            self.health.last_error = f"{kind}: {type(failure).__name__}: {failure}"[:500]
+            self.health.last_error_type = type(failure).__name__
             delay = backoff_delay(
                 attempt=self.health.consecutive_failures, base=self.backoff_base, cap=self.backoff_max
             )
             log.warning("reconcile cycle failed (%s); retrying in %.1f s", self.health.last_error, delay)
-            return delay
+            # A backend that still works is not made to wait for the broken one's backoff.
+            return delay if requeue is None else min(delay, requeue)
         finished = self._monotonic()
         self.metrics.reconciles.labels("success").inc()
         self.metrics.reconcile_duration.observe(finished - started)
@@ -165,4 +176,7 @@ class Runner:
             for engine in self.engines:
                 engine.close()
             self.elector.stop(release=True)
+            self.metrics.leader.set(0)
+            self.metrics.tasks.clear()
+            self.metrics.oldest_pending.clear()
             self.waker.close()

@@ -2,8 +2,8 @@
 
 ``SandboxServer`` serves it over HTTP on 127.0.0.1; ``bootstrap`` creates the resources the
 executor needs there; ``SandboxControlClient`` drives a sandbox running in another process.
-``SandboxServer(run_tasks=True)`` also runs each ECS task's container command as a local process
-(``RunnerOptions`` tunes it); ``run_sandbox`` is the ``aws-reconciler sandbox`` command.
+``SandboxServer(run_tasks=True)`` also runs each ECS task's and Batch job's container command as a
+local process (``RunnerOptions`` tunes it); ``run_sandbox`` is the ``aws-reconciler sandbox`` command.
 """
 
 from .bootstrap import bootstrap

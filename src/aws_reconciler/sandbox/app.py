@@ -11,6 +11,8 @@ from typing import Any
 from moto.server import DomainDispatcherApplication, create_backend_app
 
 from .awsproto import AwsRequest, RawResponse, error_response, parse_request, read_body
+from .batch import BatchShim
+from .batchrunner import BatchJobRunner
 from .control import CONTROL_PREFIX, handle_control
 from .ecs import EcsShim
 from .faults import CallCounter, FaultPlan
@@ -48,8 +50,11 @@ class SandboxApp:
         self.faults = FaultPlan()
         self.counter = CallCounter()
         self.ecs = EcsShim(self.faults)
+        self.batch = BatchShim()
         #: The task runner, when the server runs one (``SandboxServer(run_tasks=True)``).
         self.runner: TaskRunner | None = None
+        #: Its Batch twin, started and stopped with it.
+        self.batch_runner: BatchJobRunner | None = None
 
     # ------------------------------------------------------------------ WSGI
 
@@ -82,7 +87,11 @@ class SandboxApp:
             except Exception as exc:  # a moto crash becomes an AWS-shaped 500, not an HTML page
                 log.exception("sandbox: %s failed", request.key if request else environ.get("PATH_INFO"))
                 protocol = request.protocol if request else "json"
-                code = "ServerException" if request is not None and request.service == "ecs" else "InternalFailure"
+                code = (
+                    "ServerException"
+                    if request is not None and request.service in ("ecs", "batch")
+                    else "InternalFailure"
+                )
                 return error_response(protocol, code, f"sandbox: {type(exc).__name__}: {exc}", status=500)
 
     def _serve_api(self, request: AwsRequest, environ: dict[str, Any], body: bytes) -> RawResponse:
@@ -94,7 +103,12 @@ class SandboxApp:
         def forward(new_body: bytes | None = None) -> RawResponse:
             return self._forward(environ, body if new_body is None else new_body)
 
-        response = self.ecs.handle(request, forward) if request.service == "ecs" else forward()
+        if request.service == "ecs":
+            response = self.ecs.handle(request, forward)
+        elif request.service == "batch":
+            response = self.batch.handle(request, forward)
+        else:
+            response = forward()
         if fault is not None:
             # Phantom: the operation took effect, but the caller never learns of it.
             return error_response(request.protocol, fault.code, fault.message, status=fault.status)
@@ -167,9 +181,43 @@ class SandboxApp:
             raise RuntimeError("fail_next_start needs the task runner: start the sandbox with run_tasks=True")
         self.faults.fail_next_start(reason=reason, times=times)
 
+    def hold_runnable(self, *, times: int | None = 1) -> None:
+        """The next ``times`` Batch jobs stay RUNNABLE (no capacity) until ``set_job_state`` moves them.
+
+        Needs the task runner (without it every job waits in RUNNABLE anyway): ``RuntimeError``.
+        """
+        if self.batch_runner is None:
+            raise RuntimeError("hold_runnable needs the task runner: start the sandbox with run_tasks=True")
+        self.faults.hold_runnable(times=times)
+
     def task_processes(self) -> dict[str, int]:
-        """Task ARN -> pid of every task process the runner started and has not reaped yet."""
-        return self.runner.processes() if self.runner is not None else {}
+        """Task ARN or Batch job id -> pid of every process the runners started and have not reaped yet."""
+        processes = self.runner.processes() if self.runner is not None else {}
+        if self.batch_runner is not None:
+            processes.update(self.batch_runner.processes())
+        return processes
+
+    def set_job_state(
+        self,
+        *,
+        job_id: str,
+        status: str,
+        status_reason: str | None = None,
+        exit_code: int | None = None,
+        container_reason: str | None = None,
+    ) -> dict[str, Any]:
+        """Move a Batch job to ``status``; see ``BatchShim.apply_job_state``. Returns the job."""
+        return self.batch.set_job_state(
+            job_id=job_id,
+            status=status,
+            status_reason=status_reason,
+            exit_code=exit_code,
+            container_reason=container_reason,
+        )
+
+    def jobs(self, *, queue: str | None = None) -> list[dict[str, Any]]:
+        """Snapshot of every Batch job (optionally of one job queue, by name or ARN)."""
+        return self.batch.jobs(queue=queue)
 
     def set_task_state(
         self,
@@ -213,5 +261,6 @@ class SandboxApp:
 
     def _reset_shims(self) -> None:
         self.ecs.reset()
+        self.batch.reset()
         self.faults.clear()
         self.counter.reset()

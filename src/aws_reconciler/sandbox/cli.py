@@ -73,7 +73,7 @@ def run_sandbox(*, host: str, port: int, region: str, run_tasks: bool, env_file:
     server = SandboxServer(host=host, port=port, region=region, run_tasks=run_tasks)
     try:
         server.start()
-        settings = bootstrap(endpoint_url=server.endpoint_url, region=region)
+        settings = bootstrap(endpoint_url=server.endpoint_url, region=region, batch=True)
         text = "\n".join(export_lines(settings)) + "\n"
         print(text, end="")
         if env_file:
@@ -115,9 +115,10 @@ def _cmd_sandbox(args: argparse.Namespace) -> int:
 
 
 USER_DESCRIPTION = (
-    "Serve a local fake AWS (ECS, CloudWatch Logs, STS, EC2 default VPC) on this machine, create a cluster, "
-    "task definition and security group, print the settings to export, and run each ECS task's container "
-    "command as a local process. No AWS account is used. Stop with Ctrl-C."
+    "Serve a local fake AWS (ECS, Batch, CloudWatch Logs, STS, EC2 default VPC) on this machine, create a "
+    "cluster, task definition, security group, Batch job queue and job definition, print the settings to "
+    "export, and run each ECS task's and Batch job's container command as a local process. No AWS account "
+    "is used. Stop with Ctrl-C."
 )
 
 

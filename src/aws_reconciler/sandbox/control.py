@@ -13,14 +13,18 @@ same methods and talks to these routes (JSON in, JSON out; arguments use the Pyt
                                     exit_code?, container_reason?, empty_containers?} -> task
     GET  /_sandbox/tasks[?cluster=NAME]        -> [task, ...]
     POST /_sandbox/fail-next-start {reason?, times?}   (task runner only)
-    GET  /_sandbox/processes                   -> {task ARN: pid, ...} (task runner only)
+    GET  /_sandbox/processes                   -> {task ARN or job id: pid, ...} (task runner only)
+    POST /_sandbox/job-state       {job_id, status, status_reason?, exit_code?,
+                                    container_reason?} -> job (Batch)
+    GET  /_sandbox/jobs[?queue=NAME]           -> [job, ...] (Batch)
+    POST /_sandbox/hold-runnable   {times?}    (task runner only; Batch)
     GET  /_sandbox/calls                       -> {"ecs:RunTask": 3, ...}
     POST /_sandbox/reset-calls
     POST /_sandbox/reset
 
 Errors: 400 ``{"error": ...}`` for bad arguments, 404 for an unknown task or route, 405 for a wrong
-method, 409 for a request the sandbox's configuration cannot serve (``fail-next-start`` without
-the task runner).
+method, 409 for a request the sandbox's configuration cannot serve (``fail-next-start`` or
+``hold-runnable`` without the task runner).
 """
 
 from __future__ import annotations
@@ -77,6 +81,20 @@ class SandboxControl(Protocol):
 
     def task_processes(self) -> dict[str, int]: ...
 
+    def set_job_state(
+        self,
+        *,
+        job_id: str,
+        status: str,
+        status_reason: str | None = None,
+        exit_code: int | None = None,
+        container_reason: str | None = None,
+    ) -> dict[str, Any]: ...
+
+    def jobs(self, *, queue: str | None = None) -> list[dict[str, Any]]: ...
+
+    def hold_runnable(self, *, times: int | None = 1) -> None: ...
+
     def calls(self) -> dict[str, int]: ...
 
     def reset_calls(self) -> None: ...
@@ -100,6 +118,9 @@ _ROUTES: dict[str, _Route] = {
     "tasks": ("GET", lambda c, a: c.tasks(**a)),
     "fail-next-start": ("POST", lambda c, a: c.fail_next_start(**a)),
     "processes": ("GET", lambda c, a: c.task_processes()),
+    "job-state": ("POST", lambda c, a: c.set_job_state(**a)),
+    "jobs": ("GET", lambda c, a: c.jobs(**a)),
+    "hold-runnable": ("POST", lambda c, a: c.hold_runnable(**a)),
     "calls": ("GET", lambda c, a: c.calls()),
     "reset-calls": ("POST", lambda c, a: c.reset_calls()),
     "reset": ("POST", lambda c, a: c.reset()),
@@ -259,6 +280,38 @@ class SandboxControlClient:
     def task_processes(self) -> dict[str, int]:
         """See ``SandboxServer.task_processes``."""
         return {str(k): int(v) for k, v in self._call("GET", "processes").items()}
+
+    def set_job_state(
+        self,
+        *,
+        job_id: str,
+        status: str,
+        status_reason: str | None = None,
+        exit_code: int | None = None,
+        container_reason: str | None = None,
+    ) -> dict[str, Any]:
+        """See ``SandboxServer.set_job_state``."""
+        return dict(
+            self._call(
+                "POST",
+                "job-state",
+                {
+                    "job_id": job_id,
+                    "status": status,
+                    "status_reason": status_reason,
+                    "exit_code": exit_code,
+                    "container_reason": container_reason,
+                },
+            )
+        )
+
+    def jobs(self, *, queue: str | None = None) -> list[dict[str, Any]]:
+        """See ``SandboxServer.jobs``."""
+        return list(self._call("GET", "jobs", {"queue": queue}))
+
+    def hold_runnable(self, *, times: int | None = 1) -> None:
+        """See ``SandboxServer.hold_runnable``."""
+        self._call("POST", "hold-runnable", {"times": times})
 
     def calls(self) -> dict[str, int]:
         """See ``SandboxApp.calls``."""

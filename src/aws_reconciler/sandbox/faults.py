@@ -53,6 +53,7 @@ class FaultPlan:
         self._errors: list[InjectedError] = []
         self._run_task_failures: list[_PlannedFailure] = []
         self._start_failures: list[_PlannedFailure] = []
+        self._runnable_holds: list[_PlannedFailure] = []
 
     def inject_error(
         self,
@@ -90,6 +91,15 @@ class FaultPlan:
         with self._lock:
             self._start_failures.append(_PlannedFailure(reason, times))
 
+    def hold_runnable(self, *, times: int | None = 1) -> None:
+        """Keep the next ``times`` Batch jobs submitted in RUNNABLE, as a queue without capacity.
+
+        Consumed by the task runner, one per job, in submission order.
+        """
+        _check_times(times)
+        with self._lock:
+            self._runnable_holds.append(_PlannedFailure("RUNNABLE", times))
+
     def take_error(self, service: str, operation: str) -> InjectedError | None:
         """Consume one use of the first error planned for this operation, if any."""
         with self._lock:
@@ -110,6 +120,10 @@ class FaultPlan:
         """Consume one planned start failure and return its reason, if any is planned."""
         return self._take(self._start_failures)
 
+    def take_runnable_hold(self) -> str | None:
+        """Consume one planned RUNNABLE hold; not None if one was planned."""
+        return self._take(self._runnable_holds)
+
     def _take(self, planned: list[_PlannedFailure]) -> str | None:
         with self._lock:
             if not planned:
@@ -128,6 +142,7 @@ class FaultPlan:
                 "errors": [asdict(e) for e in self._errors],
                 "run_task_failures": [asdict(f) for f in self._run_task_failures],
                 "start_failures": [asdict(f) for f in self._start_failures],
+                "runnable_holds": [asdict(f) for f in self._runnable_holds],
             }
 
     def clear(self) -> None:
@@ -136,6 +151,7 @@ class FaultPlan:
             self._errors.clear()
             self._run_task_failures.clear()
             self._start_failures.clear()
+            self._runnable_holds.clear()
 
 
 class CallCounter:

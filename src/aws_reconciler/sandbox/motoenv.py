@@ -25,6 +25,7 @@ from moto.moto_api import state_manager
 __all__ = [
     "DEFAULT_ACCOUNT_ID",
     "MOTO_LOCK",
+    "batch_backend",
     "configure_moto",
     "ecs_backend",
     "iter_ecs_backends",
@@ -127,6 +128,17 @@ def reset_moto() -> None:
 def ecs_backend(account_id: str, region: str) -> Any:
     """The moto ECS backend of one account and region (created on first use, as moto does)."""
     return get_backend("ecs")[account_id][region]
+
+
+def batch_backend(account_id: str, region: str) -> Any:
+    """The moto Batch backend of one account and region: queues, definitions, tags.
+
+    The plain backend, not ``batch_simple``'s wrapper: the wrapper delegates all but SubmitJob to
+    it, and SubmitJob is the shim's (``batch.py``).
+    """
+    from moto.batch.models import batch_backends
+
+    return batch_backends[account_id][region]
 
 
 def iter_ecs_backends() -> Iterator[tuple[str, str, Any]]:

@@ -11,6 +11,7 @@ from moto.server import MotoRequestHandler
 from werkzeug.serving import BaseWSGIServer, make_server
 
 from .app import SandboxApp
+from .batchrunner import BatchJobRunner
 from .runner import DEFAULT_START_FAILURE, RunnerOptions, TaskRunner
 
 __all__ = ["FAKE_CREDENTIALS", "SandboxServer"]
@@ -43,8 +44,9 @@ class SandboxServer:
 
     ``run_tasks=True`` starts the task runner (``runner.py``, tuned by ``runner``): every ECS
     task then runs its container command as a local process and walks PROVISIONING..STOPPED by
-    itself, its output going to CloudWatch Logs. Off by default: tasks stay PROVISIONING until
-    ``set_task_state`` moves them, and StopTask stops them at once.
+    itself, its output going to CloudWatch Logs; so does every Batch job (``batchrunner.py``,
+    SUBMITTED..SUCCEEDED/FAILED). Off by default: tasks stay PROVISIONING and jobs RUNNABLE until
+    ``set_task_state`` / ``set_job_state`` move them, and StopTask / TerminateJob stop them at once.
     """
 
     _active: ClassVar[SandboxServer | None] = None
@@ -67,6 +69,8 @@ class SandboxServer:
         self.runner_options = runner if runner is not None else RunnerOptions()
         #: The running task runner, when ``run_tasks`` and started.
         self.task_runner: TaskRunner | None = None
+        #: The running Batch job runner, started and stopped with the task runner.
+        self.batch_runner: BatchJobRunner | None = None
         self.app = SandboxApp()
         self._server: BaseWSGIServer | None = None
         self._thread: threading.Thread | None = None
@@ -106,6 +110,11 @@ class SandboxServer:
                 )
                 self.app.runner = self.task_runner
                 self.task_runner.start()
+                self.batch_runner = BatchJobRunner(
+                    self.app.batch, self.app.faults, self.runner_options, endpoint_url=self._local_url()
+                )
+                self.app.batch_runner = self.batch_runner
+                self.batch_runner.start()
         except BaseException:
             self.stop()
             raise
@@ -117,6 +126,12 @@ class SandboxServer:
         Safe to call more than once. The runner stops first, so that tasks can still reach the
         fake AWS while they shut down; every process it started is gone when this returns.
         """
+        if self.batch_runner is not None:
+            try:
+                self.batch_runner.stop()
+            finally:
+                self.app.batch_runner = None
+                self.batch_runner = None
         if self.task_runner is not None:
             try:
                 self.task_runner.stop()
@@ -230,8 +245,37 @@ class SandboxServer:
         self.app.fail_next_start(reason=reason, times=times)
 
     def task_processes(self) -> dict[str, int]:
-        """Task ARN -> pid (also the process group id) of every task process alive or unreaped."""
+        """Task ARN (or Batch job id) -> pid (also the process group id) of every process alive or unreaped."""
         return self.app.task_processes()
+
+    def hold_runnable(self, *, times: int | None = 1) -> None:
+        """The next ``times`` Batch jobs stay RUNNABLE, as in a queue without capacity, until
+        ``set_job_state`` moves them. Needs the task runner; ``RuntimeError`` otherwise."""
+        self.app.hold_runnable(times=times)
+
+    def set_job_state(
+        self,
+        *,
+        job_id: str,
+        status: str,
+        status_reason: str | None = None,
+        exit_code: int | None = None,
+        container_reason: str | None = None,
+    ) -> dict[str, Any]:
+        """Move a Batch job to ``status`` with AWS's fields (times, attempts, exit code); returns
+        the job as DescribeJobs shows it. See ``BatchShim.apply_job_state`` for the rules.
+        ``KeyError`` for an unknown job, ``ValueError`` for an unknown status or a finished job."""
+        return self.app.set_job_state(
+            job_id=job_id,
+            status=status,
+            status_reason=status_reason,
+            exit_code=exit_code,
+            container_reason=container_reason,
+        )
+
+    def jobs(self, *, queue: str | None = None) -> list[dict[str, Any]]:
+        """Snapshot of every Batch job: its DescribeJobs description plus ``request`` (as submitted)."""
+        return self.app.jobs(queue=queue)
 
     def set_task_state(
         self,

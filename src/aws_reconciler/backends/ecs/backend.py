@@ -5,16 +5,16 @@ from __future__ import annotations
 import hashlib
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 from ...store.records import Backend, Phase
 from ..base import Observation, batched
-from ..errors import RetriableError, classify, classify_failure_reason
+from ..calls import Caller, always
+from ..errors import RetriableError, classify_failure_reason
 from ..ratelimit import TokenBucket
 from .states import observe_task
 
 DESCRIBE_BATCH = 100
-T = TypeVar("T")
 
 
 def client_token(record_id: str, attempt: int) -> str:
@@ -55,6 +55,7 @@ class EcsBackend:
         describe_bucket: TokenBucket,
         fargate_bucket: TokenBucket,
         throttle_pause: float = 1.0,
+        may_act: Callable[[], bool] = always,
     ) -> None:
         self.client = client
         self.deployment = deployment
@@ -63,18 +64,8 @@ class EcsBackend:
         self.run_task_bucket = run_task_bucket
         self.describe_bucket = describe_bucket
         self.fargate_bucket = fargate_bucket
-        self.throttle_pause = throttle_pause
-
-    def _call(self, bucket: TokenBucket, fn: Callable[..., T], **kwargs: Any) -> T:
-        bucket.acquire()
-        try:
-            return fn(**kwargs)
-        except Exception as exc:
-            error = classify(exc)
-            if isinstance(error, RetriableError) and error.throttled:
-                # Slow every caller of this bucket, not only the one AWS refused.
-                bucket.penalize(self.throttle_pause)
-            raise error from exc
+        # Fencing: launches and stops are checked against leadership after each token wait.
+        self._caller = Caller(throttle_pause=throttle_pause, may_act=may_act)
 
     def launch(self, *, record_id: str, attempt: int, spec: Mapping[str, Any]) -> str:
         """RunTask with ``clientToken`` = ``<id>-<attempt>``; a task in the response wins over
@@ -83,7 +74,7 @@ class EcsBackend:
         request["clientToken"] = client_token(record_id, attempt)
         if is_fargate(spec):
             self.fargate_bucket.acquire()
-        response = self._call(self.run_task_bucket, self.client.run_task, **request)
+        response = self._caller(self.run_task_bucket, self.client.run_task, mutating=True, **request)
         tasks = response.get("tasks") or []
         if tasks:
             return str(tasks[0]["taskArn"])
@@ -101,7 +92,7 @@ class EcsBackend:
         found: dict[str, Observation] = {}
         for cluster, arns in by_cluster.items():
             for batch in batched(arns, DESCRIBE_BATCH):
-                response = self._call(
+                response = self._caller(
                     self.describe_bucket, self.client.describe_tasks, cluster=cluster, tasks=list(batch)
                 )
                 for task in response.get("tasks") or []:
@@ -129,13 +120,13 @@ class EcsBackend:
                 kwargs: dict[str, Any] = {"cluster": cluster, "startedBy": self.deployment, "maxResults": 100}
                 if token:
                     kwargs["nextToken"] = token
-                page = self._call(self.describe_bucket, self.client.list_tasks, **kwargs)
+                page = self._caller(self.describe_bucket, self.client.list_tasks, **kwargs)
                 arns.extend(page.get("taskArns") or [])
                 token = page.get("nextToken")
                 if not token:
                     break
             for batch in batched(arns, DESCRIBE_BATCH):
-                response = self._call(
+                response = self._caller(
                     self.describe_bucket,
                     self.client.describe_tasks,
                     cluster=cluster,
@@ -148,9 +139,10 @@ class EcsBackend:
 
     def stop(self, *, external_id: str, target: str | None, reason: str) -> None:
         """StopTask with a reason ECS shows in the console (<= 255 characters)."""
-        self._call(
+        self._caller(
             self.run_task_bucket,
             self.client.stop_task,
+            mutating=True,
             cluster=target or self.clusters[0],
             task=external_id,
             reason=reason[:255],

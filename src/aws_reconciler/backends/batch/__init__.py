@@ -1,0 +1,1 @@
+"""The AWS Batch backend: request building (pure) and the API client side."""

@@ -1,0 +1,184 @@
+"""Resolve and validate the SubmitJob request of one task instance, at queue time.
+
+Pure and offline (no AWS calls), like the ECS twin: the executor runs it inside the scheduler so
+a bad ``executor_config`` fails that one task at once with a message naming the key, and the
+reconciler later only adds the per-attempt ``jobName``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping, Sequence
+from functools import cache
+from typing import Any
+
+import botocore.session
+from botocore.model import StructureShape
+from botocore.validate import ParamValidator
+
+from ...config import ConfigError
+from ...config.models import BatchSettings
+from ...store.records import TiKey
+from ..ecs.spec import InvalidExecutorConfig, _first_key
+from ..merge import deep_merge
+from ..tags import IDENTITY_TAGS, identity_tags
+
+__all__ = ["InvalidExecutorConfig", "build_submit_job_request", "check_settings", "job_name", "submit_job_shape"]
+
+# AWS Batch rejects a SubmitJob payload over 30 KiB (service quotas page).
+MAX_PAYLOAD_BYTES = 30 * 1024
+MAX_TAGS = 50
+MAX_JOB_NAME = 128
+# Batch reserves this prefix for the variables it sets itself.
+RESERVED_ENV_PREFIX = "AWS_BATCH"
+_NOT_CONTAINER = (
+    "the Airflow task's command goes into containerOverrides: use a job definition with containerProperties"
+)
+# The reconciler sets these, or they would break "one job per task instance".
+RESERVED_KEYS = {
+    "jobName": "the reconciler names each submit attempt af-<id>-<attempt> (Batch has no client token)",
+    "arrayProperties": "exactly one job runs per task instance",
+    "dependsOn": "Airflow orders the tasks; a dependency would hold the job in PENDING",
+    "nodeOverrides": f"multi-node parallel jobs are not supported; {_NOT_CONTAINER}",
+    "ecsPropertiesOverride": f"not supported; {_NOT_CONTAINER}",
+    "eksPropertiesOverride": f"not supported; {_NOT_CONTAINER}",
+}
+_NAME_SAFE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# What the lookup before a submit needs to fill in; any valid name of the same length would do.
+_PLACEHOLDER_ID = "0" * 36
+
+
+@cache
+def submit_job_shape() -> StructureShape:
+    """The SubmitJob input shape from botocore's bundled service model: the authoritative schema."""
+    model = botocore.session.get_session().get_service_model("batch")
+    shape = model.operation_model("SubmitJob").input_shape
+    assert isinstance(shape, StructureShape)
+    return shape
+
+
+def job_name(record_id: str, attempt: int) -> str:
+    """``af-<id>-<attempt>``: Batch's only handle for idempotency (found with ListJobs' JOB_NAME filter).
+
+    Names allow 128 letters, digits, hyphens and underscores. Airflow's ids are UUIDs and fit;
+    any other id is replaced by a digest so that the name stays valid and unique per attempt.
+    """
+    stem = record_id if _NAME_SAFE.match(record_id) else hashlib.sha256(record_id.encode()).hexdigest()[:40]
+    name = f"af-{stem}-{attempt}"
+    assert len(name) <= MAX_JOB_NAME
+    return name
+
+
+def check_settings(batch: BatchSettings) -> None:
+    """``submit_job_kwargs`` may not set what the reconciler owns: a :class:`ConfigError` at start-up."""
+    for key in batch.submit_job_kwargs:
+        if key in RESERVED_KEYS:
+            raise ConfigError(
+                f"invalid setting [aws_reconciler_batch] submit_job_kwargs: {key!r} cannot be set: {RESERVED_KEYS[key]}"
+            )
+    if "jobQueue" in batch.submit_job_kwargs:
+        raise ConfigError("invalid setting [aws_reconciler_batch] submit_job_kwargs: set the queue with job_queue")
+
+
+def base_request(batch: BatchSettings) -> dict[str, Any]:
+    """The request every task starts from, built from ``[aws_reconciler_batch]``."""
+    assert batch.job_queue and batch.job_definition
+    # propagateTags: the ECS task under the job carries the identity tags too (cost allocation,
+    # and an operator looking at the cluster sees which task instance a task belongs to).
+    request: dict[str, Any] = {
+        "jobQueue": batch.job_queue,
+        "jobDefinition": batch.job_definition,
+        "propagateTags": True,
+    }
+    return deep_merge(request, batch.submit_job_kwargs)
+
+
+def build_submit_job_request(
+    *,
+    batch: BatchSettings,
+    deployment: str,
+    record_id: str,
+    key: TiKey,
+    command: Sequence[str],
+    executor_config: Any = None,
+) -> dict[str, Any]:
+    """The full SubmitJob request (without ``jobName``) or :class:`InvalidExecutorConfig`."""
+    overrides = _check_executor_config(executor_config, batch)
+    request = deep_merge(base_request(batch), overrides)
+    container = request.setdefault("containerOverrides", {})
+    if not isinstance(container, dict):
+        raise InvalidExecutorConfig("containerOverrides", "must be a dict of container overrides")
+    container["command"] = list(command)
+    _check_environment(container.get("environment"))
+
+    user_tags = request.get("tags") or {}
+    if not isinstance(user_tags, Mapping):
+        raise InvalidExecutorConfig("tags", "Batch tags are a dict of key: value")
+    request["tags"] = {**user_tags, **identity_tags(deployment=deployment, record_id=record_id, key=key)}
+    if len(request["tags"]) > MAX_TAGS:
+        raise InvalidExecutorConfig("tags", f"{len(request['tags'])} tags, over AWS's limit of {MAX_TAGS}")
+
+    # Validated as it will be sent; the name stands in for the per-attempt one of the same length.
+    candidate = {**request, "jobName": job_name(_PLACEHOLDER_ID, 1)}
+    _validate(candidate)
+    size = len(json.dumps(candidate, separators=(",", ":")).encode())
+    if size > MAX_PAYLOAD_BYTES:
+        raise InvalidExecutorConfig(
+            "containerOverrides",
+            f"the SubmitJob request is {size} bytes, over Batch's limit of {MAX_PAYLOAD_BYTES} "
+            "(the Airflow workload is part of the container command: shorten overrides or environment)",
+        )
+    return request
+
+
+def _check_executor_config(executor_config: Any, batch: BatchSettings) -> dict[str, Any]:
+    if executor_config is None:
+        return {}
+    if not isinstance(executor_config, Mapping):
+        raise InvalidExecutorConfig(
+            "executor_config", f"must be a dict of SubmitJob keys, got {type(executor_config).__name__}"
+        )
+    allowed = submit_job_shape().members
+    for key in executor_config:
+        if key in RESERVED_KEYS:
+            raise InvalidExecutorConfig(key, f"cannot be set per task: {RESERVED_KEYS[key]}")
+        if key not in allowed:
+            raise InvalidExecutorConfig(
+                key, f"not a SubmitJob parameter; expected one of: {', '.join(sorted(allowed))}"
+            )
+    queue = executor_config.get("jobQueue")
+    if queue is not None and queue not in batch.job_queues:
+        raise InvalidExecutorConfig(
+            "jobQueue",
+            f"{queue!r} is not configured; allowed: {', '.join(batch.job_queues)} "
+            "(add it to [aws_reconciler_batch] allowed_job_queues so the reconciler watches it)",
+        )
+    tags = executor_config.get("tags")
+    if isinstance(tags, Mapping):
+        for tag in tags:
+            if tag in IDENTITY_TAGS:
+                raise InvalidExecutorConfig(f"tags.{tag}", "is reserved for the reconciler's identity tags")
+    container = executor_config.get("containerOverrides")
+    if isinstance(container, Mapping) and "command" in container:
+        raise InvalidExecutorConfig(
+            "containerOverrides.command", "the container's command runs the Airflow task and is set by the executor"
+        )
+    return dict(executor_config)
+
+
+def _check_environment(environment: Any) -> None:
+    for item in environment or []:
+        name = item.get("name") if isinstance(item, Mapping) else None
+        if isinstance(name, str) and name.startswith(RESERVED_ENV_PREFIX):
+            raise InvalidExecutorConfig(
+                f"containerOverrides.environment.{name}", f"names starting with {RESERVED_ENV_PREFIX} are Batch's own"
+            )
+
+
+def _validate(request: Mapping[str, Any]) -> None:
+    report = ParamValidator().validate(dict(request), submit_job_shape())
+    if report.has_errors():
+        message = report.generate_report()
+        raise InvalidExecutorConfig(_first_key(message), message.strip())

@@ -1,0 +1,145 @@
+"""Fixtures for the Batch tests: the sandbox (one per module), settings with Batch configured,
+scenario harnesses and an AWS-call counter.
+
+Airflow reads ``AIRFLOW_HOME`` when first imported and every executor needs a JWT secret, so both
+are set here before any module of this directory imports Airflow (``setdefault``: when the
+executor tests' conftest ran first, its values stand).
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import tempfile
+
+if "AIRFLOW_HOME" not in os.environ or "AIRFLOW__API_AUTH__JWT_SECRET" not in os.environ:
+    _home = tempfile.mkdtemp(prefix="aws-reconciler-batch-tests-")
+    atexit.register(shutil.rmtree, _home, ignore_errors=True)
+    os.environ.setdefault("AIRFLOW_HOME", _home)
+    os.environ.setdefault("AIRFLOW__API_AUTH__JWT_SECRET", "batch-tests-" + "0123456789abcdef" * 4)
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import botocore.client
+import pytest
+from batch_support import REGION, FakeClock, Harness
+
+from aws_reconciler.config import Settings
+from aws_reconciler.sandbox import SandboxServer, bootstrap
+from aws_reconciler.store import TaskStore, create_store_engine, migrate
+
+_ROOT_CONFTEST = Path(__file__).resolve().parent.parent / "conftest.py"
+
+#: What bootstrap(batch=True) creates, for tests that need no sandbox.
+BATCH_ENV = {
+    "AIRFLOW__AWS_RECONCILER_BATCH__JOB_QUEUE": "airflow",
+    "AIRFLOW__AWS_RECONCILER_BATCH__JOB_DEFINITION": "airflow-job",
+}
+
+
+def _root_conftest(config: pytest.Config) -> ModuleType:
+    """``tests/conftest.py`` as pytest loaded it (every conftest is imported as ``conftest``)."""
+    for plugin in config.pluginmanager.get_plugins():
+        file = getattr(plugin, "__file__", None)
+        if isinstance(plugin, ModuleType) and file and Path(file).resolve() == _ROOT_CONFTEST:
+            return plugin
+    raise LookupError(f"{_ROOT_CONFTEST} is not loaded")
+
+
+SettingsFactory = Callable[..., Settings]
+
+
+@pytest.fixture
+def make_settings(request: pytest.FixtureRequest) -> SettingsFactory:
+    """``make_settings(store_url, **env)``: the shared builder (ECS configured) plus Batch."""
+    base: SettingsFactory = _root_conftest(request.config).make_settings
+
+    def factory(store_url: str, **env: str) -> Settings:
+        return base(store_url, **{**BATCH_ENV, **env})
+
+    return factory
+
+
+@pytest.fixture(scope="module")
+def sandbox() -> Iterator[SandboxServer]:
+    """One sandbox per module, runner off: moto's state is process-wide, so never two at once."""
+    server = SandboxServer(region=REGION).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def aws(sandbox: SandboxServer) -> Iterator[dict[str, str]]:
+    """A clean sandbox account with ECS and Batch resources (queue "airflow", definition "airflow-job")."""
+    sandbox.reset()
+    env = bootstrap(endpoint_url=sandbox.endpoint_url, region=REGION, batch=True)
+    yield env
+    sandbox.clear_faults()
+
+
+HarnessFactory = Callable[..., Harness]
+
+
+@pytest.fixture
+def make_harness(
+    store_url: str, aws: dict[str, str], sandbox: SandboxServer, make_settings: SettingsFactory
+) -> Iterator[HarnessFactory]:
+    """``make_harness(**env)``: settings = bootstrap output + ``env``; a migrated store (SQLite/PostgreSQL)."""
+    built: list[Harness] = []
+
+    def factory(**env: str) -> Harness:
+        airflow_env = {k: v for k, v in aws.items() if k.startswith("AIRFLOW__")}
+        settings = make_settings(store_url, **{**airflow_env, **env})
+        db = create_store_engine(store_url)
+        migrate(db)
+        clock = FakeClock()
+        harness = Harness(sandbox=sandbox, settings=settings, db=db, store=TaskStore(db, clock=clock), clock=clock)
+        built.append(harness)
+        return harness
+
+    yield factory
+    for harness in built:
+        harness.close()
+
+
+@dataclass
+class AwsCalls:
+    """Every botocore API call made in the test, as (service, operation)."""
+
+    calls: list[tuple[str, str]] = field(default_factory=list)
+
+    def assert_none(self) -> None:
+        """No AWS call so far, and the counter demonstrably works in this very test (a counter that
+        silently stopped seeing calls would make every zero-call test pass)."""
+        assert self.calls == [], f"unexpected AWS calls: {self.calls}"
+        from moto import mock_aws
+
+        with mock_aws():
+            import boto3
+
+            boto3.client(
+                "batch", region_name=REGION, aws_access_key_id="testing", aws_secret_access_key="testing"
+            ).describe_job_queues()
+        assert self.calls == [("batch", "DescribeJobQueues")], "the AWS call counter missed a real boto3 call"
+        self.calls.clear()
+
+
+@pytest.fixture
+def aws_calls(monkeypatch: pytest.MonkeyPatch) -> AwsCalls:
+    """Count every API call of every boto3/botocore client (the single choke point of all of them)."""
+    recorder = AwsCalls()
+    original = botocore.client.BaseClient._make_api_call
+
+    def counting(self: Any, operation_name: str, api_params: Any) -> Any:
+        recorder.calls.append((self.meta.service_model.service_name, operation_name))
+        return original(self, operation_name, api_params)
+
+    monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", counting)
+    return recorder
