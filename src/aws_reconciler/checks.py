@@ -97,6 +97,21 @@ def ecs_checks(settings: Settings, client: Any) -> list[CheckResult]:
     return results
 
 
+def batch_checks(settings: Settings, client: Any) -> list[CheckResult]:
+    """Probe the Batch permissions the reconciler uses, per configured job queue."""
+    missing_job = "00000000-0000-0000-0000-000000000000"
+    results = [
+        _probe("batch:DescribeJobs", partial(client.describe_jobs, jobs=[missing_job])),
+        _probe("batch:TerminateJob", partial(client.terminate_job, jobId=missing_job, reason="aws-reconciler check")),
+        _probe("batch:CancelJob", partial(client.cancel_job, jobId=missing_job, reason="aws-reconciler check")),
+    ]
+    for queue in settings.batch.job_queues:
+        results.append(
+            _probe(f"batch:ListJobs {queue}", partial(client.list_jobs, jobQueue=queue, jobStatus="RUNNING"))
+        )
+    return results
+
+
 def render(results: list[CheckResult]) -> str:
     """A table for humans: one line per permission."""
     width = max((len(r.permission) for r in results), default=10)

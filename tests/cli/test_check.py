@@ -26,7 +26,7 @@ def sandbox() -> Iterator[SandboxServer]:
 @pytest.fixture
 def configured(sandbox: SandboxServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> SandboxServer:
     sandbox.reset()
-    for name, value in bootstrap(endpoint_url=sandbox.endpoint_url, region=REGION).items():
+    for name, value in bootstrap(endpoint_url=sandbox.endpoint_url, region=REGION, batch=True).items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("AIRFLOW_CONFIG", str(tmp_path / "absent.cfg"))
     monkeypatch.setenv("AIRFLOW__AWS_RECONCILER__STORE_URL", f"sqlite:///{tmp_path / 'store.db'}")
@@ -64,3 +64,10 @@ def test_a_denied_permission_is_reported_and_fails(
     assert line.startswith("MISSING") and "AccessDeniedException" in line
     assert "1 permission(s) missing" in captured.err
     assert all(line.startswith("ok") for line in captured.out.splitlines() if "ecs:RunTask" in line)
+
+
+def test_a_denied_batch_permission_is_reported(configured: SandboxServer, capsys: pytest.CaptureFixture[str]) -> None:
+    configured.inject_error(operation="TerminateJob", code="AccessDeniedException", message="not authorized")
+    assert main(["check"]) == 1
+    line = next(line for line in capsys.readouterr().out.splitlines() if "batch:TerminateJob" in line)
+    assert line.startswith("MISSING")
