@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy.engine import Engine as DbEngine
@@ -20,39 +18,12 @@ from aws_reconciler.reconciler.engine import Engine
 from aws_reconciler.reconciler.factory import build_batch_backend, engine_settings
 from aws_reconciler.sandbox import SandboxServer
 from aws_reconciler.store import Backend, NewTask, TaskRecord, TaskStore, TiKey
+from support.scenario import FakeClock
 
 REGION = "us-east-1"
 DEPLOYMENT = "airflow"
 QUEUE = "airflow"
 DEFINITION = "airflow-job"
-
-
-class FakeClock:
-    """A settable UTC clock shared by the engine, the backend and the store; thread-safe."""
-
-    def __init__(self, start: datetime | None = None) -> None:
-        self._now = start or datetime.now(UTC).replace(microsecond=0)
-        self._lock = threading.Lock()
-
-    def __call__(self) -> datetime:
-        with self._lock:
-            return self._now
-
-    def advance(self, seconds: float) -> datetime:
-        """Move forward by ``seconds``; returns the new time."""
-        with self._lock:
-            self._now += timedelta(seconds=seconds)
-            return self._now
-
-    def set(self, when: datetime) -> None:
-        """Jump forward to ``when``."""
-        with self._lock:
-            assert when >= self._now, "the fake clock only moves forward"
-            self._now = when
-
-
-class Crash(BaseException):
-    """The process dies here (not an error the engine may contain)."""
 
 
 @dataclass

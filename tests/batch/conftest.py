@@ -21,19 +21,16 @@ if "AIRFLOW_HOME" not in os.environ or "AIRFLOW__API_AUTH__JWT_SECRET" not in os
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
-from types import ModuleType
-from typing import Any
 
-import botocore.client
 import pytest
-from batch_support import REGION, FakeClock, Harness
+from batch_support import REGION, Harness
 
 from aws_reconciler.config import Settings
 from aws_reconciler.sandbox import SandboxServer, bootstrap
 from aws_reconciler.store import TaskStore, create_store_engine, migrate
-
-_ROOT_CONFTEST = Path(__file__).resolve().parent.parent / "conftest.py"
+from support.awscalls import record_api_calls
+from support.conftests import root_conftest
+from support.scenario import FakeClock
 
 #: What bootstrap(batch=True) creates, for tests that need no sandbox.
 BATCH_ENV = {
@@ -42,22 +39,13 @@ BATCH_ENV = {
 }
 
 
-def _root_conftest(config: pytest.Config) -> ModuleType:
-    """``tests/conftest.py`` as pytest loaded it (every conftest is imported as ``conftest``)."""
-    for plugin in config.pluginmanager.get_plugins():
-        file = getattr(plugin, "__file__", None)
-        if isinstance(plugin, ModuleType) and file and Path(file).resolve() == _ROOT_CONFTEST:
-            return plugin
-    raise LookupError(f"{_ROOT_CONFTEST} is not loaded")
-
-
 SettingsFactory = Callable[..., Settings]
 
 
 @pytest.fixture
 def make_settings(request: pytest.FixtureRequest) -> SettingsFactory:
     """``make_settings(store_url, **env)``: the shared builder (ECS configured) plus Batch."""
-    base: SettingsFactory = _root_conftest(request.config).make_settings
+    base: SettingsFactory = root_conftest(request.config).make_settings
 
     def factory(store_url: str, **env: str) -> Settings:
         return base(store_url, **{**BATCH_ENV, **env})
@@ -135,11 +123,5 @@ class AwsCalls:
 def aws_calls(monkeypatch: pytest.MonkeyPatch) -> AwsCalls:
     """Count every API call of every boto3/botocore client (the single choke point of all of them)."""
     recorder = AwsCalls()
-    original = botocore.client.BaseClient._make_api_call
-
-    def counting(self: Any, operation_name: str, api_params: Any) -> Any:
-        recorder.calls.append((self.meta.service_model.service_name, operation_name))
-        return original(self, operation_name, api_params)
-
-    monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", counting)
+    record_api_calls(monkeypatch, recorder.calls)
     return recorder

@@ -11,13 +11,13 @@ import pytest
 from airflow.executors.workloads import ExecuteTask
 from airflow.models.taskinstancekey import TaskInstanceKey
 from airflow.utils.state import TaskInstanceState
-from airflow_support import RUN_ID, TOKEN, FakeTI, make_workload, rid
 
 from aws_reconciler.config import ConfigError, Settings
 from aws_reconciler.executor import BatchExecutor, EcsExecutor
 from aws_reconciler.executor.base import ReconcilerExecutor
 from aws_reconciler.executor.logs import LogLocation, LogsUnavailable, TaskLogs
 from aws_reconciler.store import Backend, Desired, Phase, TaskRecord, TaskStore, TiKey
+from support.workloads import RUN_ID, TOKEN, FakeTI, make_workload, rid
 
 if TYPE_CHECKING:
     from conftest import AwsCalls, SettingsFactory

@@ -238,9 +238,8 @@ def test_the_reconciler_runs_jobs_to_the_end_and_the_executor_shows_their_logs(
 ) -> None:
     """Rows launched by the engine run as processes; their outcomes reach the rows, a revoked row's
     job is terminated, and BatchExecutor.get_task_log reads the job's CloudWatch stream."""
-    from airflow_support import FakeTI
-
     from aws_reconciler.executor import BatchExecutor
+    from support.workloads import FakeTI
 
     h = make_harness(AIRFLOW__AWS_RECONCILER__RECONCILE_INTERVAL="0.1")
     commands = [py("print('hello from the reconciler')"), py("import sys; sys.exit(4)"), SLEEPER]

@@ -14,7 +14,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from batch_support import DEPLOYMENT, QUEUE, Crash, Harness
+from batch_support import DEPLOYMENT, QUEUE, Harness
 from botocore.exceptions import ClientError
 from sqlalchemy.exc import OperationalError
 
@@ -25,6 +25,7 @@ from aws_reconciler.reconciler.leader import LeaderElector
 from aws_reconciler.reconciler.result import Result
 from aws_reconciler.reconciler.runner import Runner
 from aws_reconciler.store import LeaseStore, Phase, Waker
+from support.scenario import Crash
 
 if TYPE_CHECKING:
     from conftest import HarnessFactory

@@ -19,33 +19,15 @@ os.environ["AIRFLOW__API_AUTH__JWT_SECRET"] = "executor-tests-" + "0123456789abc
 
 from collections.abc import Callable, Iterator  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
-from pathlib import Path  # noqa: E402
-from types import ModuleType  # noqa: E402
-from typing import Any  # noqa: E402
 
 import boto3  # noqa: E402
-import botocore.client  # noqa: E402
 import pytest  # noqa: E402
 from moto import mock_aws  # noqa: E402
 
 from aws_reconciler.config import Settings  # noqa: E402
 from aws_reconciler.executor import EcsExecutor  # noqa: E402
-
-_ROOT_CONFTEST = Path(__file__).resolve().parent.parent / "conftest.py"
-
-
-def _root_conftest(config: pytest.Config) -> ModuleType:
-    """``tests/conftest.py`` as pytest loaded it.
-
-    Every conftest outside a package is imported under the module name ``conftest``, so
-    ``from conftest import make_settings`` would pick whichever was loaded last.
-    """
-    for plugin in config.pluginmanager.get_plugins():
-        file = getattr(plugin, "__file__", None)
-        if isinstance(plugin, ModuleType) and file and Path(file).resolve() == _ROOT_CONFTEST:
-            return plugin
-    raise LookupError(f"{_ROOT_CONFTEST} is not loaded")
-
+from support.awscalls import record_api_calls  # noqa: E402
+from support.conftests import root_conftest  # noqa: E402
 
 SettingsFactory = Callable[..., Settings]
 
@@ -53,7 +35,7 @@ SettingsFactory = Callable[..., Settings]
 @pytest.fixture
 def make_settings(request: pytest.FixtureRequest) -> SettingsFactory:
     """The shared ``make_settings(store_url, **env)`` of ``tests/conftest.py``."""
-    factory: SettingsFactory = _root_conftest(request.config).make_settings
+    factory: SettingsFactory = root_conftest(request.config).make_settings
     return factory
 
 
@@ -109,11 +91,5 @@ class AwsCalls:
 def aws_calls(monkeypatch: pytest.MonkeyPatch) -> AwsCalls:
     """Count every API call of every boto3/botocore client (the single choke point of all of them)."""
     recorder = AwsCalls()
-    original = botocore.client.BaseClient._make_api_call
-
-    def counting(self: Any, operation_name: str, api_params: Any) -> Any:
-        recorder.calls.append((self.meta.service_model.service_name, operation_name))
-        return original(self, operation_name, api_params)
-
-    monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", counting)
+    record_api_calls(monkeypatch, recorder.calls)
     return recorder

@@ -17,13 +17,14 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import sqlalchemy as sa
-from airflow.executors.workloads import BundleInfo, ExecuteTask, TaskInstanceDTO
+from airflow.executors.workloads import ExecuteTask
 from airflow.models.taskinstancekey import TaskInstanceKey
 from airflow.utils.state import TaskInstanceState
 
 from aws_reconciler.config import ConfigError, load_settings
 from aws_reconciler.executor import EcsExecutor
 from aws_reconciler.store import Backend, Desired, NewTask, Phase, TaskRecord, TaskStore, TiKey, check_schema
+from support.workloads import RUN_ID, TOKEN, FakeTI, make_workload, rid
 
 if TYPE_CHECKING:
     # Annotations only: at run time every directory's conftest is a module named "conftest".
@@ -31,80 +32,10 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.airflow
 
-RUN_ID = "manual__2026-01-01T00:00:00+00:00"
-TOKEN = "eyJ.secret.token"
 EXECUTE_WORKLOAD = ["python", "-m", "airflow.sdk.execution_time.execute_workload", "--json-string"]
 
 
 # ---- helpers ------------------------------------------------------------------------------
-
-
-def make_workload(
-    task_id: str,
-    *,
-    record_id: str | None = None,
-    try_number: int = 1,
-    executor_config: dict[str, Any] | None = None,
-) -> ExecuteTask:
-    """An ExecuteTask as the 3.3 scheduler hands it over, with its pre-assigned record id."""
-    ti = TaskInstanceDTO(
-        id=uuid.uuid4(),
-        dag_id="example_dag",
-        task_id=task_id,
-        run_id=RUN_ID,
-        try_number=try_number,
-        map_index=-1,
-        dag_version_id=uuid.uuid4(),
-        queue="default",
-        pool_slots=1,
-        priority_weight=1,
-        context_carrier={},
-        external_executor_id=record_id or str(uuid.uuid4()),
-        executor_config=executor_config,
-    )
-    return ExecuteTask(
-        token=TOKEN,
-        ti=ti,
-        dag_rel_path=Path("example_dag.py"),
-        bundle_info=BundleInfo(name="dags-folder", version=None),
-        log_path="x.log",
-    )
-
-
-def rid(workload: ExecuteTask) -> str:
-    """The record id of a workload (Airflow's pre-assigned external_executor_id)."""
-    record_id = workload.ti.external_executor_id
-    assert record_id
-    return record_id
-
-
-@dataclass
-class FakeTI:
-    """Stand-in for the ORM TaskInstance the scheduler passes to adoption and revoke."""
-
-    dag_id: str
-    task_id: str
-    run_id: str
-    map_index: int
-    try_number: int
-    external_executor_id: str | None
-
-    @classmethod
-    def of(cls, workload: ExecuteTask, **changes: Any) -> FakeTI:
-        ti = workload.ti
-        values = {
-            "dag_id": ti.dag_id,
-            "task_id": ti.task_id,
-            "run_id": ti.run_id,
-            "map_index": ti.map_index,
-            "try_number": ti.try_number,
-            "external_executor_id": ti.external_executor_id,
-        }
-        return cls(**{**values, **changes})
-
-    @property
-    def key(self) -> TaskInstanceKey:
-        return TaskInstanceKey(self.dag_id, self.task_id, self.run_id, self.try_number, self.map_index)
 
 
 def queue(executor: EcsExecutor, workloads: Iterable[ExecuteTask]) -> None:

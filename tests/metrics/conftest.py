@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 from metrics_support import FAST, Replica, build_replica
@@ -17,21 +16,12 @@ from aws_reconciler.config import Settings
 from aws_reconciler.sandbox import SandboxServer, bootstrap
 from aws_reconciler.sandbox.runner import RunnerOptions
 from aws_reconciler.store import create_store_engine, migrate
+from support.conftests import root_conftest
 
 REGION = "us-east-1"
-_ROOT_CONFTEST = Path(__file__).resolve().parent.parent / "conftest.py"
 
 SettingsFactory = Callable[..., Settings]
 ReplicaFactory = Callable[..., Replica]
-
-
-def _root_conftest(config: pytest.Config) -> ModuleType:
-    """``tests/conftest.py`` as pytest loaded it (every conftest is imported as ``conftest``)."""
-    for plugin in config.pluginmanager.get_plugins():
-        file = getattr(plugin, "__file__", None)
-        if isinstance(plugin, ModuleType) and file and Path(file).resolve() == _ROOT_CONFTEST:
-            return plugin
-    raise LookupError(f"{_ROOT_CONFTEST} is not loaded")
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +47,7 @@ def aws_env(sandbox: SandboxServer) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def settings_for(request: pytest.FixtureRequest, aws_env: dict[str, str]) -> SettingsFactory:
     """``settings_for(store_url, **env)``: the sandbox's ECS settings, fast loop timings, ``env``."""
-    make_settings = _root_conftest(request.config).make_settings
+    make_settings = root_conftest(request.config).make_settings
     airflow_env = {k: v for k, v in aws_env.items() if k.startswith("AIRFLOW__")}
 
     def factory(store_url: str, **env: str) -> Settings:

@@ -164,7 +164,8 @@ def test_build_runner_exports_engines_and_aws_calls_through_one_registry(
         monkeypatch.setenv(name, aws_env[name])
     metrics = Metrics()
     runner = build_runner(settings_for(migrated_sqlite), metrics=metrics)
-    assert runner.run(once=True) == 0
+    assert runner.elector.try_once()
+    runner.cycle()
     assert all(engine.metrics is metrics for engine in runner.engines)
     registry = metrics.registry
     assert registry.get_sample_value("aws_reconciler_leader") == 1
@@ -173,3 +174,7 @@ def test_build_runner_exports_engines_and_aws_calls_through_one_registry(
         "aws_reconciler_aws_requests_total", {"service": "ecs", "operation": "ListTasks", "outcome": "success"}
     )
     assert listed is not None and listed >= 1, "the factory's ECS client is instrumented"
+    # Shutting down hands leadership over: a stopped replica must not look like a leader.
+    assert runner.run(once=True) == 0
+    assert registry.get_sample_value("aws_reconciler_leader") == 0
+    assert registry.get_sample_value("aws_reconciler_tasks", {"backend": "ecs", "phase": "pending"}) is None

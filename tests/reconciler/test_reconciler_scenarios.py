@@ -11,9 +11,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from types import ModuleType
+from datetime import timedelta
 from typing import Any
 
 import boto3
@@ -45,46 +43,14 @@ from aws_reconciler.store import (
     create_store_engine,
     migrate,
 )
+from support.conftests import root_conftest
+from support.scenario import Crash, FakeClock
 
 REGION = "us-east-1"
 DEPLOYMENT = "airflow"
-_ROOT_CONFTEST = Path(__file__).resolve().parent.parent / "conftest.py"
 
 
 # ---- harness -------------------------------------------------------------------------------
-
-
-def _root_conftest(config: pytest.Config) -> ModuleType:
-    """``tests/conftest.py`` as pytest loaded it (every conftest is imported as ``conftest``)."""
-    for plugin in config.pluginmanager.get_plugins():
-        file = getattr(plugin, "__file__", None)
-        if isinstance(plugin, ModuleType) and file and Path(file).resolve() == _ROOT_CONFTEST:
-            return plugin
-    raise LookupError(f"{_ROOT_CONFTEST} is not loaded")
-
-
-class FakeClock:
-    """A settable UTC clock shared by the engine, the store and the lease; thread-safe."""
-
-    def __init__(self, start: datetime | None = None) -> None:
-        self._now = start or datetime.now(UTC).replace(microsecond=0)
-        self._lock = threading.Lock()
-
-    def __call__(self) -> datetime:
-        with self._lock:
-            return self._now
-
-    def advance(self, seconds: float) -> datetime:
-        """Move forward by ``seconds``; returns the new time."""
-        with self._lock:
-            self._now += timedelta(seconds=seconds)
-            return self._now
-
-    def set(self, when: datetime) -> None:
-        """Jump forward to ``when``."""
-        with self._lock:
-            assert when >= self._now, "the fake clock only moves forward"
-            self._now = when
 
 
 @dataclass
@@ -193,10 +159,6 @@ class Harness:
 HarnessFactory = Callable[..., Harness]
 
 
-class Crash(BaseException):
-    """The process dies here (not an error the engine may contain)."""
-
-
 def cycle(engine: Engine) -> Result:
     """One reconcile cycle."""
     return engine.reconcile()
@@ -226,7 +188,7 @@ def make_harness(
     request: pytest.FixtureRequest, store_url: str, aws: dict[str, str], sandbox: SandboxServer
 ) -> Iterator[HarnessFactory]:
     """``make_harness(**env)``: settings = bootstrap output + ``env``; a migrated store (SQLite/PostgreSQL)."""
-    make_settings = _root_conftest(request.config).make_settings
+    make_settings = root_conftest(request.config).make_settings
     built: list[Harness] = []
 
     def factory(**env: str) -> Harness:

@@ -13,12 +13,13 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from airflow.executors.base_executor import BaseExecutor
 from airflow.observability.stats import Stats
 
+from ..backends.requests import InvalidExecutorConfig
 from ..config import ConfigError, Settings, load_settings
 from ..store.engine import create_store_engine
 from ..store.migrate import check_schema, migrate
-from ..store.records import Backend, NewTask, Phase
+from ..store.records import Backend, NewTask, Phase, TiKey
 from ..store.tasks import TaskStore
-from .workload import ti_key, ti_key_of_model
+from .workload import ti_key, ti_key_of_model, workload_command
 
 if TYPE_CHECKING:
     from airflow.models.taskinstance import TaskInstance
@@ -32,6 +33,8 @@ class ReconcilerExecutor(BaseExecutor):
     """Base of :class:`EcsExecutor` and friends. Subclasses say how a workload becomes a request."""
 
     backend: ClassVar[Backend]
+    # The request key that names the target the reconciler watches (cluster / job queue).
+    target_key: ClassVar[str]
     # Airflow 3.3+: the scheduler writes a UUID into ti.external_executor_id in the same UPDATE
     # that sets QUEUED; it is our record id, clientToken stem and identity tag.
     pre_assigns_external_executor_id: ClassVar[bool] = True
@@ -93,6 +96,22 @@ class ReconcilerExecutor(BaseExecutor):
 
     def build_spec(self, *, record_id: str, workload: Any) -> tuple[dict[str, Any], str | None]:
         """The resolved AWS request and its target (cluster / job queue); raises :class:`SpecError`."""
+        try:
+            spec = self.build_request(
+                deployment=self.settings.core.deployment,
+                record_id=record_id,
+                key=ti_key(workload),
+                command=workload_command(workload),
+                executor_config=workload.ti.executor_config,
+            )
+        except InvalidExecutorConfig as exc:
+            raise SpecError(str(exc)) from None
+        return spec, spec[self.target_key]
+
+    def build_request(
+        self, *, deployment: str, record_id: str, key: TiKey, command: Sequence[str], executor_config: Any
+    ) -> dict[str, Any]:
+        """Subclasses resolve their backend's request or raise :class:`InvalidExecutorConfig`."""
         raise NotImplementedError
 
     # ---- the scheduler's calls ------------------------------------------------------------

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from ..backends.batch.spec import InvalidExecutorConfig, build_submit_job_request, check_settings
+from ..backends.batch.spec import build_submit_job_request, check_settings
 from ..config import ConfigError, Settings
 from ..store.records import Backend, TaskRecord
-from .base import ReconcilerExecutor, SpecError
+from .base import ReconcilerExecutor
 from .logs import BATCH_DEFAULT_LOG_GROUP, LogLocation, LogsUnavailable, task_logs_of
-from .workload import ti_key, workload_command
 
 
 class _NoStreamYet(Exception):
@@ -23,6 +22,7 @@ class BatchExecutor(ReconcilerExecutor):
     """
 
     backend: ClassVar[Backend] = Backend.BATCH
+    target_key: ClassVar[str] = "jobQueue"
 
     def check_settings(self, settings: Settings) -> None:
         """The Batch section must name a job queue and a job definition."""
@@ -32,20 +32,9 @@ class BatchExecutor(ReconcilerExecutor):
             )
         check_settings(settings.batch)
 
-    def build_spec(self, *, record_id: str, workload: Any) -> tuple[dict[str, Any], str | None]:
-        """Resolve the SubmitJob request; an invalid ``executor_config`` raises :class:`SpecError`."""
-        try:
-            spec = build_submit_job_request(
-                batch=self.settings.batch,
-                deployment=self.settings.core.deployment,
-                record_id=record_id,
-                key=ti_key(workload),
-                command=workload_command(workload),
-                executor_config=workload.ti.executor_config,
-            )
-        except InvalidExecutorConfig as exc:
-            raise SpecError(str(exc)) from None
-        return spec, spec["jobQueue"]
+    def build_request(self, **request: Any) -> dict[str, Any]:
+        """Resolve the SubmitJob request; an invalid ``executor_config`` fails that task (see ``build_spec``)."""
+        return build_submit_job_request(batch=self.settings.batch, **request)
 
     def _log_location(self, record: TaskRecord) -> LogLocation | None:
         """The job's CloudWatch stream: ``container.logStreamName`` of DescribeJobs, in the job

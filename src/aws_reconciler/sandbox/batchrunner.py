@@ -13,7 +13,7 @@ Logs stream (``/aws/batch/job``, ``<job definition>/default/<job id>`` unless th
 configures ``awslogs``).
 
 Kept apart from the ECS task runner (``runner.py``), with which it shares the process handling
-(``procs.py``) and the environment rules (``taskspec.py``): one supervisor thread, polling every
+(``procs.py``, ``supervise.py``) and the environment rules (``taskspec.py``): one supervisor thread, polling every
 ``poll_interval`` (or at once when woken), that changes job state only under ``MOTO_LOCK`` and
 never waits while holding it.
 """
@@ -23,25 +23,31 @@ from __future__ import annotations
 import atexit
 import contextlib
 import logging
-import os
 import signal
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 from .batch import FINISHED, BatchJob, BatchShim
 from .faults import FaultPlan
 from .motoenv import MOTO_LOCK
 from .procs import ContainerProcess
-from .runner import _HOST_AWS_IDENTITY, RunnerOptions, _raise_fd_limit
+from .runner import RunnerOptions
+from .supervise import (
+    LogPump,
+    host_environment,
+    kill_all,
+    logs_backend,
+    raise_fd_limit,
+    spawn_container,
+    terminate_processes,
+)
 from .taskspec import ContainerPlan, LogTarget, container_env, local_argv, pull_failure
 
 __all__ = ["BatchJobRunner"]
 
 log = logging.getLogger(__name__)
 
-_MAX_EVENTS_PER_PUT = 10_000
 _STOPPED_BY_SANDBOX = "The sandbox's task runner was stopped"
 
 
@@ -82,7 +88,7 @@ class BatchJobRunner:
         self._wake = threading.Event()
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
-        self._log_errors: set[tuple[str, str]] = set()
+        self._log_pump = LogPump()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -90,7 +96,7 @@ class BatchJobRunner:
         """Take over the job lifecycle from the shim and start the supervisor thread."""
         if self._thread is not None:
             raise RuntimeError("the Batch job runner is already started")
-        _raise_fd_limit()
+        raise_fd_limit()
         self._closing.clear()
         with MOTO_LOCK:
             self._shim.listener = self
@@ -270,11 +276,7 @@ class BatchJobRunner:
             "AWS_ACCESS_KEY_ID": "testing",
             "AWS_SECRET_ACCESS_KEY": "testing",
         }
-        base = {k: v for k, v in os.environ.items() if k not in _HOST_AWS_IDENTITY}
-        base.setdefault("PYTHONUNBUFFERED", "1")
-        bindir = os.path.dirname(self.options.python)
-        if bindir and bindir not in base.get("PATH", "").split(os.pathsep):
-            base["PATH"] = os.pathsep.join(p for p in (bindir, base.get("PATH", "")) if p)
+        base = host_environment(self.options.python)
         entry.plan = ContainerPlan(
             name="default",
             image=str(job.definition.get("image", "")),
@@ -288,14 +290,7 @@ class BatchJobRunner:
         return True
 
     def _spawn(self, entry: _Entry) -> tuple[ContainerProcess | None, str | None]:
-        try:
-            log_target = entry.plan.log if entry.plan is not None else None
-            return ContainerProcess.spawn(entry.argv, entry.env, log_target=log_target), None
-        except OSError as exc:
-            return None, (
-                "CannotStartContainerError: failed to create the container process: "
-                f"exec: {entry.argv[0]!r}: {exc.strerror or exc}"
-            )
+        return spawn_container(entry.argv, entry.env, entry.plan.log if entry.plan is not None else None)
 
     def _commit_start(self, entry: _Entry, proc: ContainerProcess | None, error: str | None) -> None:
         entry.spawning = False
@@ -338,14 +333,8 @@ class BatchJobRunner:
 
     # ------------------------------------------------------------------ logs (under MOTO_LOCK)
 
-    @staticmethod
-    def _logs_backend(target: LogTarget) -> Any:
-        from moto.backends import get_backend
-
-        return get_backend("logs")[target.account_id][target.region]
-
     def _create_log_stream(self, target: LogTarget, *, create_group: bool) -> str | None:
-        logs = self._logs_backend(target)
+        logs = logs_backend(target)
         if target.group not in logs.groups:
             if not create_group:
                 return (
@@ -357,37 +346,14 @@ class BatchJobRunner:
         return None
 
     def _flush_logs(self) -> None:
-        for proc in self._procs.values():
-            lines = proc.take_lines()
-            target = proc.log_target
-            if not lines or target is None:
-                continue
-            events = [{"timestamp": ts, "message": text} for ts, text in lines]
-            try:
-                logs = self._logs_backend(target)
-                for start in range(0, len(events), _MAX_EVENTS_PER_PUT):
-                    logs.put_log_events(target.group, target.stream, events[start : start + _MAX_EVENTS_PER_PUT])
-            except Exception as exc:  # e.g. the group was deleted: the lines are lost, as on AWS
-                if (target.group, target.stream) not in self._log_errors:
-                    self._log_errors.add((target.group, target.stream))
-                    log.warning("sandbox: cannot write to %s %s: %s", target.group, target.stream, exc)
+        self._log_pump.flush(self._procs.values())
 
     # ------------------------------------------------------------------ shutdown
 
     def _terminate_all(self) -> None:
         """SIGTERM every job's process group, SIGKILL what is left after the grace, reap all."""
         procs = dict(self._procs)
-        for proc in procs.values():
-            proc.signal_group(signal.SIGTERM)
-        deadline = time.monotonic() + self.options.shutdown_timeout
-        while True:
-            for proc in procs.values():
-                proc.read_available()  # a process blocked on a full pipe could not exit
-            if all(proc.has_exited() for proc in procs.values()) or time.monotonic() >= deadline:
-                break
-            time.sleep(0.02)
-        for proc in procs.values():
-            proc.finish()
+        terminate_processes(procs.values(), self.options.shutdown_timeout)
         with MOTO_LOCK:
             self._flush_logs()
             for job_id, proc in procs.items():
@@ -403,5 +369,4 @@ class BatchJobRunner:
 
     def _kill_all_now(self) -> None:
         """At interpreter exit without ``stop()``: SIGKILL every job's process group."""
-        for proc in list(self._procs.values()):
-            proc.signal_group(signal.SIGKILL)
+        kill_all(self._procs.values())

@@ -36,6 +36,15 @@ from .ecs import EcsShim
 from .faults import FaultPlan
 from .motoenv import MOTO_LOCK
 from .procs import ContainerProcess
+from .supervise import (
+    LogPump,
+    host_environment,
+    kill_all,
+    logs_backend,
+    raise_fd_limit,
+    spawn_container,
+    terminate_processes,
+)
 from .taskspec import ContainerPlan, LogTarget, container_env, local_argv, plan_container, pull_failure
 
 __all__ = ["DEFAULT_START_FAILURE", "RunnerOptions", "TaskRunner"]
@@ -44,10 +53,6 @@ log = logging.getLogger(__name__)
 
 #: What ``fail_next_start`` reports unless told otherwise: Fargate's wording for a failed pull.
 DEFAULT_START_FAILURE = "CannotPullContainerError: pull image manifest has been retried 5 time(s)"
-
-_MAX_EVENTS_PER_PUT = 10_000  # PutLogEvents' limit
-_WANTED_FDS = 4096
-_HOST_AWS_IDENTITY = frozenset({"AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE"})
 
 
 @dataclass
@@ -103,19 +108,6 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def _raise_fd_limit() -> None:
-    """Let a few hundred tasks have an output pipe each, where the hard limit allows it."""
-    try:
-        import resource
-
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        wanted = _WANTED_FDS if hard == resource.RLIM_INFINITY else min(_WANTED_FDS, hard)
-        if soft != resource.RLIM_INFINITY and soft < wanted:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-    except (ImportError, ValueError, OSError):  # not fatal: fewer concurrent tasks, that is all
-        pass
-
-
 class TaskRunner:
     """Runs the sandbox's ECS tasks as local processes (see the module docstring).
 
@@ -137,7 +129,7 @@ class TaskRunner:
         self._wake_w = -1
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
-        self._log_errors: set[tuple[str, str]] = set()
+        self._log_pump = LogPump()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -145,7 +137,7 @@ class TaskRunner:
         """Take over the task lifecycle from the shim and start the supervisor thread."""
         if self._thread is not None:
             raise RuntimeError("the task runner is already started")
-        _raise_fd_limit()
+        raise_fd_limit()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -384,14 +376,7 @@ class TaskRunner:
             "AWS_ACCESS_KEY_ID": "testing",
             "AWS_SECRET_ACCESS_KEY": "testing",
         }
-        # Never hand the host's own AWS identity to a task.
-        base = {k: v for k, v in os.environ.items() if k not in _HOST_AWS_IDENTITY}
-        # Output reaches CloudWatch as it is printed, not when a 4 KiB block buffer fills.
-        base.setdefault("PYTHONUNBUFFERED", "1")
-        # So that an "airflow" command finds the console scripts beside the interpreter.
-        bindir = os.path.dirname(self.options.python)
-        if bindir and bindir not in base.get("PATH", "").split(os.pathsep):
-            base["PATH"] = os.pathsep.join(p for p in (bindir, base.get("PATH", "")) if p)
+        base = host_environment(self.options.python)
         entry.env = container_env(plan, base=base, agent=agent, extra=self.options.extra_env)
         entry.argv = local_argv(plan.argv, self.options.python)
         entry.phase = _Phase.STARTING
@@ -399,15 +384,7 @@ class TaskRunner:
 
     def _spawn(self, entry: _Entry) -> tuple[ContainerProcess | None, str | None]:
         """Start the process (outside the lock); returns it or the reason it could not start."""
-        log_target = entry.plan.log if entry.plan is not None else None
-        try:
-            return ContainerProcess.spawn(entry.argv, entry.env, log_target=log_target), None
-        except OSError as exc:
-            # Docker's wording, so that the reconciler sees a container that never started.
-            return None, (
-                "CannotStartContainerError: failed to create the container process: "
-                f"exec: {entry.argv[0]!r}: {exc.strerror or exc}"
-            )
+        return spawn_container(entry.argv, entry.env, entry.plan.log if entry.plan is not None else None)
 
     def _commit_start(self, entry: _Entry, proc: ContainerProcess | None, error: str | None) -> None:
         if proc is not None:
@@ -480,15 +457,9 @@ class TaskRunner:
 
     # ------------------------------------------------------------------ logs (under MOTO_LOCK)
 
-    @staticmethod
-    def _logs_backend(target: LogTarget) -> Any:
-        from moto.backends import get_backend
-
-        return get_backend("logs")[target.account_id][target.region]
-
     def _create_log_stream(self, target: LogTarget) -> str | None:
         """Create the task's log stream as the awslogs driver does; the failure reason if it cannot."""
-        logs = self._logs_backend(target)
+        logs = logs_backend(target)
         if target.group not in logs.groups:
             if not target.create_group:
                 # The wording of a Fargate task whose log group does not exist.
@@ -502,20 +473,7 @@ class TaskRunner:
         return None
 
     def _flush_logs(self) -> None:
-        for proc in self._procs.values():
-            lines = proc.take_lines()
-            target = proc.log_target
-            if not lines or target is None:
-                continue
-            events = [{"timestamp": ts, "message": text} for ts, text in lines]
-            try:
-                logs = self._logs_backend(target)
-                for start in range(0, len(events), _MAX_EVENTS_PER_PUT):
-                    logs.put_log_events(target.group, target.stream, events[start : start + _MAX_EVENTS_PER_PUT])
-            except Exception as exc:  # e.g. the group was deleted: the lines are lost, as on AWS
-                if (target.group, target.stream) not in self._log_errors:
-                    self._log_errors.add((target.group, target.stream))
-                    log.warning("sandbox: cannot write to %s %s: %s", target.group, target.stream, exc)
+        self._log_pump.flush(self._procs.values())
 
     # ------------------------------------------------------------------ shutdown
 
@@ -526,18 +484,7 @@ class TaskRunner:
         processes; it waits without the lock.
         """
         procs = dict(self._procs)
-        for proc in procs.values():
-            proc.signal_group(signal.SIGTERM)
-        deadline = time.monotonic() + self.options.shutdown_timeout
-        while True:
-            for proc in procs.values():
-                proc.read_available()  # a process blocked on a full pipe could not exit
-            if all(proc.has_exited() for proc in procs.values()) or time.monotonic() >= deadline:
-                break
-            time.sleep(0.02)
-        for proc in procs.values():
-            self._unwatch(proc)
-            proc.finish()  # SIGKILLs the group if it is still there, then reaps
+        terminate_processes(procs.values(), self.options.shutdown_timeout, before_finish=self._unwatch)
         with MOTO_LOCK:
             self._flush_logs()
             for arn, proc in procs.items():
@@ -557,5 +504,4 @@ class TaskRunner:
 
     def _kill_all_now(self) -> None:
         """At interpreter exit without ``stop()``: SIGKILL every task's process group."""
-        for proc in list(self._procs.values()):
-            proc.signal_group(signal.SIGKILL)
+        kill_all(self._procs.values())

@@ -11,19 +11,16 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping, Sequence
-from functools import cache
 from typing import Any
 
-import botocore.session
 from botocore.model import StructureShape
-from botocore.validate import ParamValidator
 
 from ...config import ConfigError
 from ...config.models import BatchSettings
 from ...store.records import TiKey
-from ..ecs.spec import InvalidExecutorConfig, _first_key
 from ..merge import deep_merge
-from ..tags import IDENTITY_TAGS, identity_tags
+from ..requests import InvalidExecutorConfig, check_allowed, check_keys, check_no_identity_tags, input_shape, validate
+from ..tags import identity_tags
 
 __all__ = ["InvalidExecutorConfig", "build_submit_job_request", "check_settings", "job_name", "submit_job_shape"]
 
@@ -50,13 +47,9 @@ _NAME_SAFE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _PLACEHOLDER_ID = "0" * 36
 
 
-@cache
 def submit_job_shape() -> StructureShape:
     """The SubmitJob input shape from botocore's bundled service model: the authoritative schema."""
-    model = botocore.session.get_session().get_service_model("batch")
-    shape = model.operation_model("SubmitJob").input_shape
-    assert isinstance(shape, StructureShape)
-    return shape
+    return input_shape("batch", "SubmitJob")
 
 
 def job_name(record_id: str, attempt: int) -> str:
@@ -122,7 +115,7 @@ def build_submit_job_request(
 
     # Validated as it will be sent; the name stands in for the per-attempt one of the same length.
     candidate = {**request, "jobName": job_name(_PLACEHOLDER_ID, 1)}
-    _validate(candidate)
+    validate(candidate, submit_job_shape())
     size = len(json.dumps(candidate, separators=(",", ":")).encode())
     if size > MAX_PAYLOAD_BYTES:
         raise InvalidExecutorConfig(
@@ -134,38 +127,19 @@ def build_submit_job_request(
 
 
 def _check_executor_config(executor_config: Any, batch: BatchSettings) -> dict[str, Any]:
-    if executor_config is None:
+    config = check_keys(executor_config, shape=submit_job_shape(), operation="SubmitJob", reserved=RESERVED_KEYS)
+    if config is None:
         return {}
-    if not isinstance(executor_config, Mapping):
-        raise InvalidExecutorConfig(
-            "executor_config", f"must be a dict of SubmitJob keys, got {type(executor_config).__name__}"
-        )
-    allowed = submit_job_shape().members
-    for key in executor_config:
-        if key in RESERVED_KEYS:
-            raise InvalidExecutorConfig(key, f"cannot be set per task: {RESERVED_KEYS[key]}")
-        if key not in allowed:
-            raise InvalidExecutorConfig(
-                key, f"not a SubmitJob parameter; expected one of: {', '.join(sorted(allowed))}"
-            )
-    queue = executor_config.get("jobQueue")
-    if queue is not None and queue not in batch.job_queues:
-        raise InvalidExecutorConfig(
-            "jobQueue",
-            f"{queue!r} is not configured; allowed: {', '.join(batch.job_queues)} "
-            "(add it to [aws_reconciler_batch] allowed_job_queues so the reconciler watches it)",
-        )
-    tags = executor_config.get("tags")
+    check_allowed(config, "jobQueue", batch.job_queues, section="aws_reconciler_batch", setting="allowed_job_queues")
+    tags = config.get("tags")
     if isinstance(tags, Mapping):
-        for tag in tags:
-            if tag in IDENTITY_TAGS:
-                raise InvalidExecutorConfig(f"tags.{tag}", "is reserved for the reconciler's identity tags")
-    container = executor_config.get("containerOverrides")
+        check_no_identity_tags(tags)
+    container = config.get("containerOverrides")
     if isinstance(container, Mapping) and "command" in container:
         raise InvalidExecutorConfig(
             "containerOverrides.command", "the container's command runs the Airflow task and is set by the executor"
         )
-    return dict(executor_config)
+    return dict(config)
 
 
 def _check_environment(environment: Any) -> None:
@@ -175,10 +149,3 @@ def _check_environment(environment: Any) -> None:
             raise InvalidExecutorConfig(
                 f"containerOverrides.environment.{name}", f"names starting with {RESERVED_ENV_PREFIX} are Batch's own"
             )
-
-
-def _validate(request: Mapping[str, Any]) -> None:
-    report = ParamValidator().validate(dict(request), submit_job_shape())
-    if report.has_errors():
-        message = report.generate_report()
-        raise InvalidExecutorConfig(_first_key(message), message.strip())

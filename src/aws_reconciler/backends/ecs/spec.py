@@ -9,18 +9,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from functools import cache
 from typing import Any
 
-import botocore.session
-from botocore.exceptions import ParamValidationError
 from botocore.model import StructureShape
-from botocore.validate import ParamValidator
 
 from ...config.models import EcsSettings
 from ...store.records import TiKey
 from ..merge import deep_merge
-from ..tags import IDENTITY_TAGS, identity_tags
+from ..requests import InvalidExecutorConfig, check_allowed, check_keys, check_no_identity_tags, input_shape, validate
+from ..tags import identity_tags
 
 # ECS rejects a RunTask whose overrides serialise to more than this many characters.
 MAX_OVERRIDES_CHARS = 8192
@@ -32,21 +29,9 @@ RESERVED_KEYS = {
 }
 
 
-class InvalidExecutorConfig(ValueError):
-    """A task's ``executor_config`` cannot produce a valid RunTask request; ``key`` names the culprit."""
-
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(f"invalid executor_config key {key!r}: {message}")
-        self.key = key
-
-
-@cache
 def run_task_shape() -> StructureShape:
     """The RunTask input shape from botocore's bundled service model: the authoritative schema."""
-    model = botocore.session.get_session().get_service_model("ecs")
-    shape = model.operation_model("RunTask").input_shape
-    assert isinstance(shape, StructureShape)
-    return shape
+    return input_shape("ecs", "RunTask")
 
 
 def base_request(ecs: EcsSettings) -> dict[str, Any]:
@@ -107,7 +92,7 @@ def build_run_task_request(
     tags = {**user_tags, **identity_tags(deployment=deployment, record_id=record_id, key=key)}
     request["tags"] = [{"key": k, "value": v} for k, v in tags.items()]
 
-    _validate(request)
+    validate(request, run_task_shape())
     size = len(json.dumps(request["overrides"], separators=(",", ":")))
     if size > MAX_OVERRIDES_CHARS:
         raise InvalidExecutorConfig(
@@ -119,49 +104,16 @@ def build_run_task_request(
 
 
 def _check_executor_config(executor_config: Any, ecs: EcsSettings) -> dict[str, Any]:
-    if executor_config is None:
+    config = check_keys(executor_config, shape=run_task_shape(), operation="RunTask", reserved=RESERVED_KEYS)
+    if config is None:
         return {}
-    if not isinstance(executor_config, Mapping):
-        raise InvalidExecutorConfig(
-            "executor_config", f"must be a dict of RunTask keys, got {type(executor_config).__name__}"
-        )
-    allowed = run_task_shape().members
-    for key in executor_config:
-        if key in RESERVED_KEYS:
-            raise InvalidExecutorConfig(key, f"cannot be set per task: {RESERVED_KEYS[key]}")
-        if key not in allowed:
-            raise InvalidExecutorConfig(key, f"not a RunTask parameter; expected one of: {', '.join(sorted(allowed))}")
-    cluster = executor_config.get("cluster")
-    if cluster is not None and cluster not in ecs.clusters:
-        raise InvalidExecutorConfig(
-            "cluster",
-            f"{cluster!r} is not configured; allowed: {', '.join(ecs.clusters)} "
-            "(add it to [aws_reconciler_ecs] allowed_clusters so the reconciler watches it)",
-        )
-    for tag in executor_config.get("tags", []) or []:
-        if isinstance(tag, Mapping) and tag.get("key") in IDENTITY_TAGS:
-            raise InvalidExecutorConfig(f"tags.{tag['key']}", "is reserved for the reconciler's identity tags")
-    containers = (executor_config.get("overrides") or {}).get("containerOverrides") or []
+    check_allowed(config, "cluster", ecs.clusters, section="aws_reconciler_ecs", setting="allowed_clusters")
+    check_no_identity_tags(tag.get("key") for tag in config.get("tags", []) or [] if isinstance(tag, Mapping))
+    containers = (config.get("overrides") or {}).get("containerOverrides") or []
     for item in containers:
         if isinstance(item, Mapping) and item.get("name") == ecs.container_name and "command" in item:
             raise InvalidExecutorConfig(
                 "overrides.containerOverrides.command",
                 f"the command of container {ecs.container_name!r} runs the Airflow task and is set by the executor",
             )
-    return dict(executor_config)
-
-
-def _validate(request: Mapping[str, Any]) -> None:
-    report = ParamValidator().validate(dict(request), run_task_shape())
-    if report.has_errors():
-        message = ParamValidationError(report=report.generate_report()).kwargs["report"]
-        raise InvalidExecutorConfig(_first_key(message), message.strip())
-
-
-def _first_key(report: str) -> str:
-    # botocore's report reads 'Invalid type for parameter overrides.cpu, value: ...'; name the key.
-    for marker in ("parameter ", "Unknown parameter in "):
-        if marker in report:
-            rest = report.split(marker, 1)[1]
-            return rest.split(",", 1)[0].split(":", 1)[0].strip().strip('"')
-    return "executor_config"
+    return dict(config)

@@ -1,5 +1,6 @@
-"""Airflow-side helpers of the Batch executor tests: workloads as the scheduler hands them over,
-stand-ins for ORM task instances, and the scheduler's view of events. Imports Airflow."""
+"""Airflow-side helpers of the ECS and Batch executor tests: workloads as the scheduler hands them
+over and stand-ins for ORM task instances. Imports Airflow (import it after the conftest that sets
+``AIRFLOW_HOME``)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,98 @@
+"""What the ECS and Batch request builders share: checking ``executor_config`` against botocore's model.
+
+Pure and offline (no AWS calls). Each backend's ``spec`` module keeps what is its own (the base
+request, reserved keys, limits); this module holds the error type, the service-model lookup and the
+checks whose logic is the same for RunTask and SubmitJob.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from functools import cache
+from typing import Any
+
+import botocore.session
+from botocore.model import StructureShape
+from botocore.validate import ParamValidator
+
+from .tags import IDENTITY_TAGS
+
+
+class InvalidExecutorConfig(ValueError):
+    """A task's ``executor_config`` cannot produce a valid request; ``key`` names the culprit."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"invalid executor_config key {key!r}: {message}")
+        self.key = key
+
+
+@cache
+def input_shape(service: str, operation: str) -> StructureShape:
+    """The input shape of ``operation`` from botocore's bundled service model: the authoritative schema."""
+    model = botocore.session.get_session().get_service_model(service)
+    shape = model.operation_model(operation).input_shape
+    assert isinstance(shape, StructureShape)
+    return shape
+
+
+def check_keys(
+    executor_config: Any, *, shape: StructureShape, operation: str, reserved: Mapping[str, str]
+) -> Mapping[str, Any] | None:
+    """``executor_config`` as a mapping of ``operation``'s parameters (``None`` when unset).
+
+    Rejects anything but a dict, the keys in ``reserved`` (with the reason given there) and keys
+    that are not parameters of ``shape``.
+    """
+    if executor_config is None:
+        return None
+    if not isinstance(executor_config, Mapping):
+        raise InvalidExecutorConfig(
+            "executor_config", f"must be a dict of {operation} keys, got {type(executor_config).__name__}"
+        )
+    allowed = shape.members
+    for key in executor_config:
+        if key in reserved:
+            raise InvalidExecutorConfig(key, f"cannot be set per task: {reserved[key]}")
+        if key not in allowed:
+            raise InvalidExecutorConfig(
+                key, f"not a {operation} parameter; expected one of: {', '.join(sorted(allowed))}"
+            )
+    return executor_config
+
+
+def check_allowed(
+    executor_config: Mapping[str, Any], key: str, allowed: Sequence[str], *, section: str, setting: str
+) -> None:
+    """A per-task ``key`` (cluster, job queue) must be one the reconciler is configured to watch."""
+    value = executor_config.get(key)
+    if value is not None and value not in allowed:
+        raise InvalidExecutorConfig(
+            key,
+            f"{value!r} is not configured; allowed: {', '.join(allowed)} "
+            f"(add it to [{section}] {setting} so the reconciler watches it)",
+        )
+
+
+def check_no_identity_tags(tag_keys: Iterable[Any]) -> None:
+    """A task may not set the tags the reconciler identifies its tasks by."""
+    for tag in tag_keys:
+        if tag in IDENTITY_TAGS:
+            raise InvalidExecutorConfig(f"tags.{tag}", "is reserved for the reconciler's identity tags")
+
+
+def validate(request: Mapping[str, Any], shape: StructureShape) -> None:
+    """Validate ``request`` as botocore would before sending it; the first bad key names the error."""
+    report = ParamValidator().validate(dict(request), shape)
+    if report.has_errors():
+        message = report.generate_report()
+        raise InvalidExecutorConfig(first_key(message), message.strip())
+
+
+def first_key(report: str) -> str:
+    """The key a botocore validation report is about, or ``executor_config``."""
+    # botocore's report reads 'Invalid type for parameter overrides.cpu, value: ...'; name the key.
+    for marker in ("parameter ", "Unknown parameter in "):
+        if marker in report:
+            rest = report.split(marker, 1)[1]
+            return rest.split(",", 1)[0].split(":", 1)[0].strip().strip('"')
+    return "executor_config"
