@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from aws_reconciler.backends.tags import ID_TAG
+from aws_reconciler.backends.tags import DEPLOYMENT_TAG, ID_TAG
 from aws_reconciler.demo.stack import (
     ADMIN_URL_ENV,
     DEFAULT_ADMIN_URL,
@@ -60,6 +60,36 @@ def ecs_tasks_by_record(stack: LocalStack) -> dict[str, list[dict[str, Any]]]:
     return dict(grouped)
 
 
+def batch_jobs_by_record(stack: LocalStack) -> dict[str, list[dict[str, Any]]]:
+    """The sandbox's Batch jobs of this deployment grouped by their ``aws-reconciler:id`` tag."""
+    grouped: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for job in stack.batch_jobs():
+        tags = job.get("tags") or {}
+        if tags.get(DEPLOYMENT_TAG) == DEPLOYMENT and ID_TAG in tags:
+            grouped[tags[ID_TAG]].append(job)
+    return dict(grouped)
+
+
+def assert_one_batch_job_per_record(stack: LocalStack, rows: Sequence[StoreRow]) -> None:
+    """Each Batch row ran as exactly one SUCCEEDED Batch job, the one its ``external_id`` names."""
+    by_record = batch_jobs_by_record(stack)
+    problems = []
+    for row in rows:
+        if row.backend != "batch":
+            continue
+        jobs = by_record.get(row.id, [])
+        ran = [j["jobId"] for j in jobs if j.get("startedAt") is not None]
+        if len(ran) != 1:
+            problems.append(f"{row.id} ({row.task_id}[{row.map_index}]): {len(ran)} Batch jobs ran: {ran}")
+        if row.external_id not in {j["jobId"] for j in jobs}:
+            problems.append(f"{row.id}: its Batch job {row.external_id} is unknown or lacks its id tag")
+        if row.phase == "succeeded" and not any(
+            j["jobId"] == row.external_id and j.get("status") == "SUCCEEDED" for j in jobs
+        ):
+            problems.append(f"{row.id}: succeeded but its Batch job {row.external_id} did not")
+    assert not problems, "\n".join(problems)
+
+
 def never_started(task: Mapping[str, Any]) -> bool:
     """Stopped before its container ran (nothing of the Airflow task happened)."""
     return task.get("lastStatus") == "STOPPED" and (
@@ -80,14 +110,17 @@ def assert_as_expected(results: Sequence[TiOutcome], *, count: int) -> None:
 
 
 def assert_one_ecs_task_per_record(stack: LocalStack, rows: Sequence[StoreRow]) -> None:
-    """Each queueing that was launched ran as exactly one ECS task carrying its record id.
+    """Each ECS queueing that was launched ran as exactly one ECS task carrying its record id.
 
     Several tasks per id would be legitimate only for launch attempts stopped before their
-    container started (a retried launch); each attempt has its own client token.
+    container started (a retried launch); each attempt has its own client token. Rows of
+    the Batch backend are checked by :func:`assert_one_batch_job_per_record`.
     """
     by_record = ecs_tasks_by_record(stack)
     problems = []
     for row in rows:
+        if row.backend != "ecs":
+            continue
         tasks = by_record.get(row.id, [])
         tokens = [t.get("clientToken") for t in tasks]
         if len(set(tokens)) != len(tokens):

@@ -1,5 +1,5 @@
-"""End to end on one shared stack: real Airflow 3 processes, the EcsExecutor, the reconciler and
-the sandbox running every ECS task as a local process.
+"""End to end on one shared stack: real Airflow 3 processes, the EcsExecutor and the BatchExecutor
+at once, the reconciler and the sandbox running every ECS task and Batch job as a local process.
 
 The tests run in file order on the same stack (starting one costs ~30 s). Each uses its own DAG
 run and checks only that run's rows and tasks; the kill tests put the killed process back even
@@ -16,7 +16,9 @@ import pytest
 from e2e_support import (
     RUN_TIMEOUT,
     assert_as_expected,
+    assert_one_batch_job_per_record,
     assert_one_ecs_task_per_record,
+    batch_jobs_by_record,
     ecs_tasks_by_record,
     run_outcomes,
     running_stack,
@@ -34,11 +36,13 @@ from aws_reconciler.demo.stack import (
     StoreRow,
     utc_now,
 )
-from aws_reconciler.demo.summary import EXAMPLE_EXPECTED, INVALID_CONFIG_EXPECTED
+from aws_reconciler.demo.summary import EXAMPLE_BATCH_TASKS, EXAMPLE_EXPECTED, INVALID_CONFIG_EXPECTED
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
-EXAMPLE_TIS = 20  # make_items, 15 x square, total, flaky, long_running, report
+EXAMPLE_TIS = 21  # make_items, 15 x square, total, flaky, long_running, batch_sum, report
+#: Task instances of the example besides the mapped ``square`` ones.
+UNMAPPED_TIS = 6
 
 
 @pytest.fixture(scope="module")
@@ -66,11 +70,23 @@ def test_example_dag_reaches_expected_states(stack: LocalStack) -> None:
     assert_as_expected(results, count=EXAMPLE_TIS)
     assert run["state"] == "success"
     rows = wait_rows_reported(stack, EXAMPLE_DAG_ID, run_id)
-    # One queueing per try: 20 task instances, flaky twice.
+    # One queueing per try: 21 task instances, flaky twice.
     assert len(rows) == EXAMPLE_TIS + 1
     assert all(r.phase == "succeeded" for r in rows), [(r.task_id, r.phase, r.status_reason) for r in rows]
-    assert all(r.ecs_task_arn for r in results)
+    assert all(r.external_id for r in results)
+    # Both executors at once: batch_sum and report ran as Batch jobs, everything else as ECS tasks.
+    backends = {(r.task_id, r.map_index, r.try_number): r.backend for r in rows}
+    assert {k[0] for k, b in backends.items() if b == "batch"} == EXAMPLE_BATCH_TASKS, backends
+    assert {b for k, b in backends.items() if k[0] not in EXAMPLE_BATCH_TASKS} == {"ecs"}, backends
+    batch_rows = [r for r in rows if r.backend == "batch"]
+    known_jobs = {job["jobId"]: job for job in stack.batch_jobs()}
+    for row in batch_rows:
+        assert row.external_id in known_jobs, (row.task_id, row.external_id, sorted(known_jobs))
+        assert known_jobs[row.external_id]["status"] == "SUCCEEDED", known_jobs[row.external_id]
+    ecs_arns = {t["arn"] for t in stack.ecs_tasks()}
+    assert all(r.external_id in ecs_arns for r in rows if r.backend == "ecs")
     assert_one_ecs_task_per_record(stack, rows)
+    assert_one_batch_job_per_record(stack, rows)
     # The try that failed on purpose ran as its own ECS task, which ended normally: in Airflow 3
     # the task's failure travels through the Execution API, not the exit code.
     flaky = sorted((r for r in rows if r.task_id == "flaky"), key=lambda r: r.try_number)
@@ -123,7 +139,7 @@ def test_scheduler_kill9_adopts_running_task_instances(healthy: LocalStack) -> N
 
     run = stack.api.wait_run_finished(EXAMPLE_DAG_ID, run_id, timeout=RUN_TIMEOUT)
     assert run["state"] == "success"
-    assert_as_expected(run_outcomes(stack, EXAMPLE_DAG_ID, run_id, EXAMPLE_EXPECTED), count=6 + 5)
+    assert_as_expected(run_outcomes(stack, EXAMPLE_DAG_ID, run_id, EXAMPLE_EXPECTED), count=6 + UNMAPPED_TIS)
 
     # Adopted, not reset: a reset task instance would have run again with try_number + 1.
     after = ti_map(stack.api.task_instances(EXAMPLE_DAG_ID, run_id))
@@ -142,12 +158,14 @@ def test_scheduler_kill9_adopts_running_task_instances(healthy: LocalStack) -> N
         assert airflow_rows[key]["queued_by_job_id"] == new_job, (key, airflow_rows[key]["queued_by_job_id"], new_job)
         assert owner[key] == str(new_job), (key, owner[key], new_job)
 
-    # Exactly one ECS task per queueing: per Airflow's external executor id and per store row.
-    by_record = ecs_tasks_by_record(stack)
+    # Exactly one ECS task (Batch job for the Batch tasks) per queueing: per Airflow's external
+    # executor id and per store row.
+    by_record = {**ecs_tasks_by_record(stack), **batch_jobs_by_record(stack)}
     for key, ti in airflow_rows.items():
         assert ti["external_executor_id"] is not None, key
         assert len(by_record.get(ti["external_executor_id"], [])) == 1, (key, by_record.get(ti["external_executor_id"]))
     assert_one_ecs_task_per_record(stack, rows)
+    assert_one_batch_job_per_record(stack, rows)
     wait_no_ecs_task_running(stack)
 
 
@@ -238,13 +256,14 @@ def test_reconciler_kill9_while_launching_loses_nothing_and_duplicates_nothing(h
 
     run = stack.api.wait_run_finished(EXAMPLE_DAG_ID, run_id, timeout=RUN_TIMEOUT)
     assert run["state"] == "success"
-    assert_as_expected(run_outcomes(stack, EXAMPLE_DAG_ID, run_id, EXAMPLE_EXPECTED), count=8 + 5)
+    assert_as_expected(run_outcomes(stack, EXAMPLE_DAG_ID, run_id, EXAMPLE_EXPECTED), count=8 + UNMAPPED_TIS)
 
     # Nothing lost: every queueing finished and was reported to Airflow.
     rows = wait_rows_reported(stack, EXAMPLE_DAG_ID, run_id)
-    assert len(rows) == 8 + 5 + 1
+    assert len(rows) == 8 + UNMAPPED_TIS + 1
     assert all(r.phase == "succeeded" for r in rows), [(r.task_id, r.map_index, r.phase, r.status_reason) for r in rows]
     # No duplicate: per record, one ECS task ran; repeated launches of an attempt were idempotent.
     assert_one_ecs_task_per_record(stack, rows)
+    assert_one_batch_job_per_record(stack, rows)
     # No orphan left running.
     wait_no_ecs_task_running(stack)

@@ -104,6 +104,7 @@ def _row(task_id: str, map_index: int, try_number: int, arn: str | None, phase: 
     now = datetime.now(UTC)
     return StoreRow(
         id=f"{task_id}-{map_index}-{try_number}-{arn}",
+        backend="ecs",
         dag_id="d",
         task_id=task_id,
         run_id="r",
@@ -139,8 +140,8 @@ def test_outcomes_join_each_try_with_its_ecs_task() -> None:
     ]
     results = {r.label: r for r in outcomes(tis, rows, {**EXAMPLE_EXPECTED, "bad": Expectation("failed", 1)})}
 
-    assert results["flaky"].ecs_task_arn == "arn:try2" and results["flaky"].ok
-    assert results["square[3]"].ecs_task_arn == "arn:sq" and results["square[3]"].ok
+    assert results["flaky"].external_id == "arn:try2" and results["flaky"].ok
+    assert results["square[3]"].external_id == "arn:sq" and results["square[3]"].ok
     assert results["bad"].ok and results["bad"].reason == "invalid executor_config key 'x'"
     table = format_table(list(results.values()))
     assert "arn:try2" in table and "(none: invalid executor_config key 'x')" in table

@@ -1,7 +1,8 @@
 """``python -m aws_reconciler.demo`` (``make demo``): the whole system on this machine, no AWS account.
 
-Starts the sandbox (a fake ECS that runs each task as a local process), a database, the
-reconciler and Airflow (api-server, scheduler, dag-processor) with the ``EcsExecutor``; triggers
+Starts the sandbox (a fake ECS and Batch that run each task as a local process), a database, the
+reconciler and Airflow (api-server, scheduler, dag-processor) with both the ``EcsExecutor`` (the
+default) and the ``BatchExecutor``; triggers
 the example DAG and the invalid-config DAG, prints progress while they run and a summary at the
 end. Exit status 0 only when every task instance ended as expected. Ctrl-C stops everything.
 """

@@ -1,10 +1,13 @@
-"""``python -m aws_reconciler.demo.sandbox_entry``: the sandbox with its task runner, tuned for the stack.
+"""``python -m aws_reconciler.demo.sandbox_entry``: the sandbox with its task runners, tuned for the stack.
 
 What ``aws-reconciler sandbox`` does (serve, ``bootstrap``, write the ``export`` lines, run
 until SIGTERM, stop every task process), plus the task runner's knobs the stack needs and the
 CLI does not offer: ``--provisioning-delay`` (how long every ECS task stays PROVISIONING, as
 when a cluster has no capacity: the stuck-in-queued test) and ``--task-env NAME=VALUE`` (put
-into the task definition's ``environment``, where an operator puts Airflow's settings on AWS).
+into the task definition's and the Batch job definition's ``environment``, where an operator
+puts Airflow's settings on AWS). Both ECS and AWS Batch are bootstrapped (cluster, task
+definition, job queue, job definition) and both runners run (``run_tasks=True`` starts the
+ECS task runner and the Batch job runner), so the stack can use both executors at once.
 """
 
 from __future__ import annotations
@@ -67,7 +70,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     server = SandboxServer(host=args.host, port=args.port, region=args.region, run_tasks=True, runner=options)
     try:
         server.start()
-        settings = bootstrap(endpoint_url=server.endpoint_url, region=args.region, environment=dict(args.task_env))
+        settings = bootstrap(
+            endpoint_url=server.endpoint_url, region=args.region, environment=dict(args.task_env), batch=True
+        )
         _write_atomically(Path(args.env_file), "\n".join(export_lines(settings)) + "\n")
         print(f"sandbox ready on {server.endpoint_url}", flush=True)
         while not stop.is_set():

@@ -24,11 +24,13 @@ end-to-end tests use. A fallback to SQLite is logged; ``StackOptions(database="p
 refuses it instead.
 
 The processes, as an operator would run them: ``python -m aws_reconciler.demo.sandbox_entry``
-(the sandbox with its task runner; ECS tasks get Airflow's settings from the task definition's
-environment), ``aws-reconciler db migrate`` and ``aws-reconciler run``, ``airflow db migrate``,
-``airflow api-server``, ``airflow dag-processor`` and ``airflow scheduler`` with
-``AIRFLOW__CORE__EXECUTOR=aws_reconciler.executor.EcsExecutor`` (``airflow standalone`` would
-force the LocalExecutor). Ports are picked free at start; the simple auth manager makes every
+(the sandbox with its ECS task and Batch job runners; ECS tasks and Batch jobs get Airflow's
+settings from the task definition's and job definition's environment), ``aws-reconciler db
+migrate`` and ``aws-reconciler run`` (both backends), ``airflow db migrate``, ``airflow
+api-server``, ``airflow dag-processor`` and ``airflow scheduler`` with
+``AIRFLOW__CORE__EXECUTOR=aws_reconciler.executor.EcsExecutor,aws_reconciler.executor.BatchExecutor``
+(ECS the default; a task with ``executor="BatchExecutor"`` becomes a Batch job; ``airflow
+standalone`` would force the LocalExecutor). Ports are picked free at start; the simple auth manager makes every
 REST call an admin's, so the demo and the tests drive Airflow through its public API.
 """
 
@@ -69,6 +71,8 @@ INVALID_CONFIG_DAG_ID = "aws_reconciler_invalid_config"
 DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
 ADMIN_URL_ENV = "AWS_RECONCILER_TEST_DATABASE_URL"
 DEPLOYMENT = "airflow"
+#: Both executors; the first is the default, ``executor="BatchExecutor"`` picks the second.
+EXECUTORS = "aws_reconciler.executor.EcsExecutor,aws_reconciler.executor.BatchExecutor"
 REGION = "us-east-1"
 
 #: Processes in start order; stopped in :data:`STOP_ORDER`.
@@ -133,6 +137,7 @@ class StoreRow:
     """One row of ``aws_reconciler_task``, as the demo and the tests read it."""
 
     id: str
+    backend: str
     dag_id: str
     task_id: str
     run_id: str
@@ -307,12 +312,15 @@ class LocalStack:
             "AIRFLOW__CORE__DAGS_FOLDER": str(self.options.dags_folder),
             "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(self.airflow_home / "logs"),
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{self.api_port}/execution/",
+            # Task processes too: parsing the DAG file checks every task's ``executor=`` against
+            # this list (an unknown "BatchExecutor" fails the whole DAG file in the task).
+            "AIRFLOW__CORE__EXECUTOR": EXECUTORS,
         }
 
     def task_env(self) -> dict[str, str]:
-        """What ECS task processes get on top of the sandbox's environment (through the task
-        definition's ``environment``): the execution API and the DAG files, but neither database
-        credentials nor the JWT signing secret, as on AWS."""
+        """What ECS task and Batch job processes get on top of the sandbox's environment (through the
+        task and job definitions' ``environment``): the execution API, the executors and the DAG
+        files, but neither database credentials nor the JWT signing secret, as on AWS."""
         return {**self._airflow_common(), **self.options.task_env}
 
     def _reconciler_settings(self) -> dict[str, str]:
@@ -339,7 +347,6 @@ class LocalStack:
         env.update(
             {
                 "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self.database_url,
-                "AIRFLOW__CORE__EXECUTOR": "aws_reconciler.executor.EcsExecutor",
                 "AIRFLOW__API_AUTH__JWT_SECRET": self._jwt_secret,
                 "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{self.api_port}/",
                 "AIRFLOW__API__PORT": str(self.api_port),
@@ -500,6 +507,10 @@ class LocalStack:
     def ecs_tasks(self) -> list[dict[str, Any]]:
         """Every ECS task the sandbox knows (``GET /_sandbox/tasks``)."""
         return list(self.sandbox.tasks())
+
+    def batch_jobs(self) -> list[dict[str, Any]]:
+        """Every Batch job the sandbox knows (``GET /_sandbox/jobs``)."""
+        return list(self.sandbox.jobs())
 
     # ---- reconciler and scheduler: start, kill -9, restart ----------------------------------
 

@@ -1,5 +1,5 @@
 """What happened in a DAG run, task instance by task instance: Airflow's view joined with the
-task store's (which ECS task ran each try), checked against what the DAG is expected to do."""
+task store's (which ECS task or Batch job ran each try), checked against what the DAG is expected to do."""
 
 from __future__ import annotations
 
@@ -12,14 +12,23 @@ from .stack import StoreRow
 
 @dataclass(frozen=True)
 class Expectation:
-    """The final state and try number a task instance should end with."""
+    """The final state, try number and backend (executor) a task instance should end with."""
 
     state: str = "success"
     try_number: int = 1
+    #: The store's ``backend`` of its row: ``ecs`` (EcsExecutor, the default) or ``batch``.
+    backend: str = "ecs"
 
 
-#: The example DAG: everything succeeds on its first try except ``flaky`` (second try).
-EXAMPLE_EXPECTED: Mapping[str, Expectation] = {"flaky": Expectation("success", 2)}
+#: The example DAG: everything succeeds on its first try except ``flaky`` (second try); ``batch_sum``
+#: and ``report`` run as Batch jobs (``executor="BatchExecutor"``), the rest as ECS tasks.
+EXAMPLE_EXPECTED: Mapping[str, Expectation] = {
+    "flaky": Expectation("success", 2),
+    "batch_sum": Expectation("success", 1, "batch"),
+    "report": Expectation("success", 1, "batch"),
+}
+#: The example DAG's tasks that run on AWS Batch.
+EXAMPLE_BATCH_TASKS = frozenset(k for k, v in EXAMPLE_EXPECTED.items() if v.backend == "batch")
 #: The invalid-config DAG: the bad task fails without running, its neighbour succeeds.
 INVALID_CONFIG_EXPECTED: Mapping[str, Expectation] = {"bad_config": Expectation("failed", 1)}
 
@@ -33,15 +42,22 @@ class TiOutcome:
     state: str
     try_number: int
     duration: float | None
-    ecs_task_arn: str | None
+    #: ``ecs`` or ``batch`` (None: no store row).
+    backend: str | None
+    #: The ECS task ARN or the Batch job id (the store's ``external_id``).
+    external_id: str | None
     launch_attempts: int
     reason: str | None
     expected: Expectation
 
     @property
     def ok(self) -> bool:
-        """Reached the expected state on the expected try."""
-        return self.state == self.expected.state and self.try_number == self.expected.try_number
+        """Reached the expected state on the expected try, through the expected backend."""
+        return (
+            self.state == self.expected.state
+            and self.try_number == self.expected.try_number
+            and self.backend in (None, self.expected.backend)
+        )
 
     @property
     def label(self) -> str:
@@ -71,7 +87,8 @@ def outcomes(
                 state=str(ti.get("state") or "none"),
                 try_number=key[2],
                 duration=ti.get("duration"),
-                ecs_task_arn=match.external_id if match else None,
+                backend=match.backend if match else None,
+                external_id=match.external_id if match else None,
                 launch_attempts=match.attempt if match else 0,
                 reason=match.status_reason if match and match.phase == "failed" else None,
                 expected=expected.get(key[0], Expectation()),
@@ -82,13 +99,14 @@ def outcomes(
 
 def format_table(results: Sequence[TiOutcome]) -> str:
     """A fixed-width table, one line per task instance."""
-    header = ("TASK INSTANCE", "STATE", "TRIES", "LAUNCHES", "DURATION", "ECS TASK ARN", "")
+    header = ("TASK INSTANCE", "STATE", "TRIES", "LAUNCHES", "DURATION", "BACKEND", "ECS TASK ARN / BATCH JOB ID", "")
     lines = [header]
     for r in results:
         duration = f"{r.duration:.1f} s" if r.duration is not None else "-"
-        verdict = "ok" if r.ok else f"EXPECTED {r.expected.state} on try {r.expected.try_number}"
-        arn = r.ecs_task_arn or (f"(none: {r.reason})" if r.reason else "-")
-        lines.append((r.label, r.state, str(r.try_number), str(r.launch_attempts), duration, arn, verdict))
+        verdict = "ok" if r.ok else f"EXPECTED {r.expected.state} on try {r.expected.try_number} ({r.expected.backend})"
+        arn = r.external_id or (f"(none: {r.reason})" if r.reason else "-")
+        backend = r.backend or "-"
+        lines.append((r.label, r.state, str(r.try_number), str(r.launch_attempts), duration, backend, arn, verdict))
     widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 2)]
     out = []
     for line in lines:
@@ -106,7 +124,8 @@ def counts(values: Sequence[str]) -> str:
 
 
 def progress_line(elapsed: float, tis: Sequence[Mapping[str, Any]], rows: Sequence[StoreRow]) -> str:
-    """Airflow's task-instance states and the store's phases (what ECS is doing), in one line."""
+    """Airflow's task-instance states and the store's phases (what ECS and Batch are doing), in one line."""
     airflow = counts([str(t.get("state") or "none") for t in tis])
-    ecs = counts([r.phase for r in rows])
-    return f"{elapsed:6.0f} s  task instances: {airflow}  |  ECS tasks: {ecs}"
+    ecs = counts([r.phase for r in rows if r.backend == "ecs"])
+    batch = counts([r.phase for r in rows if r.backend == "batch"])
+    return f"{elapsed:6.0f} s  task instances: {airflow}  |  ECS tasks: {ecs}  |  Batch jobs: {batch}"

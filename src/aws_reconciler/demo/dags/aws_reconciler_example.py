@@ -1,14 +1,18 @@
-"""The demo DAG: every task instance becomes one ECS task, launched by the reconciler.
+"""The demo DAG: every task instance becomes one ECS task or one AWS Batch job, launched by the reconciler.
 
-20 task instances in one run (21 ECS tasks: ``flaky`` runs twice):
+Airflow runs both executors: ``EcsExecutor`` (the default) and ``BatchExecutor``, which the
+tasks with ``executor="BatchExecutor"`` (``batch_sum`` and ``report``) use.
+
+21 task instances in one run (20 ECS tasks, ``flaky`` runs twice, and 2 Batch jobs):
 
 - ``make_items`` returns 15 numbers; ``square`` is mapped over them (dynamic task mapping, 15
   task instances); ``total`` adds the squares up (XComs travel through the Execution API);
+- ``batch_sum`` adds the items up as an AWS Batch job (``executor="BatchExecutor"``);
 - ``flaky`` fails on its first try and succeeds on its second (``retries=1``): Airflow's own
   retry re-runs it as a *new* ECS task; the reconciler never relaunches a task that ran;
 - ``long_running`` works for about 20 seconds and prints its progress (visible in the Airflow UI
   while it runs: the executor serves the container's CloudWatch log);
-- ``report`` waits for all of them.
+- ``report`` waits for all of them, also as a Batch job.
 
 Every task is cheap on purpose: each task instance is a full Airflow task runner process
 (~250 MB), so ``max_active_tasks`` keeps a two-core machine responsive.
@@ -79,12 +83,20 @@ def aws_reconciler_example() -> None:
             print(f"working: {second}/{seconds} s", flush=True)
         return seconds
 
-    @task
-    def report(result: Any, flaky_result: Any, seconds: Any) -> None:
-        """The end of the run (arguments are the upstream tasks' XComs)."""
-        print(f"sum of squares {result}; flaky {flaky_result}; long task ran {seconds} s")
+    @task(executor="BatchExecutor")
+    def batch_sum(values: Any) -> int:
+        """Runs as an AWS Batch job rather than an ECS task."""
+        result = sum(values)
+        print(f"sum of items (on Batch): {result}")
+        return result
 
-    report(total(square.expand(x=make_items())), flaky(), long_running())
+    @task(executor="BatchExecutor")
+    def report(result: Any, items_sum: Any, flaky_result: Any, seconds: Any) -> None:
+        """The end of the run, as a Batch job (arguments are the upstream tasks' XComs)."""
+        print(f"sum of squares {result}; sum of items {items_sum}; flaky {flaky_result}; long task ran {seconds} s")
+
+    items = make_items()
+    report(total(square.expand(x=items)), batch_sum(items), flaky(), long_running())
 
 
 aws_reconciler_example()
