@@ -13,17 +13,17 @@ help:
 	@echo "make bench  - EcsExecutor vs the amazon provider's AwsEcsExecutor (needs PostgreSQL, ~7 min; BENCH_ARGS=--quick)"
 	@echo "make lint / typecheck / unit / clean"
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml sandbox/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/pip install --quiet -e ".[test]" -e ./sandbox
 	touch $(STAMP)
 
 venv: $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src sandbox/src tests
+	$(BIN)/ruff format --check src sandbox/src tests
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -34,7 +34,7 @@ unit: $(STAMP)
 test: lint typecheck unit
 
 demo: $(STAMP)
-	$(BIN)/python -m aws_reconciler.demo
+	$(BIN)/python -m aws_reconciler_sandbox.demo
 
 BENCH_VENV ?= .venv-bench
 BENCH_ARGS ?=

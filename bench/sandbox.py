@@ -1,6 +1,6 @@
 """The project's embedded fake AWS (``SandboxServer``), in its own process or in this one.
 
-``process`` (the default) runs ``python -m aws_reconciler.sandbox --no-run-tasks``: the server's
+``process`` (the default) runs ``python -m aws_reconciler_sandbox --no-run-tasks``: the server's
 Python work then does not compete with the measured client for this process's GIL, closer to a
 remote AWS. ``thread`` runs ``SandboxServer`` in a thread of this process. Either way requests go
 over real HTTP, every request is served under the sandbox's global lock, and tasks stay
@@ -18,7 +18,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from aws_reconciler.sandbox import SandboxControlClient, SandboxServer, bootstrap
+from aws_reconciler_sandbox import SandboxControlClient, SandboxServer, bootstrap
 
 REGION = "us-east-1"
 SandboxMode = Literal["process", "thread"]
@@ -53,7 +53,7 @@ class Sandbox:
         err = self._log_dir / "stderr"
         with out.open("wb") as stdout, err.open("wb") as stderr:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "aws_reconciler.sandbox", "--port", "0", "--no-run-tasks", "--region", REGION],
+                [sys.executable, "-m", "aws_reconciler.cli", "sandbox", "--port", "0", "--no-run-tasks", "--region", REGION],
                 stdout=stdout,
                 stderr=stderr,
             )

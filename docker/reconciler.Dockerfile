@@ -24,13 +24,18 @@ ENV PATH=/opt/venv/bin:$PATH
 
 WORKDIR /src
 COPY docker/reconciler-constraints.txt /tmp/constraints.txt
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY src ./src
 # Not editable: only the installed package is copied into the runtime stage, never the source.
 RUN pip install --constraint /tmp/constraints.txt ".[postgres]" \
     && pip check \
+    && aws-reconciler --version \
+    && aws-reconciler --help >/dev/null \
+    && aws-reconciler run --help >/dev/null \
+    && aws-reconciler db migrate --help >/dev/null \
     && python -c "import aws_reconciler.reconciler.factory, aws_reconciler.store.migrate, psycopg" \
-    && ! python -c "import airflow" 2>/dev/null
+    && ! python -c "import airflow" 2>/dev/null \
+    && ! python -c "import moto" 2>/dev/null
 
 # ---- runtime -------------------------------------------------------------------------------
 FROM python:${PYTHON_VERSION}-slim-bookworm

@@ -22,7 +22,7 @@ ARG PYTHON_VERSION=3.12
 FROM python:${PYTHON_VERSION}-slim-bookworm AS wheel
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY src ./src
 RUN pip wheel --no-deps --wheel-dir /wheels .
 
@@ -32,7 +32,7 @@ FROM apache/airflow:${AIRFLOW_VERSION}-python${PYTHON_VERSION}
 ARG AIRFLOW_VERSION
 ARG PYTHON_VERSION
 # Your DAG folder, relative to the build context (default: this project's example DAGs).
-ARG DAGS_DIR=src/aws_reconciler/demo/dags
+ARG DAGS_DIR=sandbox/src/aws_reconciler_sandbox/demo/dags
 # Where tasks reach the API server's Execution API. ECS tasks and Batch jobs run OUTSIDE the
 # Kubernetes cluster: use an address routable from their subnets (an internal load balancer),
 # never a *.svc.cluster.local name. The placeholder fails loudly until it is set.

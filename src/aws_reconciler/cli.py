@@ -1,12 +1,19 @@
-"""``aws-reconciler``: run the reconciler, migrate the store, show the settings, serve the sandbox."""
+"""``aws-reconciler``: run the reconciler, migrate the store, show the settings and the status, check AWS.
+
+Commands of other distributions join through the ``aws_reconciler.commands`` entry point (the
+sandbox's ``aws-reconciler sandbox``); the product itself never imports them.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from importlib.metadata import entry_points
+from typing import Any
 
+from . import __version__
 from .config import ConfigError, describe_settings, load_settings, redact_url
 
 log = logging.getLogger("aws_reconciler")
@@ -102,9 +109,46 @@ def _cmd_config_show(args: argparse.Namespace) -> int:
     return 0
 
 
+# Commands other distributions add, and where a user gets them when they are not installed.
+PLUGIN_COMMANDS = {
+    "sandbox": (
+        "serve a local fake AWS (ECS, Batch, CloudWatch Logs...) that runs tasks as local processes",
+        "aws-reconciler-sandbox (from a checkout: pip install ./sandbox)",
+    ),
+}
+PLUGIN_GROUP = "aws_reconciler.commands"
+
+
+def _add_plugin_commands(commands: Any) -> None:
+    # Entry points are read, not imported, until one is registered: the sandbox's module imports
+    # moto, so a command that is not invoked still pays its import (argparse needs the arguments).
+    # The product installs and runs without it; a missing plugin gets a stub naming what to install.
+    found = {ep.name: ep for ep in entry_points(group=PLUGIN_GROUP)}
+    for name in sorted(set(PLUGIN_COMMANDS) | set(found)):
+        if name in found:
+            add: Callable[[Any], None] = found[name].load()
+            add(commands)
+            continue
+        help_text, install = PLUGIN_COMMANDS[name]
+        stub = commands.add_parser(name, help=f"{help_text} (needs {install.split(' ')[0]})", add_help=False)
+        stub.add_argument("rest", nargs=argparse.REMAINDER)
+        stub.set_defaults(func=_missing_plugin(name, install))
+
+
+def _missing_plugin(name: str, install: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        print(f"aws-reconciler {name}: not installed; install {install}", file=sys.stderr)
+        return 2
+
+    return run
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
-    parser = argparse.ArgumentParser(prog="aws-reconciler", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="aws-reconciler", description="Reconcile Airflow task instances with AWS ECS tasks and Batch jobs."
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -116,9 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     db.add_parser("migrate", help="create or upgrade the store's tables").set_defaults(func=_cmd_db_migrate)
     db.add_parser("check", help="fail unless the schema is current").set_defaults(func=_cmd_db_check)
 
-    from .sandbox.cli import add_sandbox_parser
-
-    add_sandbox_parser(commands)
+    _add_plugin_commands(commands)
 
     status = commands.add_parser("status", help="tasks by backend and phase, oldest pending, recent failures")
     status.add_argument(

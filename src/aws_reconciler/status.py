@@ -13,9 +13,9 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import TextIO
 
+from .model import Phase, utcnow
 from .store.queries import TaskQueries
-from .store.records import Phase, TaskRecord
-from .store.tasks import utcnow
+from .store.records import TaskRecord
 
 DEFAULT_FAILURES = 10
 # A JWT (Airflow's workload token is one): three base64url parts, the first two JSON ("eyJ").

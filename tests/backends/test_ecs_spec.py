@@ -12,7 +12,7 @@ from aws_reconciler.backends.ecs.spec import InvalidExecutorConfig, build_run_ta
 from aws_reconciler.backends.merge import deep_merge
 from aws_reconciler.config import load_settings
 from aws_reconciler.config.models import EcsSettings
-from aws_reconciler.store.records import TiKey
+from aws_reconciler.model import TiKey
 
 KEY = TiKey("etl", "load", "manual__2026-11-21T00:00:00+00:00", 3, 2)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from aws_reconciler.backends.ecs.states import observe_task
-from aws_reconciler.store.records import Phase
+from aws_reconciler.model import Phase
 
 OURS = [{"key": "aws-reconciler:deployment", "value": "prod"}, {"key": "aws-reconciler:id", "value": "rec-1"}]
 

@@ -14,10 +14,11 @@ from aws_reconciler.backends.batch.spec import build_submit_job_request
 from aws_reconciler.backends.ecs.client import aws_client_config
 from aws_reconciler.backends.tags import ID_TAG
 from aws_reconciler.config import Settings
+from aws_reconciler.model import Backend, TiKey
 from aws_reconciler.reconciler.engine import Engine
 from aws_reconciler.reconciler.factory import build_batch_backend, engine_settings
-from aws_reconciler.sandbox import SandboxServer
-from aws_reconciler.store import Backend, NewTask, TaskRecord, TaskStore, TiKey
+from aws_reconciler.store import NewTask, TaskRecord, TaskStore
+from aws_reconciler_sandbox import SandboxServer
 from support.scenario import FakeClock
 
 REGION = "us-east-1"

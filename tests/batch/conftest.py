@@ -26,8 +26,8 @@ import pytest
 from batch_support import REGION, Harness
 
 from aws_reconciler.config import Settings
-from aws_reconciler.sandbox import SandboxServer, bootstrap
 from aws_reconciler.store import TaskStore, create_store_engine, migrate
+from aws_reconciler_sandbox import SandboxServer, bootstrap
 from support.awscalls import record_api_calls
 from support.conftests import root_conftest
 from support.scenario import FakeClock

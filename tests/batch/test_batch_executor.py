@@ -16,7 +16,8 @@ from aws_reconciler.config import ConfigError, Settings
 from aws_reconciler.executor import BatchExecutor, EcsExecutor
 from aws_reconciler.executor.base import ReconcilerExecutor
 from aws_reconciler.executor.logs import LogLocation, LogsUnavailable, TaskLogs
-from aws_reconciler.store import Backend, Desired, Phase, TaskRecord, TaskStore, TiKey
+from aws_reconciler.model import Backend, Desired, Phase, TiKey
+from aws_reconciler.store import TaskRecord, TaskStore
 from support.workloads import RUN_ID, TOKEN, FakeTI, make_workload, rid
 
 if TYPE_CHECKING:

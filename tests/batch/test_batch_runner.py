@@ -17,9 +17,9 @@ import pytest
 from batch_support import QUEUE
 from botocore.config import Config
 
-from aws_reconciler.sandbox import RunnerOptions, SandboxServer
-from aws_reconciler.sandbox.runner import DEFAULT_START_FAILURE
-from aws_reconciler.store import Phase
+from aws_reconciler.model import Phase
+from aws_reconciler_sandbox import RunnerOptions, SandboxServer
+from aws_reconciler_sandbox.runner import DEFAULT_START_FAILURE
 
 if TYPE_CHECKING:
     from conftest import HarnessFactory

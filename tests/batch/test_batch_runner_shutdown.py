@@ -9,7 +9,7 @@ from typing import TypeVar
 
 import pytest
 
-from aws_reconciler.sandbox import RunnerOptions, SandboxServer, bootstrap
+from aws_reconciler_sandbox import RunnerOptions, SandboxServer, bootstrap
 
 T = TypeVar("T")
 

@@ -10,7 +10,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from aws_reconciler.sandbox import SandboxControlClient, SandboxControlError, SandboxServer, bootstrap
+from aws_reconciler_sandbox import SandboxControlClient, SandboxControlError, SandboxServer, bootstrap
 
 REGION = "us-east-1"
 NO_RETRY = Config(retries={"total_max_attempts": 1, "mode": "standard"})

@@ -21,10 +21,11 @@ from sqlalchemy.exc import OperationalError
 from aws_reconciler.backends.batch.spec import job_name
 from aws_reconciler.backends.errors import RetriableError
 from aws_reconciler.backends.tags import DEPLOYMENT_TAG, ID_TAG
+from aws_reconciler.model import Phase
 from aws_reconciler.reconciler.leader import LeaderElector
 from aws_reconciler.reconciler.result import Result
 from aws_reconciler.reconciler.runner import Runner
-from aws_reconciler.store import LeaseStore, Phase, Waker
+from aws_reconciler.store import LeaseStore, Waker
 from support.scenario import Crash
 
 if TYPE_CHECKING:

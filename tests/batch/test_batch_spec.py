@@ -16,7 +16,7 @@ from aws_reconciler.backends.batch.spec import (
     job_name,
 )
 from aws_reconciler.config import BatchSettings, ConfigError, describe_settings, load_settings
-from aws_reconciler.store.records import TiKey
+from aws_reconciler.model import TiKey
 
 KEY = TiKey("etl", "load", "manual__2026-11-21T00:00:00+00:00", 3, 2)
 BASE = {

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from aws_reconciler.backends.batch.states import exit_code_of, observe_job
-from aws_reconciler.store.records import Phase
+from aws_reconciler.model import Phase
 
 NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 OURS = {"aws-reconciler:deployment": "prod", "aws-reconciler:id": "rec-1"}

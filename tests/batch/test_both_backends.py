@@ -14,11 +14,12 @@ from aws_reconciler.backends.batch.backend import BatchBackend
 from aws_reconciler.backends.ecs.backend import EcsBackend
 from aws_reconciler.backends.ecs.spec import build_run_task_request
 from aws_reconciler.config import load_settings
+from aws_reconciler.model import Backend, Phase, TiKey
 from aws_reconciler.reconciler.engine import Engine
 from aws_reconciler.reconciler.factory import build_ecs_backend, build_runner, engine_settings
 from aws_reconciler.reconciler.leader import LeaderElector
 from aws_reconciler.reconciler.runner import Runner
-from aws_reconciler.store import Backend, LeaseStore, NewTask, Phase, TaskStore, TiKey, Waker
+from aws_reconciler.store import LeaseStore, NewTask, TaskStore, Waker
 
 if TYPE_CHECKING:
     from conftest import HarnessFactory

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from aws_reconciler.cli import main
-from aws_reconciler.sandbox import SandboxServer, bootstrap
+from aws_reconciler_sandbox import SandboxServer, bootstrap
 
 REGION = "us-east-1"
 

@@ -1,4 +1,4 @@
-"""End-to-end tests: each module starts its own local stack (see ``aws_reconciler.demo.stack``).
+"""End-to-end tests: each module starts its own local stack (see ``aws_reconciler_sandbox.demo.stack``).
 
 They need PostgreSQL (``AWS_RECONCILER_TEST_DATABASE_URL``) and skip without it, unless
 ``AWS_RECONCILER_REQUIRE_POSTGRES=1``. Run them alone with ``pytest -m e2e``.

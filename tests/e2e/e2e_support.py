@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from aws_reconciler.backends.tags import DEPLOYMENT_TAG, ID_TAG
-from aws_reconciler.demo.stack import (
+from aws_reconciler_sandbox.demo.stack import (
     ADMIN_URL_ENV,
     DEFAULT_ADMIN_URL,
     DEPLOYMENT,
@@ -25,7 +25,7 @@ from aws_reconciler.demo.stack import (
     StoreRow,
     postgres_problem,
 )
-from aws_reconciler.demo.summary import Expectation, TiOutcome, outcomes
+from aws_reconciler_sandbox.demo.summary import Expectation, TiOutcome, outcomes
 
 E2E_DAGS = Path(__file__).resolve().parent / "dags"
 #: Deadline of one DAG run of the example on a loaded two-core machine.

@@ -27,7 +27,7 @@ from e2e_support import (
     wait_rows_reported,
 )
 
-from aws_reconciler.demo.stack import (
+from aws_reconciler_sandbox.demo.stack import (
     EXAMPLE_DAG_ID,
     INVALID_CONFIG_DAG_ID,
     RECONCILER,
@@ -36,7 +36,7 @@ from aws_reconciler.demo.stack import (
     StoreRow,
     utc_now,
 )
-from aws_reconciler.demo.summary import EXAMPLE_BATCH_TASKS, EXAMPLE_EXPECTED, INVALID_CONFIG_EXPECTED
+from aws_reconciler_sandbox.demo.summary import EXAMPLE_BATCH_TASKS, EXAMPLE_EXPECTED, INVALID_CONFIG_EXPECTED
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 

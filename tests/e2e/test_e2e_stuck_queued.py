@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from e2e_support import E2E_DAGS, ecs_tasks_by_record, running_stack, wait_no_ecs_task_running
 
-from aws_reconciler.demo.stack import LocalStack
+from aws_reconciler_sandbox.demo.stack import LocalStack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from aws_reconciler.demo.processes import STACK_MARKER, ManagedProcess, alive, marked_pids, process_tree, sweep
-from aws_reconciler.demo.stack import StoreRow, _read_exports
-from aws_reconciler.demo.summary import EXAMPLE_EXPECTED, Expectation, format_table, outcomes
+from aws_reconciler_sandbox.demo.processes import STACK_MARKER, ManagedProcess, alive, marked_pids, process_tree, sweep
+from aws_reconciler_sandbox.demo.stack import StoreRow, _read_exports
+from aws_reconciler_sandbox.demo.summary import EXAMPLE_EXPECTED, Expectation, format_table, outcomes
 
 pytestmark = pytest.mark.skipif(not Path("/proc").is_dir(), reason="process tree inspection needs /proc (Linux)")
 

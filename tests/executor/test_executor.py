@@ -23,7 +23,8 @@ from airflow.utils.state import TaskInstanceState
 
 from aws_reconciler.config import ConfigError, load_settings
 from aws_reconciler.executor import EcsExecutor
-from aws_reconciler.store import Backend, Desired, NewTask, Phase, TaskRecord, TaskStore, TiKey, check_schema
+from aws_reconciler.model import Backend, Desired, Phase, TiKey
+from aws_reconciler.store import NewTask, TaskRecord, TaskStore, check_schema
 from support.workloads import RUN_ID, TOKEN, FakeTI, make_workload, rid
 
 if TYPE_CHECKING:

@@ -19,11 +19,12 @@ from airflow.models.taskinstancekey import TaskInstanceKey
 from aws_reconciler.backends.ecs.spec import build_run_task_request
 from aws_reconciler.executor import EcsExecutor
 from aws_reconciler.executor.logs import LogLocation, TaskLogs, is_pinned, task_id_of, task_logs_of
+from aws_reconciler.model import Backend, Phase, TiKey
 from aws_reconciler.reconciler.engine import Engine
 from aws_reconciler.reconciler.factory import build_ecs_backend, engine_settings
-from aws_reconciler.sandbox import SandboxServer, bootstrap
-from aws_reconciler.sandbox.runner import RunnerOptions
-from aws_reconciler.store import Backend, NewTask, Phase, TaskStore, TiKey, create_store_engine
+from aws_reconciler.store import NewTask, TaskStore, create_store_engine
+from aws_reconciler_sandbox import SandboxServer, bootstrap
+from aws_reconciler_sandbox.runner import RunnerOptions
 
 if TYPE_CHECKING:
     from conftest import SettingsFactory

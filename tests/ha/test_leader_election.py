@@ -28,8 +28,9 @@ import sqlalchemy as sa
 from aws_reconciler.backends.ecs.spec import build_run_task_request
 from aws_reconciler.backends.tags import ID_TAG
 from aws_reconciler.config import load_settings
-from aws_reconciler.sandbox import SandboxServer, bootstrap
-from aws_reconciler.store import Backend, NewTask, TaskStore, TiKey, create_store_engine, migrate
+from aws_reconciler.model import Backend, TiKey
+from aws_reconciler.store import NewTask, TaskStore, create_store_engine, migrate
+from aws_reconciler_sandbox import SandboxServer, bootstrap
 
 REGION = "us-east-1"
 # Short, controller-runtime-shaped timings so failover happens within a test's patience.

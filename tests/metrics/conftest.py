@@ -13,9 +13,9 @@ import pytest
 from metrics_support import FAST, Replica, build_replica
 
 from aws_reconciler.config import Settings
-from aws_reconciler.sandbox import SandboxServer, bootstrap
-from aws_reconciler.sandbox.runner import RunnerOptions
 from aws_reconciler.store import create_store_engine, migrate
+from aws_reconciler_sandbox import SandboxServer, bootstrap
+from aws_reconciler_sandbox.runner import RunnerOptions
 from support.conftests import root_conftest
 
 REGION = "us-east-1"

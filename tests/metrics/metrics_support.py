@@ -30,15 +30,16 @@ from prometheus_client import CollectorRegistry, generate_latest
 from aws_reconciler.backends.ecs.client import aws_client_config
 from aws_reconciler.backends.ecs.spec import build_run_task_request
 from aws_reconciler.config import Settings
-from aws_reconciler.metrics.aws import instrument_client
 from aws_reconciler.metrics.definitions import Metrics
 from aws_reconciler.metrics.server import MetricsServer
+from aws_reconciler.model import Backend, TiKey
 from aws_reconciler.reconciler.engine import Engine
 from aws_reconciler.reconciler.factory import build_ecs_backend, engine_settings
+from aws_reconciler.reconciler.instrument import instrument_client
 from aws_reconciler.reconciler.leader import LeaderElector
 from aws_reconciler.reconciler.runner import Runner
-from aws_reconciler.sandbox import SandboxServer
-from aws_reconciler.store import Backend, LeaseStore, NewTask, TaskStore, TiKey, Waker, create_store_engine
+from aws_reconciler.store import LeaseStore, NewTask, TaskStore, Waker, create_store_engine
+from aws_reconciler_sandbox import SandboxServer
 
 REPO = Path(__file__).resolve().parents[2]
 RULES = REPO / "deploy" / "prometheus" / "aws-reconciler-rules.yaml"

@@ -13,9 +13,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from aws_reconciler.backends.tags import DEPLOYMENT_TAG, ID_TAG
 from aws_reconciler.metrics.definitions import Metrics
+from aws_reconciler.model import Phase
 from aws_reconciler.reconciler.factory import build_runner
-from aws_reconciler.sandbox import SandboxServer
-from aws_reconciler.store import Phase, TaskStore, create_store_engine
+from aws_reconciler.store import TaskStore, create_store_engine
+from aws_reconciler_sandbox import SandboxServer
 
 if TYPE_CHECKING:
     from conftest import ReplicaFactory, SettingsFactory

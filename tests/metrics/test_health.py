@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from metrics_support import Replica, free_port, wait_for
 
-from aws_reconciler.sandbox import SandboxServer
 from aws_reconciler.store import create_store_engine, migrate
+from aws_reconciler_sandbox import SandboxServer
 
 if TYPE_CHECKING:
     from conftest import ReplicaFactory, SettingsFactory

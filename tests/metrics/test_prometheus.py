@@ -25,9 +25,10 @@ from metrics_support import (
     wait_for,
 )
 
-from aws_reconciler.sandbox import SandboxServer
-from aws_reconciler.sandbox.runner import RunnerOptions
-from aws_reconciler.store import Phase, TaskStore, create_store_engine, migrate
+from aws_reconciler.model import Phase
+from aws_reconciler.store import TaskStore, create_store_engine, migrate
+from aws_reconciler_sandbox import SandboxServer
+from aws_reconciler_sandbox.runner import RunnerOptions
 
 if TYPE_CHECKING:
     from conftest import SettingsFactory

@@ -17,8 +17,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from aws_reconciler import cli
 from aws_reconciler.config import load_settings, redact_url
-from aws_reconciler.sandbox import SandboxServer
-from aws_reconciler.store import Backend, NewTask, Phase, TaskStore, TiKey, create_store_engine, migrate
+from aws_reconciler.model import Backend, Phase, TiKey
+from aws_reconciler.store import NewTask, TaskStore, create_store_engine, migrate
+from aws_reconciler_sandbox import SandboxServer
 
 if TYPE_CHECKING:
     from conftest import ReplicaFactory, SettingsFactory
@@ -28,7 +29,7 @@ TOKEN = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJjYW5hcnktd29ya2xvYWQtdG9rZW4ifQ.Q2FuYXJ
 PASSWORD = "Canary-Store-Pa55word-7d1e"
 # The fake AWS (it sees every request, as AWS does) and botocore, whose DEBUG logging of request
 # and response bodies is checked on its own below.
-NOT_OURS = ("moto", "werkzeug", "aws_reconciler.sandbox", "botocore")
+NOT_OURS = ("moto", "werkzeug", "aws_reconciler_sandbox", "botocore")
 
 
 class TokenLogged(AssertionError):

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from aws_reconciler import cli
+from aws_reconciler.model import Backend, Phase, TiKey
 from aws_reconciler.status import format_age, render_status, scrub
-from aws_reconciler.store import Backend, NewTask, Phase, TaskStore, TiKey, create_store_engine, migrate
+from aws_reconciler.store import NewTask, TaskStore, create_store_engine, migrate
 from aws_reconciler.store.queries import TaskQueries
 
 NOW = datetime(2030, 1, 1, 12, 0, 0, tzinfo=UTC)

@@ -25,24 +25,14 @@ from aws_reconciler.backends.ecs.spec import build_run_task_request
 from aws_reconciler.backends.errors import RetriableError
 from aws_reconciler.backends.tags import DEPLOYMENT_TAG, ID_TAG
 from aws_reconciler.config import Settings
+from aws_reconciler.model import Backend, Phase, TiKey
 from aws_reconciler.reconciler.engine import Engine
 from aws_reconciler.reconciler.factory import build_ecs_backend, engine_settings
 from aws_reconciler.reconciler.leader import LeaderElector
 from aws_reconciler.reconciler.result import Result
 from aws_reconciler.reconciler.runner import Runner
-from aws_reconciler.sandbox import FAKE_CREDENTIALS, SandboxServer, bootstrap
-from aws_reconciler.store import (
-    Backend,
-    LeaseStore,
-    NewTask,
-    Phase,
-    TaskRecord,
-    TaskStore,
-    TiKey,
-    Waker,
-    create_store_engine,
-    migrate,
-)
+from aws_reconciler.store import LeaseStore, NewTask, TaskRecord, TaskStore, Waker, create_store_engine, migrate
+from aws_reconciler_sandbox import FAKE_CREDENTIALS, SandboxServer, bootstrap
 from support.conftests import root_conftest
 from support.scenario import Crash, FakeClock
 

@@ -22,7 +22,7 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from aws_reconciler.sandbox import (
+from aws_reconciler_sandbox import (
     RunnerOptions,
     SandboxControlClient,
     SandboxControlError,
@@ -30,7 +30,7 @@ from aws_reconciler.sandbox import (
     add_sandbox_parser,
     bootstrap,
 )
-from aws_reconciler.sandbox.runner import DEFAULT_START_FAILURE
+from aws_reconciler_sandbox.runner import DEFAULT_START_FAILURE
 
 REGION = "us-east-1"
 NO_RETRY = Config(retries={"total_max_attempts": 1, "mode": "standard"})
@@ -526,7 +526,7 @@ def test_sandbox_command_serves_runs_tasks_and_stops_cleanly(tmp_path: Path) -> 
     out, err = tmp_path / "stdout", tmp_path / "stderr"
     with out.open("wb") as stdout, err.open("wb") as stderr:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "aws_reconciler.sandbox", "--port", "0", "--env-file", str(env_file)],
+            [sys.executable, "-m", "aws_reconciler.cli", "sandbox", "--port", "0", "--env-file", str(env_file)],
             stdout=stdout,
             stderr=stderr,
         )

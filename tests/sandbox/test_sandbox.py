@@ -12,7 +12,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from aws_reconciler.sandbox import (
+from aws_reconciler_sandbox import (
     SandboxControlClient,
     SandboxControlError,
     SandboxServer,

@@ -9,18 +9,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
-from aws_reconciler.store import (
-    Backend,
-    Desired,
-    LeaseStore,
-    NewTask,
-    Phase,
-    TaskStore,
-    TiKey,
-    check_schema,
-    create_store_engine,
-    migrate,
-)
+from aws_reconciler.model import Backend, Desired, Phase, TiKey
+from aws_reconciler.store import LeaseStore, NewTask, TaskStore, check_schema, create_store_engine, migrate
 from aws_reconciler.store.migrate import VERSION_TABLE, current_revision, head_revision
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from ..store.records import Backend, Phase
+from ..model import Backend, Phase
 
 
 @dataclass(frozen=True)

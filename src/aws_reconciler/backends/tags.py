@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from ..store.records import TiKey
+from ..model import TiKey
 
 DEPLOYMENT_TAG = "aws-reconciler:deployment"
 ID_TAG = "aws-reconciler:id"

@@ -15,9 +15,10 @@ from airflow.observability.stats import Stats
 
 from ..backends.requests import InvalidExecutorConfig
 from ..config import ConfigError, Settings, load_settings
+from ..model import Backend, Phase, TiKey
 from ..store.engine import create_store_engine
 from ..store.migrate import check_schema, migrate
-from ..store.records import Backend, NewTask, Phase, TiKey
+from ..store.records import NewTask
 from ..store.tasks import TaskStore
 from .workload import ti_key, ti_key_of_model, workload_command
 

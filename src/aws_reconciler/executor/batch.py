@@ -6,7 +6,8 @@ from typing import Any, ClassVar
 
 from ..backends.batch.spec import build_submit_job_request, check_settings
 from ..config import ConfigError, Settings
-from ..store.records import Backend, TaskRecord
+from ..model import Backend
+from ..store.records import TaskRecord
 from .base import ReconcilerExecutor
 from .logs import BATCH_DEFAULT_LOG_GROUP, LogLocation, LogsUnavailable, task_logs_of
 

@@ -6,7 +6,8 @@ from typing import Any, ClassVar
 
 from ..backends.ecs.spec import build_run_task_request
 from ..config import ConfigError, Settings
-from ..store.records import Backend, TaskRecord
+from ..model import Backend
+from ..store.records import TaskRecord
 from .base import ReconcilerExecutor
 from .logs import LogLocation, ecs_executor_log_location
 

@@ -42,8 +42,9 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from ..config import ConfigError
+from ..model import TiKey
 from ..store.queries import TaskQueries
-from ..store.records import TaskRecord, TiKey
+from ..store.records import TaskRecord
 
 if TYPE_CHECKING:
     from .base import ReconcilerExecutor

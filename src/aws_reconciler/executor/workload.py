@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..store.records import TiKey
+from ..model import TiKey
 
 EXECUTE_WORKLOAD_MODULE = "airflow.sdk.execution_time.execute_workload"
 

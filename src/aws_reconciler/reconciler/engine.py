@@ -32,8 +32,9 @@ from ..backends.base import Observation, Stuck, TaskBackend
 from ..backends.calls import NotLeader
 from ..backends.errors import AwsError, RetriableError, TerminalError, classify
 from ..metrics.definitions import Metrics
-from ..store.records import Desired, Phase, TaskRecord
-from ..store.tasks import TaskStore, utcnow
+from ..model import Desired, Phase, utcnow
+from ..store.records import TaskRecord
+from ..store.tasks import TaskStore
 from .backoff import backoff_delay
 from .orphans import OrphanTracker
 from .result import CycleStats, Result

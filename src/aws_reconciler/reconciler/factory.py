@@ -16,15 +16,15 @@ from ..backends.ecs.backend import EcsBackend
 from ..backends.ecs.client import make_client
 from ..backends.ratelimit import TokenBucket
 from ..config import Settings
-from ..metrics.aws import instrument_client
 from ..metrics.definitions import Metrics
+from ..model import Backend
 from ..store.engine import create_store_engine
 from ..store.lease import LeaseStore
 from ..store.migrate import check_schema
 from ..store.notify import Waker
-from ..store.records import Backend
 from ..store.tasks import TaskStore
 from .engine import Engine, EngineSettings
+from .instrument import instrument_client
 from .leader import LeaderElector
 from .runner import Runner
 

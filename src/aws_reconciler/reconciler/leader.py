@@ -13,8 +13,8 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 
+from ..model import utcnow
 from ..store.lease import LeaseStore
-from ..store.tasks import utcnow
 
 log = logging.getLogger(__name__)
 

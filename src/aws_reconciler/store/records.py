@@ -4,54 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from enum import StrEnum
 from typing import Any
 
-
-class Phase(StrEnum):
-    """Lifecycle of one queueing of a task instance (see DESIGN.md)."""
-
-    PENDING = "pending"  # wants a launch, at `next_attempt_at`
-    LAUNCHING = "launching"  # attempt `attempt` may have reached AWS: relaunch only idempotently
-    PROVISIONING = "provisioning"  # AWS accepted it; container not running yet
-    RUNNING = "running"
-    STOPPING = "stopping"  # we asked AWS to stop it
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-
-    @property
-    def terminal(self) -> bool:
-        """No further work happens on AWS for a row in this phase."""
-        return self in (Phase.SUCCEEDED, Phase.FAILED)
-
-
-class Desired(StrEnum):
-    """What Airflow wants of the row."""
-
-    RUNNING = "running"
-    STOPPED = "stopped"
-
-
-class Backend(StrEnum):
-    """Which AWS service runs the row."""
-
-    ECS = "ecs"
-    BATCH = "batch"
-
-
-@dataclass(frozen=True, order=True)
-class TiKey:
-    """Airflow's task-instance key, stored as columns so rows are found without Airflow."""
-
-    dag_id: str
-    task_id: str
-    run_id: str
-    map_index: int
-    try_number: int
-
-    def as_tuple(self) -> tuple[str, str, str, int, int]:
-        """The key in column order."""
-        return (self.dag_id, self.task_id, self.run_id, self.map_index, self.try_number)
+from ..model import Backend, Desired, Phase, TiKey
 
 
 @dataclass(frozen=True)

@@ -7,28 +7,22 @@ phase and attempt, so concurrent writers never lose each other's updates.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable, Sequence
-from datetime import UTC, datetime
+from collections.abc import Collection, Iterable, Sequence
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, RowMapping
 
+from ..model import Backend, Clock, Desired, Phase, TiKey, utcnow
 from .notify import notify
-from .records import Backend, Desired, NewTask, Phase, TaskRecord, TiKey
+from .records import NewTask, TaskRecord
 from .tables import TERMINAL_PHASES, task
-
-Clock = Callable[[], datetime]
 
 # Everything but the spec: rows are read often, specs only to launch.
 _LIGHT_COLUMNS = [c for c in task.c if c.name != "spec"]
 # Stay well under SQLite's and PostgreSQL's bound-parameter limits.
 _CHUNK = 500
-
-
-def utcnow() -> datetime:
-    """The default clock."""
-    return datetime.now(UTC)
 
 
 def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterable[Sequence[Any]]:

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from ...store.records import Backend, Phase
+from ...model import Backend, Phase
 from ..base import Observation, batched
 from ..calls import Caller, always
 from ..ratelimit import TokenBucket

@@ -17,7 +17,7 @@ from botocore.model import StructureShape
 
 from ...config import ConfigError
 from ...config.models import BatchSettings
-from ...store.records import TiKey
+from ...model import TiKey
 from ..merge import deep_merge
 from ..requests import InvalidExecutorConfig, check_allowed, check_keys, check_no_identity_tags, input_shape, validate
 from ..tags import identity_tags

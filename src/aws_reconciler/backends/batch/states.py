@@ -6,7 +6,7 @@ from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from ...store.records import Phase
+from ...model import Phase
 from ..base import Observation, Stuck
 from ..ecs.states import PRE_START_REASONS as ECS_PRE_START_REASONS
 from ..tags import owned_record_id

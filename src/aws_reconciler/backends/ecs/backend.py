@@ -7,7 +7,7 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from ...store.records import Backend, Phase
+from ...model import Backend, Phase
 from ..base import Observation, batched
 from ..calls import Caller, always
 from ..errors import RetriableError, classify_failure_reason

@@ -14,7 +14,7 @@ from typing import Any
 from botocore.model import StructureShape
 
 from ...config.models import EcsSettings
-from ...store.records import TiKey
+from ...model import TiKey
 from ..merge import deep_merge
 from ..requests import InvalidExecutorConfig, check_allowed, check_keys, check_no_identity_tags, input_shape, validate
 from ..tags import identity_tags

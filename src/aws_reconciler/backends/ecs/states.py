@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ...store.records import Phase
+from ...model import Phase
 from ..base import Observation
 from ..tags import owned_record_id
 

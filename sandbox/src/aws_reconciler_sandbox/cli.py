@@ -1,28 +1,27 @@
 """``aws-reconciler sandbox``: serve the fake AWS in the foreground until SIGINT/SIGTERM.
 
-``add_sandbox_parser`` adds the subcommand to the ``aws-reconciler`` parser; ``run_sandbox`` is
-its body. ``python -m aws_reconciler.sandbox [options]`` runs the same without the main CLI.
+``add_sandbox_parser`` adds the subcommand to the ``aws-reconciler`` parser (the product's CLI
+finds it through the ``aws_reconciler.commands`` entry point of this distribution, so the
+product never imports the sandbox); ``run_sandbox`` is its body. This is the only way the
+sandbox process is started: by operators, by the demo stack and by the tests.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
 import os
 import shlex
 import signal
-import sys
 import tempfile
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from types import FrameType
 from typing import Any
 
-from .bootstrap import bootstrap
-from .server import SandboxServer
-
-__all__ = ["add_sandbox_parser", "export_lines", "main", "run_sandbox"]
+__all__ = ["add_sandbox_parser", "export_lines", "run_sandbox"]
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +49,16 @@ def _write_atomically(path: str, text: str) -> None:
         raise
 
 
-def run_sandbox(*, host: str, port: int, region: str, run_tasks: bool, env_file: str | None) -> int:
+def run_sandbox(
+    *,
+    host: str,
+    port: int,
+    region: str,
+    run_tasks: bool,
+    env_file: str | None,
+    provisioning_delay: float | None = None,
+    task_env: Mapping[str, str] | None = None,
+) -> int:
     """Serve the sandbox until SIGINT or SIGTERM; returns the exit status (0 after a clean stop).
 
     Starts the server (``port`` 0 picks a free one), creates the default resources with
@@ -58,6 +66,10 @@ def run_sandbox(*, host: str, port: int, region: str, run_tasks: bool, env_file:
     prints ``sandbox ready on <url>``, then waits. On a signal it stops the task runner, whose
     processes are all gone when this returns, and the server. Signal handlers are installed only
     when called from the main thread (elsewhere, stop the process another way).
+
+    ``provisioning_delay`` keeps every ECS task PROVISIONING that long (a cluster without
+    capacity); ``task_env`` goes into the task definition's and job definition's
+    ``environment``, where an operator puts Airflow's settings on AWS.
     """
     stop = threading.Event()
     previous: dict[signal.Signals, _Handler] = {}
@@ -70,10 +82,21 @@ def run_sandbox(*, host: str, port: int, region: str, run_tasks: bool, env_file:
         # Installed before starting, so that a signal during the start still ends in a clean stop.
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, on_signal)
-    server = SandboxServer(host=host, port=port, region=region, run_tasks=run_tasks)
+    # Here, not at the top: the product's CLI imports this module to build its parser, and moto
+    # (behind the server) takes a second to import.
+    from .resources import bootstrap
+    from .runner import RunnerOptions
+    from .server import SandboxServer
+
+    options = RunnerOptions()
+    if provisioning_delay is not None:
+        options = dataclasses.replace(options, provisioning_delay=provisioning_delay)
+    server = SandboxServer(host=host, port=port, region=region, run_tasks=run_tasks, runner=options)
     try:
         server.start()
-        settings = bootstrap(endpoint_url=server.endpoint_url, region=region, batch=True)
+        settings = bootstrap(
+            endpoint_url=server.endpoint_url, region=region, environment=dict(task_env or {}), batch=True
+        )
         text = "\n".join(export_lines(settings)) + "\n"
         print(text, end="")
         if env_file:
@@ -106,11 +129,39 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         help="do not run tasks as local processes: they stay PROVISIONING until moved by the control API",
     )
     parser.add_argument("--env-file", default=None, help="also write the export lines to this file")
+    parser.add_argument(
+        "--provisioning-delay",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="keep every ECS task PROVISIONING this long, as a cluster without capacity does",
+    )
+    parser.add_argument(
+        "--task-env",
+        type=_pair,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="put NAME=VALUE into the task and job definitions' environment (repeatable)",
+    )
+
+
+def _pair(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name, value
 
 
 def _cmd_sandbox(args: argparse.Namespace) -> int:
     return run_sandbox(
-        host=args.host, port=args.port, region=args.region, run_tasks=args.run_tasks, env_file=args.env_file
+        host=args.host,
+        port=args.port,
+        region=args.region,
+        run_tasks=args.run_tasks,
+        env_file=args.env_file,
+        provisioning_delay=args.provisioning_delay,
+        task_env=dict(args.task_env),
     )
 
 
@@ -134,12 +185,3 @@ def add_sandbox_parser(subparsers: Any) -> None:
     )
     _add_arguments(parser)
     parser.set_defaults(func=_cmd_sandbox)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m aws_reconciler.sandbox``: the ``sandbox`` subcommand on its own."""
-    parser = argparse.ArgumentParser(prog="python -m aws_reconciler.sandbox", description=USER_DESCRIPTION)
-    _add_arguments(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    return _cmd_sandbox(args)

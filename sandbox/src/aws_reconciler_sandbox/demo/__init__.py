@@ -1,4 +1,4 @@
 """The local stack (sandbox, database, reconciler, Airflow) for ``make demo`` and the end-to-end tests.
 
-``python -m aws_reconciler.demo`` runs the demo; :mod:`.stack` is the reusable orchestrator.
+``python -m aws_reconciler_sandbox.demo`` runs the demo; :mod:`.stack` is the reusable orchestrator.
 """

@@ -1,4 +1,4 @@
-"""``python -m aws_reconciler.demo`` (``make demo``): the whole system on this machine, no AWS account.
+"""``python -m aws_reconciler_sandbox.demo`` (``make demo``): the whole system on this machine, no AWS account.
 
 Starts the sandbox (a fake ECS and Batch that run each task as a local process), a database, the
 reconciler and Airflow (api-server, scheduler, dag-processor) with both the ``EcsExecutor`` (the
@@ -34,7 +34,7 @@ def _say(message: str = "") -> None:
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m aws_reconciler.demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m aws_reconciler_sandbox.demo", description=__doc__)
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs) after a good run")
     parser.add_argument("--work-dir", type=Path, help="directory for logs and AIRFLOW_HOME (default: a temp dir)")
     parser.add_argument(

@@ -1,4 +1,8 @@
-"""Count and time every AWS call of a boto3 client through botocore's event hooks."""
+"""Count and time every AWS call of a boto3 client through botocore's event hooks.
+
+Here, not in ``metrics``: it joins the AWS error classification (``backends``) with the metric
+definitions, and ``metrics`` stays a leaf.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import time
 from typing import Any
 
 from ..backends.errors import THROTTLING_CODES, is_throttling_message
-from .definitions import Metrics
+from ..metrics.definitions import Metrics
 
 _STARTED = "aws_reconciler_started"
 
@@ -18,13 +22,13 @@ def instrument_client(client: Any, metrics: Metrics) -> None:
     def before(context: dict[str, Any], **_: Any) -> None:
         context[_STARTED] = time.perf_counter()
 
-    def observe(model: Any, context: dict[str, Any], outcome: str) -> None:
-        metrics.aws_requests.labels(service, model.name, outcome).inc()
+    def observe(operation: str, context: dict[str, Any], outcome: str) -> None:
+        metrics.aws_requests.labels(service, operation, outcome).inc()
         if outcome == "throttled":
-            metrics.aws_throttled.labels(service, model.name).inc()
+            metrics.aws_throttled.labels(service, operation).inc()
         started = context.pop(_STARTED, None)
         if started is not None:
-            metrics.aws_duration.labels(service, model.name).observe(time.perf_counter() - started)
+            metrics.aws_duration.labels(service, operation).observe(time.perf_counter() - started)
 
     def after(http_response: Any, parsed: Any, model: Any, context: dict[str, Any], **_: Any) -> None:
         error = (parsed or {}).get("Error") or {}
@@ -35,11 +39,14 @@ def instrument_client(client: Any, metrics: Metrics) -> None:
             outcome = "throttled"
         else:
             outcome = "error"
-        observe(model, context, outcome)
+        observe(model.name, context, outcome)
 
-    def after_error(model: Any, context: dict[str, Any], exception: Exception, **_: Any) -> None:
-        # Connection errors and timeouts never produce a response.
-        observe(model, context, "error")
+    def after_error(event_name: str, context: dict[str, Any], **_: Any) -> None:
+        # Connection errors and timeouts never produce a response, and botocore passes no
+        # operation model with them: the operation is the event name's last part
+        # (``after-call-error.ecs.RunTask``). A handler that raised here would replace the
+        # real exception (a read timeout, NoCredentialsError) with its own TypeError.
+        observe(event_name.rsplit(".", 1)[-1], context, "error")
 
     events = client.meta.events
     events.register("before-call", before)

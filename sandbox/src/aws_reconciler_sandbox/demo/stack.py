@@ -23,7 +23,7 @@ are slower and ``database is locked`` errors can appear under load. PostgreSQL i
 end-to-end tests use. A fallback to SQLite is logged; ``StackOptions(database="postgres")``
 refuses it instead.
 
-The processes, as an operator would run them: ``python -m aws_reconciler.demo.sandbox_entry``
+The processes, as an operator would run them: ``aws-reconciler sandbox``
 (the sandbox with its ECS task and Batch job runners; ECS tasks and Batch jobs get Airflow's
 settings from the task definition's and job definition's environment), ``aws-reconciler db
 migrate`` and ``aws-reconciler run`` (both backends), ``airflow db migrate``, ``airflow
@@ -466,7 +466,8 @@ class LocalStack:
         argv = [
             sys.executable,
             "-m",
-            "aws_reconciler.demo.sandbox_entry",
+            "aws_reconciler.cli",
+            "sandbox",
             "--host",
             "127.0.0.1",
             "--port",
@@ -500,7 +501,7 @@ class LocalStack:
     @property
     def sandbox(self) -> Any:
         """A ``SandboxControlClient`` for the sandbox (faults, task snapshots)."""
-        from ..sandbox import SandboxControlClient
+        from .. import SandboxControlClient
 
         return SandboxControlClient(self.sandbox_env["AWS_ENDPOINT_URL"])
 
@@ -630,14 +631,14 @@ class LocalStack:
     def engine(self) -> Engine:
         """An engine on the stack's database (Airflow's tables and the task store)."""
         if self._engine is None:
-            from ..store.engine import create_store_engine
+            from aws_reconciler.store.engine import create_store_engine
 
             self._engine = create_store_engine(self.database_url, pool_size=2)
         return self._engine
 
     def store_rows(self, *, dag_id: str | None = None, run_id: str | None = None) -> list[StoreRow]:
         """Rows of the task store, oldest first, optionally of one DAG (run)."""
-        from ..store.tables import task
+        from aws_reconciler.store.tables import task
 
         query = sa.select(*[task.c[name] for name in StoreRow.__dataclass_fields__]).order_by(task.c.created_at)
         if dag_id is not None:

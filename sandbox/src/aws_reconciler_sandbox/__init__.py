@@ -1,0 +1,53 @@
+"""Embedded fake AWS for the demo and the tests: moto behind a lock, with fidelity shims.
+
+``SandboxServer`` serves it over HTTP on 127.0.0.1; ``bootstrap`` creates the resources the
+executor needs there; ``SandboxControlClient`` drives a sandbox running in another process.
+``SandboxServer(run_tasks=True)`` also runs each ECS task's and Batch job's container command as a
+local process (``RunnerOptions`` tunes it); ``run_sandbox`` is the ``aws-reconciler sandbox`` command.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .cli import add_sandbox_parser, run_sandbox
+    from .control import SandboxControl, SandboxControlClient, SandboxControlError
+    from .resources import bootstrap
+    from .runner import RunnerOptions
+    from .server import FAKE_CREDENTIALS, SandboxServer
+
+# Loaded on first use: the product's CLI imports ``.cli`` through an entry point to build its
+# parser, and that must not import moto.
+_HOMES = {
+    "FAKE_CREDENTIALS": "server",
+    "RunnerOptions": "runner",
+    "SandboxControl": "control",
+    "SandboxControlClient": "control",
+    "SandboxControlError": "control",
+    "SandboxServer": "server",
+    "add_sandbox_parser": "cli",
+    "bootstrap": "resources",
+    "run_sandbox": "cli",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{home}", __name__), name)
+
+
+__all__ = [
+    "FAKE_CREDENTIALS",
+    "RunnerOptions",
+    "SandboxControl",
+    "SandboxControlClient",
+    "SandboxControlError",
+    "SandboxServer",
+    "add_sandbox_parser",
+    "bootstrap",
+    "run_sandbox",
+]
