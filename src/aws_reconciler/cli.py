@@ -131,8 +131,8 @@ def _add_plugin_commands(commands: Any) -> None:
             continue
         help_text, install = PLUGIN_COMMANDS[name]
         stub = commands.add_parser(name, help=f"{help_text} (needs {install.split(' ')[0]})", add_help=False)
-        stub.add_argument("rest", nargs=argparse.REMAINDER)
-        stub.set_defaults(func=_missing_plugin(name, install))
+        # Whatever options follow are the plugin's: the stub takes them all and says what is missing.
+        stub.set_defaults(func=_missing_plugin(name, install), takes_any_arguments=True)
 
 
 def _missing_plugin(name: str, install: str) -> Callable[[argparse.Namespace], int]:
@@ -180,7 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``aws-reconciler`` command."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and not getattr(args, "takes_any_arguments", False):
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
