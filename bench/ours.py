@@ -15,10 +15,11 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from aws_reconciler.backends.ecs.descriptor import ECS
 from aws_reconciler.config import load_settings
 from aws_reconciler.executor import EcsExecutor
 from aws_reconciler.reconciler.engine import Engine
-from aws_reconciler.reconciler.factory import build_ecs_backend, engine_settings
+from aws_reconciler.reconciler.factory import build_backend, engine_settings
 from aws_reconciler.store import TaskStore, create_store_engine, migrate
 
 ECS_PREFIX = "AIRFLOW__AWS_RECONCILER_ECS__"
@@ -102,7 +103,7 @@ def new_engine(world: Mapping[str, str], store_url: str, *, raised_limits: bool)
     settings = load_settings(environ=env, cfg_path=_NO_CFG)
     return Engine(
         store=TaskStore(create_store_engine(settings.store_url)),
-        backend=build_ecs_backend(settings),
+        backend=build_backend(ECS, settings),
         settings=engine_settings(settings),
     )
 

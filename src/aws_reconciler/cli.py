@@ -83,16 +83,14 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from .backends.ecs.client import make_client
-    from .checks import batch_checks, ecs_checks, render
+    from .backends.client import make_client
+    from .checks import check_backends, render
 
     settings = load_settings()
     settings.require_backend()
-    results = []
-    if settings.ecs.enabled:
-        results += ecs_checks(settings, make_client("ecs", region_name=settings.ecs.region_name))
-    if settings.batch.enabled:
-        results += batch_checks(settings, make_client("batch", region_name=settings.batch.region_name))
+    results = check_backends(
+        settings, lambda d: make_client(d.service, region_name=d.settings_of(settings).region_name)
+    )
     print(render(results))
     missing = [r for r in results if not r.ok]
     if missing:

@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
-from aws_reconciler.backends.ecs.spec import InvalidExecutorConfig, build_run_task_request
+from aws_reconciler.backends.ecs.spec import build_run_task_request
 from aws_reconciler.backends.merge import deep_merge
+from aws_reconciler.backends.requests import InvalidExecutorConfig
 from aws_reconciler.config import load_settings
 from aws_reconciler.config.models import EcsSettings
 from aws_reconciler.model import TiKey

@@ -10,13 +10,14 @@ from typing import Any
 from sqlalchemy.engine import Engine as DbEngine
 
 from aws_reconciler.backends.batch.backend import BatchBackend
+from aws_reconciler.backends.batch.descriptor import BATCH
 from aws_reconciler.backends.batch.spec import build_submit_job_request
-from aws_reconciler.backends.ecs.client import aws_client_config
+from aws_reconciler.backends.client import aws_client_config
 from aws_reconciler.backends.tags import ID_TAG
 from aws_reconciler.config import Settings
 from aws_reconciler.model import Backend, TiKey
 from aws_reconciler.reconciler.engine import Engine
-from aws_reconciler.reconciler.factory import build_batch_backend, engine_settings
+from aws_reconciler.reconciler.factory import build_backend, engine_settings
 from aws_reconciler.store import NewTask, TaskRecord, TaskStore
 from aws_reconciler_sandbox import SandboxServer
 from support.scenario import FakeClock
@@ -51,8 +52,8 @@ class Harness:
 
     def backend(self, *, client: Any = None) -> BatchBackend:
         """The factory's Batch backend on the fake clock, pausing only briefly after AWS throttles."""
-        backend = build_batch_backend(
-            self.settings, client=client if client is not None else self.client(), clock=self.clock
+        backend = build_backend(
+            BATCH, self.settings, client=client if client is not None else self.client(), clock=self.clock
         )
         backend.throttle_pause = 0.01
         return backend

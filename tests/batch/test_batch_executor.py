@@ -361,9 +361,7 @@ def _record(external_id: str | None) -> TaskRecord:
 def _executor_with(fake: _FakeBatch, store_url: str, make_settings: SettingsFactory) -> BatchExecutor:
     executor = BatchExecutor()
     executor._settings = make_settings(store_url, AIRFLOW__AWS_RECONCILER_BATCH__REGION_NAME="eu-west-1")
-    executor.__dict__["_aws_reconciler_task_logs"] = TaskLogs(
-        region_name=None, client_factory=lambda service, region: fake
-    )
+    executor._task_logs = TaskLogs(region_name=None, client_factory=lambda service, region: fake)
     return executor
 
 

@@ -58,7 +58,7 @@ def test_settings_parse_and_enable_the_backend() -> None:
     settings = load_settings(environ=BASE, cfg_path=Path("/none"))
     assert settings.batch.enabled and not settings.ecs.enabled
     settings.require_backend()  # Batch alone is enough for the reconciler
-    assert settings.batch.job_queues == ["main", "gpu", "spot"]
+    assert settings.batch.targets == ["main", "gpu", "spot"]
     assert settings.batch.max_submit_job_attempts == 3
     assert settings.batch.submit_job_kwargs["timeout"] == {"attemptDurationSeconds": 3600}
     assert settings.core.batch_submit_rate == 50 and settings.core.batch_describe_rate == 50

@@ -12,11 +12,12 @@ from batch_support import DEPLOYMENT, Harness
 
 from aws_reconciler.backends.batch.backend import BatchBackend
 from aws_reconciler.backends.ecs.backend import EcsBackend
+from aws_reconciler.backends.ecs.descriptor import ECS
 from aws_reconciler.backends.ecs.spec import build_run_task_request
 from aws_reconciler.config import load_settings
 from aws_reconciler.model import Backend, Phase, TiKey
 from aws_reconciler.reconciler.engine import Engine
-from aws_reconciler.reconciler.factory import build_ecs_backend, build_runner, engine_settings
+from aws_reconciler.reconciler.factory import build_backend, build_runner, engine_settings
 from aws_reconciler.reconciler.leader import LeaderElector
 from aws_reconciler.reconciler.runner import Runner
 from aws_reconciler.store import LeaseStore, NewTask, TaskStore, Waker
@@ -103,10 +104,9 @@ def _runner(h: Harness) -> tuple[Runner, Engine, Engine]:
         lease_duration=core.lease_duration,
         renew_deadline=core.renew_deadline,
         retry_period=core.retry_period,
-        clock=h.clock,
     )
     assert elector.try_once()
-    ecs_backend = build_ecs_backend(h.settings, client=h.sandbox.client("ecs"))
+    ecs_backend = build_backend(ECS, h.settings, client=h.sandbox.client("ecs"))
     ecs_backend.throttle_pause = 0.01
     ecs = Engine(
         store=h.store,

@@ -16,12 +16,13 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from airflow.models.taskinstancekey import TaskInstanceKey
 
+from aws_reconciler.backends.ecs.descriptor import ECS, is_pinned, task_id_of
 from aws_reconciler.backends.ecs.spec import build_run_task_request
 from aws_reconciler.executor import EcsExecutor
-from aws_reconciler.executor.logs import LogLocation, TaskLogs, is_pinned, task_id_of, task_logs_of
+from aws_reconciler.executor.logs import LogLocation, TaskLogs
 from aws_reconciler.model import Backend, Phase, TiKey
 from aws_reconciler.reconciler.engine import Engine
-from aws_reconciler.reconciler.factory import build_ecs_backend, engine_settings
+from aws_reconciler.reconciler.factory import build_backend, engine_settings
 from aws_reconciler.store import NewTask, TaskStore, create_store_engine
 from aws_reconciler_sandbox import SandboxServer, bootstrap
 from aws_reconciler_sandbox.runner import RunnerOptions
@@ -178,7 +179,7 @@ def world(
     store = TaskStore(executor.store.engine)
     engine = Engine(
         store=store,
-        backend=build_ecs_backend(settings, client=sandbox.client("ecs")),
+        backend=build_backend(ECS, settings, client=sandbox.client("ecs")),
         settings=engine_settings(settings),
     )
     try:
@@ -193,7 +194,7 @@ def test_executor_init_does_no_io(sandbox: SandboxServer) -> None:
     sandbox.reset_calls()
     executor = EcsExecutor(parallelism=1)
     assert executor._settings is None and executor._store is None
-    assert "_aws_reconciler_task_logs" not in executor.__dict__
+    assert executor._task_logs is None
     assert sandbox.calls() == {}
 
 
@@ -233,7 +234,7 @@ def test_pages_are_followed_and_the_output_is_bounded(world: World) -> None:
     printed = [f"line {i:02d}" for i in range(25)]
     record_id = world.add(*printed)
     world.launch()
-    logs = task_logs_of(world.executor)
+    logs = world.executor.task_logs()
     logs.page_size = 10
     wait_for(lambda: world.log(record_id)[1] == printed, timeout=30, what="25 lines over 3 pages")
 

@@ -27,14 +27,15 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from aws_reconciler.backends.ecs.client import aws_client_config
+from aws_reconciler.backends.client import aws_client_config
+from aws_reconciler.backends.ecs.descriptor import ECS
 from aws_reconciler.backends.ecs.spec import build_run_task_request
 from aws_reconciler.config import Settings
 from aws_reconciler.metrics.definitions import Metrics
 from aws_reconciler.metrics.server import MetricsServer
 from aws_reconciler.model import Backend, TiKey
 from aws_reconciler.reconciler.engine import Engine
-from aws_reconciler.reconciler.factory import build_ecs_backend, engine_settings
+from aws_reconciler.reconciler.factory import build_backend, engine_settings
 from aws_reconciler.reconciler.instrument import instrument_client
 from aws_reconciler.reconciler.leader import LeaderElector
 from aws_reconciler.reconciler.runner import Runner
@@ -372,7 +373,7 @@ def build_replica(name: str, *, settings: Settings, sandbox: SandboxServer, stor
     metrics = Metrics()
     client = sandbox.client("ecs", config=aws_client_config(max_pool_connections=core.launch_concurrency + 4))
     instrument_client(client, metrics)
-    backend = build_ecs_backend(settings, client=client)
+    backend = build_backend(ECS, settings, client=client)
     backend.throttle_pause = 0.05
     db = create_store_engine(store_url)
     elector = LeaderElector(

@@ -19,15 +19,16 @@ import pytest
 from sqlalchemy.engine import Engine as DbEngine
 from sqlalchemy.exc import OperationalError
 
+from aws_reconciler.backends.client import aws_client_config
 from aws_reconciler.backends.ecs.backend import EcsBackend
-from aws_reconciler.backends.ecs.client import aws_client_config
+from aws_reconciler.backends.ecs.descriptor import ECS
 from aws_reconciler.backends.ecs.spec import build_run_task_request
 from aws_reconciler.backends.errors import RetriableError
 from aws_reconciler.backends.tags import DEPLOYMENT_TAG, ID_TAG
 from aws_reconciler.config import Settings
 from aws_reconciler.model import Backend, Phase, TiKey
 from aws_reconciler.reconciler.engine import Engine
-from aws_reconciler.reconciler.factory import build_ecs_backend, engine_settings
+from aws_reconciler.reconciler.factory import build_backend, engine_settings
 from aws_reconciler.reconciler.leader import LeaderElector
 from aws_reconciler.reconciler.result import Result
 from aws_reconciler.reconciler.runner import Runner
@@ -62,7 +63,7 @@ class Harness:
 
     def backend(self, *, client: Any = None) -> EcsBackend:
         """The factory's ECS backend, pausing only briefly (real time) after AWS throttles."""
-        backend = build_ecs_backend(self.settings, client=client if client is not None else self.client())
+        backend = build_backend(ECS, self.settings, client=client if client is not None else self.client())
         backend.throttle_pause = 0.01
         return backend
 
@@ -818,7 +819,6 @@ def _elector(h: Harness, *, holder: str = "replica-a", monotonic: Callable[[], f
         lease_duration=core.lease_duration,
         renew_deadline=core.renew_deadline,
         retry_period=core.retry_period,
-        clock=h.clock,
         **({"monotonic": monotonic} if monotonic else {}),
     )
 

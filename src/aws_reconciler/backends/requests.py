@@ -7,7 +7,9 @@ checks whose logic is the same for RunTask and SubmitJob.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
@@ -15,6 +17,7 @@ import botocore.session
 from botocore.model import StructureShape
 from botocore.validate import ParamValidator
 
+from ..config.models import BackendSettings
 from .tags import IDENTITY_TAGS
 
 
@@ -58,6 +61,50 @@ def check_keys(
                 key, f"not a {operation} parameter; expected one of: {', '.join(sorted(allowed))}"
             )
     return executor_config
+
+
+@dataclass(frozen=True)
+class TaskConfigRules:
+    """What a backend's per-task ``executor_config`` may hold: parameters of ``service``'s
+    ``operation`` (botocore's model says which), none of ``reserved`` (key -> why), and a target
+    under ``target_key`` that the backend's section allows."""
+
+    service: str
+    operation: str
+    target_key: str
+    reserved: Mapping[str, str]
+
+    @property
+    def shape(self) -> StructureShape:
+        """The operation's input shape."""
+        return input_shape(self.service, self.operation)
+
+    def check(self, executor_config: Any, section: BackendSettings) -> dict[str, Any]:
+        """The checks every backend makes alike; an empty dict when ``executor_config`` is unset."""
+        config = check_keys(executor_config, shape=self.shape, operation=self.operation, reserved=self.reserved)
+        if config is None:
+            return {}
+        check_allowed(config, self.target_key, section.targets, section=section.section, setting=section.allowed_field)
+        return dict(config)
+
+
+def check_command_not_overridden(container: Any, *, key: str, what: str) -> None:
+    """The executor sets the command that runs the Airflow task; a per-task override would replace it."""
+    if isinstance(container, Mapping) and "command" in container:
+        raise InvalidExecutorConfig(key, f"{what} runs the Airflow task and is set by the executor")
+
+
+def check_size(payload: Any, *, limit: int, key: str, what: str, encode: bool = False) -> None:
+    """``payload`` as compact JSON must stay within AWS's ``limit`` (characters, or bytes with ``encode``)."""
+    text = json.dumps(payload, separators=(",", ":"))
+    size = len(text.encode()) if encode else len(text)
+    if size > limit:
+        unit = "bytes" if encode else "characters"
+        raise InvalidExecutorConfig(
+            key,
+            f"{what} is {size} {unit}, over AWS's limit of {limit} "
+            "(the Airflow workload is part of the container command: shorten overrides or environment)",
+        )
 
 
 def check_allowed(

@@ -18,6 +18,8 @@ DEPLOYMENT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9+=._:/@-]{0,35}$"
 
 # Options whose value must never be printed, exported or logged.
 SECRET_OPTIONS = frozenset({"store_url"})
+# Options whose empty value means "off" rather than "unset" (every other empty option is unset).
+EMPTY_MEANS_OFF = frozenset({"metrics_address"})
 
 
 def _split_list(value: Any) -> Any:
@@ -112,6 +114,25 @@ class CoreSettings(SectionSettings):
     retry_period: float = Field(
         2.0, gt=0, description="Seconds between lease renewals and standby acquisition attempts."
     )
+    aws_call_timeout: float | None = Field(
+        None,
+        gt=0,
+        description=(
+            "Seconds one AWS call may take in all (connecting and waiting for the answer) before it counts as "
+            "failed with an unknown outcome. renew_deadline + aws_call_timeout must stay below lease_duration, so "
+            "a launch or stop a leader sent has landed before another replica can take over. Defaults to 80% of "
+            "lease_duration - renew_deadline (4 s with the default lease)."
+        ),
+    )
+    missing_grace: float = Field(
+        120.0,
+        ge=0,
+        description=(
+            "Seconds after a launch during which AWS not knowing the task or job (DescribeTasks MISSING, absent "
+            "from DescribeJobs) is taken for eventual consistency, not for its end; only after it does the task "
+            "instance fail."
+        ),
+    )
     ecs_run_task_rate: float = Field(
         40.0, gt=0, description="Client-side sustained rate (calls/s) of RunTask+StopTask."
     )
@@ -164,13 +185,89 @@ class CoreSettings(SectionSettings):
             raise ValueError(
                 f"retry_period ({self.retry_period}) must be shorter than renew_deadline ({self.renew_deadline})"
             )
+        if self.aws_call_timeout is not None and not self.renew_deadline + self.aws_call_timeout < self.lease_duration:
+            raise ValueError(
+                f"renew_deadline ({self.renew_deadline}) + aws_call_timeout ({self.aws_call_timeout}) must be shorter "
+                f"than lease_duration ({self.lease_duration}), so a call a leader sent lands before another can take over"
+            )
         return self
 
+    @property
+    def call_timeout(self) -> float:
+        """The bound of one AWS call: ``aws_call_timeout``, or 80% of the lease's slack beyond ``renew_deadline``."""
+        if self.aws_call_timeout is not None:
+            return self.aws_call_timeout
+        return 0.8 * (self.lease_duration - self.renew_deadline)
 
-class EcsSettings(SectionSettings):
+
+class BackendSettings(SectionSettings):
+    """Base of a backend's section: one *target* (cluster, job queue) enables it, more may be allowed.
+
+    Subclasses name their fields in the ClassVars; decoding of list and JSON values, ``enabled``,
+    ``targets`` and ``max_attempts`` are the same for every backend and live here.
+    """
+
+    # The option whose value enables the backend and is the default target.
+    target_field: ClassVar[str]
+    # The option listing further targets a task may choose through executor_config.
+    allowed_field: ClassVar[str]
+    # The option bounding launch/submit attempts per queueing (named as the provider names it).
+    attempts_field: ClassVar[str]
+    # Options written as comma lists or JSON lists; options written as JSON (objects default to {}).
+    list_fields: ClassVar[frozenset[str]] = frozenset()
+    json_fields: ClassVar[frozenset[str]] = frozenset()
+    json_object_fields: ClassVar[frozenset[str]] = frozenset()
+
+    region_name: str | None = Field(
+        None, description="AWS region; defaults to the boto3 chain (AWS_DEFAULT_REGION...)."
+    )
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _decode(cls, value: Any, info: ValidationInfo) -> Any:
+        name = info.field_name or ""
+        if name in cls.list_fields:
+            return _split_list(value)
+        if name in cls.json_fields or name in cls.json_object_fields:
+            decoded = _json_value(value)
+            return {} if decoded is None and name in cls.json_object_fields else decoded
+        return value
+
+    @property
+    def target(self) -> str | None:
+        """The default cluster / job queue; ``None`` when the backend is not configured."""
+        value = getattr(self, self.target_field)
+        return str(value) if value is not None else None
+
+    @property
+    def enabled(self) -> bool:
+        """The backend runs when its target is configured."""
+        return self.target is not None
+
+    @property
+    def targets(self) -> list[str]:
+        """Every target the executor may send to and the reconciler must watch, the default first."""
+        if self.target is None:
+            return []
+        allowed: list[str] = getattr(self, self.allowed_field)
+        return [self.target, *[t for t in allowed if t != self.target]]
+
+    @property
+    def max_attempts(self) -> int:
+        """Launch (submit) attempts per queueing before the task instance fails."""
+        return int(getattr(self, self.attempts_field))
+
+
+class EcsSettings(BackendSettings):
     """``[aws_reconciler_ecs]``: how task instances become ECS tasks (mirrors ``[aws_ecs_executor]``)."""
 
     section: ClassVar[str] = "aws_reconciler_ecs"
+    target_field: ClassVar[str] = "cluster"
+    allowed_field: ClassVar[str] = "allowed_clusters"
+    attempts_field: ClassVar[str] = "max_launch_attempts"
+    list_fields: ClassVar[frozenset[str]] = frozenset({"allowed_clusters", "subnets", "security_groups"})
+    json_fields: ClassVar[frozenset[str]] = frozenset({"capacity_provider_strategy"})
+    json_object_fields: ClassVar[frozenset[str]] = frozenset({"run_task_kwargs"})
 
     cluster: str | None = Field(
         None, description="ECS cluster name or ARN tasks run in. Setting it enables the ECS backend."
@@ -204,9 +301,6 @@ class EcsSettings(SectionSettings):
     assign_public_ip: bool = Field(
         False, description="Give awsvpc tasks a public IP (needed in public subnets without NAT)."
     )
-    region_name: str | None = Field(
-        None, description="AWS region; defaults to the boto3 chain (AWS_DEFAULT_REGION...)."
-    )
     run_task_kwargs: Annotated[dict[str, Any], NoDecode] = Field(
         default_factory=dict,
         description=(
@@ -220,19 +314,6 @@ class EcsSettings(SectionSettings):
         description="Launch attempts per queueing before the task instance fails (retriable failures only).",
     )
 
-    @field_validator("allowed_clusters", "subnets", "security_groups", mode="before")
-    @classmethod
-    def _lists(cls, value: Any) -> Any:
-        return _split_list(value)
-
-    @field_validator("capacity_provider_strategy", "run_task_kwargs", mode="before")
-    @classmethod
-    def _json(cls, value: Any, info: ValidationInfo) -> Any:
-        decoded = _json_value(value)
-        if decoded is None and info.field_name == "run_task_kwargs":
-            return {}
-        return decoded
-
     @model_validator(mode="after")
     def _consistent(self) -> EcsSettings:
         if self.launch_type and self.capacity_provider_strategy:
@@ -243,23 +324,16 @@ class EcsSettings(SectionSettings):
                 raise ValueError(f"cluster is set but {', '.join(missing)} is not")
         return self
 
-    @property
-    def enabled(self) -> bool:
-        """The ECS backend runs when a cluster is configured."""
-        return self.cluster is not None
 
-    @property
-    def clusters(self) -> list[str]:
-        """Every cluster the executor may target and the reconciler must watch."""
-        if self.cluster is None:
-            return []
-        return [self.cluster, *[c for c in self.allowed_clusters if c != self.cluster]]
-
-
-class BatchSettings(SectionSettings):
+class BatchSettings(BackendSettings):
     """``[aws_reconciler_batch]``: how task instances become AWS Batch jobs (mirrors ``[aws_batch_executor]``)."""
 
     section: ClassVar[str] = "aws_reconciler_batch"
+    target_field: ClassVar[str] = "job_queue"
+    allowed_field: ClassVar[str] = "allowed_job_queues"
+    attempts_field: ClassVar[str] = "max_submit_job_attempts"
+    list_fields: ClassVar[frozenset[str]] = frozenset({"allowed_job_queues"})
+    json_object_fields: ClassVar[frozenset[str]] = frozenset({"submit_job_kwargs"})
 
     job_queue: str | None = Field(
         None, description="Batch job queue name or ARN jobs are submitted to. Setting it enables the Batch backend."
@@ -276,9 +350,6 @@ class BatchSettings(SectionSettings):
         description=(
             "Job definition name, name:revision or ARN; its container (containerProperties) runs the Airflow task."
         ),
-    )
-    region_name: str | None = Field(
-        None, description="AWS region; defaults to the boto3 chain (AWS_DEFAULT_REGION...)."
     )
     submit_job_kwargs: Annotated[dict[str, Any], NoDecode] = Field(
         default_factory=dict,
@@ -305,32 +376,18 @@ class BatchSettings(SectionSettings):
             "task_queued_timeout: a job starting later could not run its task (the workload token has expired)."
         ),
     )
-
-    @field_validator("allowed_job_queues", mode="before")
-    @classmethod
-    def _lists(cls, value: Any) -> Any:
-        return _split_list(value)
-
-    @field_validator("submit_job_kwargs", mode="before")
-    @classmethod
-    def _json(cls, value: Any) -> Any:
-        decoded = _json_value(value)
-        return {} if decoded is None else decoded
+    lookup_delay: float = Field(
+        15.0,
+        ge=0,
+        description=(
+            "Seconds after a SubmitJob that may have created a job (its answer lost: 5xx, timeout, crash) before "
+            "the reconciler looks the job's name up to submit it again: ListJobs may not list a new job at once. "
+            "Should two jobs of one task instance run anyway, the most advanced is kept and the others stopped."
+        ),
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> BatchSettings:
         if self.job_queue is not None and not self.job_definition:
             raise ValueError("job_queue is set but job_definition is not")
         return self
-
-    @property
-    def enabled(self) -> bool:
-        """The Batch backend runs when a job queue is configured."""
-        return self.job_queue is not None
-
-    @property
-    def job_queues(self) -> list[str]:
-        """Every job queue the executor may target and the reconciler must watch."""
-        if self.job_queue is None:
-            return []
-        return [self.job_queue, *[q for q in self.allowed_job_queues if q != self.job_queue]]

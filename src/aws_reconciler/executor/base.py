@@ -6,6 +6,7 @@ transaction per ``_process_workloads`` call and one indexed query per ``sync``.
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -13,13 +14,16 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from airflow.executors.base_executor import BaseExecutor
 from airflow.observability.stats import Stats
 
+from ..backends.descriptor import BackendDescriptor, LogLocation, LogSubject, LogsUnavailable
 from ..backends.requests import InvalidExecutorConfig
 from ..config import ConfigError, Settings, load_settings
-from ..model import Backend, Phase, TiKey
+from ..model import Backend, Phase
 from ..store.engine import create_store_engine
 from ..store.migrate import check_schema, migrate
-from ..store.records import NewTask
+from ..store.queries import TaskQueries
+from ..store.records import NewTask, TaskRecord
 from ..store.tasks import TaskStore
+from .logs import TaskLogs, read_task_log
 from .workload import ti_key, ti_key_of_model, workload_command
 
 if TYPE_CHECKING:
@@ -31,11 +35,11 @@ class SpecError(ValueError):
 
 
 class ReconcilerExecutor(BaseExecutor):
-    """Base of :class:`EcsExecutor` and friends. Subclasses say how a workload becomes a request."""
+    """Base of :class:`EcsExecutor` and friends: a subclass names its backend's descriptor, which
+    says how a workload becomes a request, what the backend's settings are and where logs are."""
 
+    descriptor: ClassVar[BackendDescriptor]
     backend: ClassVar[Backend]
-    # The request key that names the target the reconciler watches (cluster / job queue).
-    target_key: ClassVar[str]
     # Airflow 3.3+: the scheduler writes a UUID into ti.external_executor_id in the same UPDATE
     # that sets QUEUED; it is our record id, clientToken stem and identity tag.
     pre_assigns_external_executor_id: ClassVar[bool] = True
@@ -44,11 +48,19 @@ class ReconcilerExecutor(BaseExecutor):
     is_production = True
     serve_logs = False
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "descriptor" in cls.__dict__:
+            cls.backend = cls.descriptor.kind
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         # The API server instantiates executors too (for logs): no I/O here.
         super().__init__(*args, **kwargs)
         self._settings: Settings | None = None
         self._store: TaskStore | None = None
+        self._task_logs: TaskLogs | None = None
+        # The API server serves log requests from a thread pool.
+        self._task_logs_lock = threading.Lock()
 
     # ---- wiring ---------------------------------------------------------------------------
 
@@ -74,7 +86,7 @@ class ReconcilerExecutor(BaseExecutor):
     def start(self) -> None:
         """Validate settings and the store; create the store's tables on first start."""
         settings = self.settings
-        self.check_settings(settings)
+        self.descriptor.require(settings)
         if settings.core.check_health_on_startup:
             engine = self.store.engine
             try:
@@ -92,13 +104,11 @@ class ReconcilerExecutor(BaseExecutor):
 
         return redact_url(self.settings.store_url)
 
-    def check_settings(self, settings: Settings) -> None:
-        """Subclasses raise :class:`ConfigError` when their backend is not configured."""
-
     def build_spec(self, *, record_id: str, workload: Any) -> tuple[dict[str, Any], str | None]:
         """The resolved AWS request and its target (cluster / job queue); raises :class:`SpecError`."""
         try:
-            spec = self.build_request(
+            spec = self.descriptor.build_request(
+                self.descriptor.settings_of(self.settings),
                 deployment=self.settings.core.deployment,
                 record_id=record_id,
                 key=ti_key(workload),
@@ -107,13 +117,7 @@ class ReconcilerExecutor(BaseExecutor):
             )
         except InvalidExecutorConfig as exc:
             raise SpecError(str(exc)) from None
-        return spec, spec[self.target_key]
-
-    def build_request(
-        self, *, deployment: str, record_id: str, key: TiKey, command: Sequence[str], executor_config: Any
-    ) -> dict[str, Any]:
-        """Subclasses resolve their backend's request or raise :class:`InvalidExecutorConfig`."""
-        raise NotImplementedError
+        return spec, spec[self.descriptor.target_key]
 
     # ---- the scheduler's calls ------------------------------------------------------------
 
@@ -218,12 +222,36 @@ class ReconcilerExecutor(BaseExecutor):
     def get_task_log(self, ti: TaskInstance, try_number: int) -> tuple[list[str], list[str]]:
         """``(sources, lines)``: the CloudWatch Logs output of the try's container, for the Airflow UI.
 
-        Called by the API server while the TI runs; the subclass's ``_log_location(record)`` says
-        where its backend's logs are (see :mod:`aws_reconciler.executor.logs`). Never raises.
+        Called by the API server while the TI runs; the backend descriptor's locator says where
+        its logs are (see :mod:`aws_reconciler.executor.logs`). Never raises.
         """
-        from .logs import read_task_log
+        return read_task_log(
+            TaskQueries(self.store.engine),
+            ti,
+            try_number,
+            backend=self.backend,
+            locate=self._log_location,
+            reader=self.task_logs,
+        )
 
-        return read_task_log(self, ti, try_number)
+    def task_logs(self) -> TaskLogs:
+        """This executor's CloudWatch reader and cache, created on first use (``__init__`` stays I/O-free)."""
+        with self._task_logs_lock:
+            if self._task_logs is None:
+                self._task_logs = TaskLogs(region_name=self.descriptor.settings_of(self.settings).region_name)
+            return self._task_logs
+
+    def _log_location(self, record: TaskRecord) -> LogLocation | None:
+        """Where the try's container logs, by the backend's locator; ``None`` until it has a stream."""
+        if not record.external_id:
+            raise LogsUnavailable(f"the {self.backend.value} task of record {record.id} has not been launched yet")
+        queries = TaskQueries(self.store.engine)
+        subject = LogSubject(
+            record_id=record.id,
+            external_id=record.external_id,
+            request_field=lambda name: queries.request_field(record.id, name),
+        )
+        return self.descriptor.locate_logs(self.task_logs(), self.descriptor.settings_of(self.settings), subject)
 
     def end(self) -> None:
         """Nothing to wait for: tasks keep running and the next scheduler adopts them."""

@@ -9,12 +9,11 @@ from collections.abc import Callable
 from datetime import datetime
 
 from ..backends.base import TaskBackend
-from ..backends.batch.backend import BatchBackend
-from ..backends.batch.spec import check_settings as check_batch_settings
 from ..backends.calls import always
-from ..backends.ecs.backend import EcsBackend
-from ..backends.ecs.client import make_client
-from ..backends.ratelimit import TokenBucket
+from ..backends.client import make_client
+from ..backends.descriptor import BackendDescriptor
+from ..backends.registry import descriptor_for
+from ..backends.registry import enabled as enabled_backends
 from ..config import Settings
 from ..metrics.definitions import Metrics
 from ..model import Backend
@@ -32,10 +31,9 @@ from .runner import Runner
 def engine_settings(settings: Settings, backend: Backend = Backend.ECS) -> EngineSettings:
     """The subset of settings the engine of ``backend`` uses."""
     core = settings.core
-    attempts = settings.ecs.max_launch_attempts if backend is Backend.ECS else settings.batch.max_submit_job_attempts
     return EngineSettings(
         deployment=core.deployment,
-        max_launch_attempts=attempts,
+        max_launch_attempts=descriptor_for(backend).settings_of(settings).max_attempts,
         task_queued_timeout=settings.task_queued_timeout,
         reconcile_interval=core.reconcile_interval,
         resync_interval=core.resync_interval,
@@ -47,57 +45,28 @@ def engine_settings(settings: Settings, backend: Backend = Backend.ECS) -> Engin
     )
 
 
-def build_ecs_backend(
-    settings: Settings,
-    *,
-    client: object | None = None,
-    metrics: Metrics | None = None,
-    may_act: Callable[[], bool] = always,
-) -> EcsBackend:
-    """The ECS backend with buckets shaped like AWS's; its client's calls are counted in ``metrics``."""
-    core, ecs = settings.core, settings.ecs
-    assert ecs.container_name is not None
-    if client is None:
-        client = make_client("ecs", region_name=ecs.region_name, max_pool_connections=core.launch_concurrency + 4)
-        if metrics is not None:
-            instrument_client(client, metrics)
-    return EcsBackend(
-        client=client,
-        deployment=core.deployment,
-        clusters=ecs.clusters,
-        container_name=ecs.container_name,
-        run_task_bucket=TokenBucket(rate=core.ecs_run_task_rate, burst=core.ecs_run_task_burst),
-        describe_bucket=TokenBucket(rate=core.ecs_describe_rate, burst=core.ecs_describe_burst),
-        fargate_bucket=TokenBucket(rate=core.fargate_launch_rate, burst=core.fargate_launch_burst),
-        may_act=may_act,
-    )
-
-
-def build_batch_backend(
+def build_backend(
+    descriptor: BackendDescriptor,
     settings: Settings,
     *,
     client: object | None = None,
     metrics: Metrics | None = None,
     clock: Callable[[], datetime] | None = None,
     may_act: Callable[[], bool] = always,
-) -> BatchBackend:
-    """The Batch backend with its own buckets (SubmitJob is limited per account, apart from ECS)."""
-    core, batch = settings.core, settings.batch
-    check_batch_settings(batch)
+) -> TaskBackend:
+    """``descriptor``'s backend with its own client and buckets shaped like AWS's; the client's
+    calls are counted in ``metrics``. Each backend has its own client: ECS and Batch quotas are
+    separate, and so is their connection pool."""
     if client is None:
-        client = make_client("batch", region_name=batch.region_name, max_pool_connections=core.launch_concurrency + 4)
+        section = descriptor.settings_of(settings)
+        client = make_client(
+            descriptor.service,
+            region_name=section.region_name,
+            max_pool_connections=settings.core.launch_concurrency + 4,
+        )
         if metrics is not None:
             instrument_client(client, metrics)
-    return BatchBackend(
-        client=client,
-        deployment=core.deployment,
-        job_queues=batch.job_queues,
-        submit_bucket=TokenBucket(rate=core.batch_submit_rate, burst=core.batch_submit_burst),
-        describe_bucket=TokenBucket(rate=core.batch_describe_rate, burst=core.batch_describe_burst),
-        runnable_timeout=settings.runnable_timeout,
-        clock=clock,
-        may_act=may_act,
-    )
+    return descriptor.build(settings, client=client, may_act=may_act, clock=clock)
 
 
 def holder_identity() -> str:
@@ -122,11 +91,10 @@ def build_runner(settings: Settings, *, metrics: Metrics | None = None) -> Runne
         retry_period=core.retry_period,
     )
     # One engine per configured backend, each with its own client, buckets and attempt budget.
-    backends: list[TaskBackend] = []
-    if settings.ecs.enabled:
-        backends.append(build_ecs_backend(settings, metrics=metrics, may_act=elector.is_leader))
-    if settings.batch.enabled:
-        backends.append(build_batch_backend(settings, metrics=metrics, may_act=elector.is_leader))
+    backends = [
+        build_backend(descriptor, settings, metrics=metrics, may_act=elector.is_leader)
+        for descriptor in enabled_backends(settings)
+    ]
     engines = [
         Engine(
             store=store,

@@ -53,9 +53,10 @@ class TaskQueries:
             row = conn.execute(query).mappings().first()
         return _record(row) if row else None
 
-    def task_definition(self, record_id: str) -> str | None:
-        """The ``taskDefinition`` of an ECS row's launch request: that one value, not the spec."""
-        query = sa.select(task.c.spec["taskDefinition"].as_string()).where(task.c.id == record_id)
+    def request_field(self, record_id: str, name: str) -> str | None:
+        """One top-level field of a row's launch request (``taskDefinition``), never the spec whole:
+        the spec carries the workload token, which a log view has no use for."""
+        query = sa.select(task.c.spec[name].as_string()).where(task.c.id == record_id)
         with self.engine.connect() as conn:
             value = conn.execute(query).scalar()
         return str(value) if value else None
@@ -99,6 +100,7 @@ class TaskQueries:
         query = sa.select(*_LIGHT_COLUMNS).where(task.c.phase == Phase.FAILED.value)
         if backends:
             query = query.where(task.c.backend.in_([b.value for b in backends]))
-        query = query.order_by(task.c.finished_at.desc().nulls_last(), task.c.id.desc()).limit(limit)
+        # NULLS LAST spelled portably (MySQL has no NULLS LAST).
+        query = query.order_by(task.c.finished_at.is_(None), task.c.finished_at.desc(), task.c.id.desc()).limit(limit)
         with self.engine.connect() as conn:
             return [_record(r) for r in conn.execute(query).mappings()]

@@ -8,7 +8,6 @@ reconciler later only adds the per-attempt ``jobName``.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -19,7 +18,15 @@ from ...config import ConfigError
 from ...config.models import BatchSettings
 from ...model import TiKey
 from ..merge import deep_merge
-from ..requests import InvalidExecutorConfig, check_allowed, check_keys, check_no_identity_tags, input_shape, validate
+from ..requests import (
+    InvalidExecutorConfig,
+    TaskConfigRules,
+    check_command_not_overridden,
+    check_no_identity_tags,
+    check_size,
+    input_shape,
+    validate,
+)
 from ..tags import identity_tags
 
 __all__ = ["InvalidExecutorConfig", "build_submit_job_request", "check_settings", "job_name", "submit_job_shape"]
@@ -42,6 +49,7 @@ RESERVED_KEYS = {
     "ecsPropertiesOverride": f"not supported; {_NOT_CONTAINER}",
     "eksPropertiesOverride": f"not supported; {_NOT_CONTAINER}",
 }
+TASK_CONFIG = TaskConfigRules(service="batch", operation="SubmitJob", target_key="jobQueue", reserved=RESERVED_KEYS)
 _NAME_SAFE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # What the lookup before a submit needs to fill in; any valid name of the same length would do.
 _PLACEHOLDER_ID = "0" * 36
@@ -116,30 +124,19 @@ def build_submit_job_request(
     # Validated as it will be sent; the name stands in for the per-attempt one of the same length.
     candidate = {**request, "jobName": job_name(_PLACEHOLDER_ID, 1)}
     validate(candidate, submit_job_shape())
-    size = len(json.dumps(candidate, separators=(",", ":")).encode())
-    if size > MAX_PAYLOAD_BYTES:
-        raise InvalidExecutorConfig(
-            "containerOverrides",
-            f"the SubmitJob request is {size} bytes, over Batch's limit of {MAX_PAYLOAD_BYTES} "
-            "(the Airflow workload is part of the container command: shorten overrides or environment)",
-        )
+    check_size(candidate, limit=MAX_PAYLOAD_BYTES, key="containerOverrides", what="the SubmitJob request", encode=True)
     return request
 
 
 def _check_executor_config(executor_config: Any, batch: BatchSettings) -> dict[str, Any]:
-    config = check_keys(executor_config, shape=submit_job_shape(), operation="SubmitJob", reserved=RESERVED_KEYS)
-    if config is None:
-        return {}
-    check_allowed(config, "jobQueue", batch.job_queues, section="aws_reconciler_batch", setting="allowed_job_queues")
+    config = TASK_CONFIG.check(executor_config, batch)
     tags = config.get("tags")
     if isinstance(tags, Mapping):
         check_no_identity_tags(tags)
-    container = config.get("containerOverrides")
-    if isinstance(container, Mapping) and "command" in container:
-        raise InvalidExecutorConfig(
-            "containerOverrides.command", "the container's command runs the Airflow task and is set by the executor"
-        )
-    return dict(config)
+    check_command_not_overridden(
+        config.get("containerOverrides"), key="containerOverrides.command", what="the container's command"
+    )
+    return config
 
 
 def _check_environment(environment: Any) -> None:

@@ -7,7 +7,6 @@ reconciler later only adds the per-attempt ``clientToken``.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -16,7 +15,14 @@ from botocore.model import StructureShape
 from ...config.models import EcsSettings
 from ...model import TiKey
 from ..merge import deep_merge
-from ..requests import InvalidExecutorConfig, check_allowed, check_keys, check_no_identity_tags, input_shape, validate
+from ..requests import (
+    TaskConfigRules,
+    check_command_not_overridden,
+    check_no_identity_tags,
+    check_size,
+    input_shape,
+    validate,
+)
 from ..tags import identity_tags
 
 # ECS rejects a RunTask whose overrides serialise to more than this many characters.
@@ -27,6 +33,7 @@ RESERVED_KEYS = {
     "startedBy": "it identifies this deployment's tasks",
     "count": "exactly one task runs per task instance",
 }
+TASK_CONFIG = TaskConfigRules(service="ecs", operation="RunTask", target_key="cluster", reserved=RESERVED_KEYS)
 
 
 def run_task_shape() -> StructureShape:
@@ -93,27 +100,19 @@ def build_run_task_request(
     request["tags"] = [{"key": k, "value": v} for k, v in tags.items()]
 
     validate(request, run_task_shape())
-    size = len(json.dumps(request["overrides"], separators=(",", ":")))
-    if size > MAX_OVERRIDES_CHARS:
-        raise InvalidExecutorConfig(
-            "overrides",
-            f"the RunTask overrides are {size} characters, over ECS's limit of {MAX_OVERRIDES_CHARS} "
-            "(the Airflow workload is part of the container command: shorten overrides or environment)",
-        )
+    check_size(request["overrides"], limit=MAX_OVERRIDES_CHARS, key="overrides", what="the RunTask overrides")
     return request
 
 
 def _check_executor_config(executor_config: Any, ecs: EcsSettings) -> dict[str, Any]:
-    config = check_keys(executor_config, shape=run_task_shape(), operation="RunTask", reserved=RESERVED_KEYS)
-    if config is None:
-        return {}
-    check_allowed(config, "cluster", ecs.clusters, section="aws_reconciler_ecs", setting="allowed_clusters")
+    config = TASK_CONFIG.check(executor_config, ecs)
     check_no_identity_tags(tag.get("key") for tag in config.get("tags", []) or [] if isinstance(tag, Mapping))
     containers = (config.get("overrides") or {}).get("containerOverrides") or []
     for item in containers:
-        if isinstance(item, Mapping) and item.get("name") == ecs.container_name and "command" in item:
-            raise InvalidExecutorConfig(
-                "overrides.containerOverrides.command",
-                f"the command of container {ecs.container_name!r} runs the Airflow task and is set by the executor",
+        if isinstance(item, Mapping) and item.get("name") == ecs.container_name:
+            check_command_not_overridden(
+                item,
+                key="overrides.containerOverrides.command",
+                what=f"the command of container {ecs.container_name!r}",
             )
-    return dict(config)
+    return config

@@ -1,0 +1,100 @@
+"""AWS Batch as a backend: what the factory, the executor, ``check`` and the log view need of it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+from ...config import Settings
+from ...config.models import BatchSettings
+from ...model import Backend, Clock
+from ..descriptor import BackendDescriptor, LogLocation, LogLookup, LogSubject, LogsUnavailable, Probe
+from ..ratelimit import TokenBucket
+from .backend import BatchBackend
+from .spec import build_submit_job_request, check_settings
+
+#: Where AWS Batch jobs log unless their job definition names another ``awslogs-group``.
+BATCH_DEFAULT_LOG_GROUP = "/aws/batch/job"
+_MISSING_JOB = "00000000-0000-0000-0000-000000000000"
+
+
+def _build(settings: Settings, *, client: Any, may_act: Callable[[], bool], clock: Clock | None) -> BatchBackend:
+    core, batch = settings.core, settings.batch
+    check_settings(batch)
+    return BatchBackend(
+        client=client,
+        deployment=core.deployment,
+        job_queues=batch.targets,
+        submit_bucket=TokenBucket(rate=core.batch_submit_rate, burst=core.batch_submit_burst),
+        describe_bucket=TokenBucket(rate=core.batch_describe_rate, burst=core.batch_describe_burst),
+        runnable_timeout=settings.runnable_timeout,
+        clock=clock,
+        may_act=may_act,
+    )
+
+
+def probes(settings: Settings, client: Any) -> list[Probe]:
+    """The Batch calls the reconciler makes, per configured job queue, in a form that changes nothing."""
+    found = [
+        Probe("batch:DescribeJobs", partial(client.describe_jobs, jobs=[_MISSING_JOB])),
+        Probe("batch:TerminateJob", partial(client.terminate_job, jobId=_MISSING_JOB, reason="aws-reconciler check")),
+        Probe("batch:CancelJob", partial(client.cancel_job, jobId=_MISSING_JOB, reason="aws-reconciler check")),
+    ]
+    for queue in settings.batch.targets:
+        found.append(Probe(f"batch:ListJobs {queue}", partial(client.list_jobs, jobQueue=queue, jobStatus="RUNNING")))
+    return found
+
+
+class _NoStreamYet(Exception):
+    """The job has not started: not cached, so the next refresh asks again."""
+
+
+def locate_logs(lookup: LogLookup, batch: BatchSettings, subject: LogSubject) -> LogLocation | None:
+    """The job's CloudWatch stream: ``container.logStreamName`` of DescribeJobs, in the job
+    definition's ``awslogs-group`` or Batch's default ``/aws/batch/job``. ``None`` until the job
+    has started (Batch names the stream then); once known, cached (it never changes)."""
+    job_id = subject.external_id
+    region = batch.region_name
+
+    def locate() -> LogLocation:
+        answer = lookup.client("batch", region).describe_jobs(jobs=[job_id])
+        jobs = answer.get("jobs") or []
+        if not jobs:
+            raise LogsUnavailable(f"AWS Batch no longer describes job {job_id}, so its log stream is unknown")
+        container = jobs[0].get("container") or {}
+        stream = container.get("logStreamName")
+        if not stream:
+            raise _NoStreamYet
+        config = container.get("logConfiguration") or {}
+        driver = config.get("logDriver") or "awslogs"  # Batch's default driver
+        if driver != "awslogs":
+            raise LogsUnavailable(
+                f"job {job_id} does not log to CloudWatch Logs (log driver: {driver}); use the awslogs driver "
+                "in the job definition to see its output here"
+            )
+        options = config.get("options") or {}
+        return LogLocation(
+            group=str(options.get("awslogs-group") or BATCH_DEFAULT_LOG_GROUP),
+            stream=str(stream),
+            region=str(options.get("awslogs-region") or region or "") or None,
+        )
+
+    try:
+        return lookup.memo("batch:log-location", job_id, locate)
+    except _NoStreamYet:
+        return None
+
+
+BATCH = BackendDescriptor(
+    kind=Backend.BATCH,
+    service="batch",
+    executor_name="BatchExecutor",
+    target_key="jobQueue",
+    section=lambda settings: settings.batch,
+    build_request=lambda section, **request: build_submit_job_request(batch=section, **request),
+    build=_build,
+    probes=probes,
+    locate_logs=locate_logs,
+    check_settings=check_settings,
+)

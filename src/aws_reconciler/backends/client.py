@@ -1,0 +1,42 @@
+"""The boto3 clients of the reconciler, configured for its own retry and rate control."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+
+def aws_client_config(*, max_pool_connections: int, call_timeout: float | None = None) -> Config:
+    """No botocore retries: the reconciler classifies failures and backs off per row, so one
+    throttled call never blocks a worker thread in hidden retry sleeps.
+
+    ``call_timeout`` bounds a whole call (connect, then the answer): the reconciler's calls must
+    land within the lease (``[aws_reconciler] aws_call_timeout``). Without it, botocore-like
+    5 s / 30 s.
+    """
+    if call_timeout is None:
+        connect, read = 5.0, 30.0
+    else:
+        # Connecting to an AWS endpoint takes milliseconds; leave most of the bound to the answer.
+        connect = min(2.0, call_timeout / 3)
+        read = call_timeout - connect
+    return Config(
+        retries={"mode": "standard", "total_max_attempts": 1},
+        connect_timeout=connect,
+        read_timeout=read,
+        max_pool_connections=max_pool_connections,
+    )
+
+
+def make_client(
+    service: str, *, region_name: str | None, max_pool_connections: int = 16, call_timeout: float | None = None
+) -> Any:
+    """A client from the standard credential chain (IRSA, instance role, env), refreshed by boto3.
+
+    ``AWS_ENDPOINT_URL`` (the sandbox) is honoured by boto3 itself.
+    """
+    session = boto3.session.Session()
+    config = aws_client_config(max_pool_connections=max_pool_connections, call_timeout=call_timeout)
+    return session.client(service, region_name=region_name, config=config)
