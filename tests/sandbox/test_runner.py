@@ -30,6 +30,7 @@ from aws_reconciler_sandbox import (
     add_sandbox_parser,
     bootstrap,
 )
+from aws_reconciler_sandbox.realism import PROFILES
 from aws_reconciler_sandbox.runner import DEFAULT_START_FAILURE
 
 REGION = "us-east-1"
@@ -554,6 +555,7 @@ def test_sandbox_command_serves_runs_tasks_and_stops_cleanly(tmp_path: Path) -> 
         arn = launch(ecs, settings, SLEEPER)
         wait_status(ecs, arn, "RUNNING")
         control = SandboxControlClient(endpoint)
+        assert control.realism_state()["settings"] == PROFILES["kind"].to_dict()  # no profile: as kind as ever
         pid = control.task_processes()[arn]
         assert live_group_members(pid) == [pid]
         proc.send_signal(signal.SIGTERM)

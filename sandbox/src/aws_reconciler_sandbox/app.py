@@ -1,9 +1,12 @@
-"""The sandbox's WSGI application: control API, call counting, fault injection and shims over moto."""
+"""The sandbox's WSGI application: control API, call counting, faults, realism and shims over moto."""
 
 from __future__ import annotations
 
 import io
 import logging
+import socket
+import struct
+import threading
 from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from typing import Any
@@ -15,15 +18,24 @@ from .batch import BatchShim
 from .batchrunner import BatchJobRunner
 from .control import CONTROL_PREFIX, handle_control
 from .ecs import EcsShim
-from .faults import CallCounter, FaultPlan
+from .faults import DEFAULT_START_FAILURE, CallCounter, Decision, FaultPlan
 from .motoenv import MOTO_LOCK, reset_moto
-from .runner import DEFAULT_START_FAILURE, TaskRunner
+from .realism import Call, Realism, RealismSettings
+from .runner import TaskRunner
 
 __all__ = ["SandboxApp"]
 
 log = logging.getLogger(__name__)
 
 StartResponse = Callable[..., Any]
+Sleep = Callable[[float], object]
+
+
+class PlannedConnectionReset(ConnectionResetError):
+    """Raised out of the application to make the server drop the connection without an answer.
+
+    A ``ConnectionError``: werkzeug takes it for a dropped connection and writes nothing.
+    """
 
 
 def _status_line(status: int) -> str:
@@ -45,12 +57,16 @@ class SandboxApp:
     HTTP control API calls, so both always behave the same.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, realism: Realism | None = None, *, sleep: Sleep | None = None) -> None:
         self._moto = DomainDispatcherApplication(create_backend_app)
         self.faults = FaultPlan()
+        self.realism = realism if realism is not None else Realism()
         self.counter = CallCounter()
-        self.ecs = EcsShim(self.faults)
-        self.batch = BatchShim()
+        self.ecs = EcsShim(self.faults, self.realism)
+        self.batch = BatchShim(self.realism)
+        # Latency and held answers wait on this, so that stopping the server ends every wait.
+        self._closing = threading.Event()
+        self._sleep: Sleep = sleep if sleep is not None else self._closing.wait
         #: The task runner, when the server runs one (``SandboxServer(run_tasks=True)``).
         self.runner: TaskRunner | None = None
         #: Its Batch twin, started and stopped with it.
@@ -73,46 +89,76 @@ class SandboxApp:
     def _serve_aws(self, environ: dict[str, Any]) -> RawResponse:
         body = read_body(environ)
         request: AwsRequest | None = None
-        with MOTO_LOCK:
-            try:
+        try:
+            with MOTO_LOCK:
                 # Under the lock too: finding the account may create moto's IAM backend.
                 request = parse_request(environ, body)
                 if request is None:
-                    response = self._forward(environ, body)
-                    if environ.get("PATH_INFO") == "/moto-api/reset" and response.status == 200:
+                    passed = self._forward(environ, body)
+                    if environ.get("PATH_INFO") == "/moto-api/reset" and passed.status == 200:
                         # moto's own reset must not leave tokens pointing at vanished tasks.
                         self._reset_shims()
-                    return response
-                return self._serve_api(request, environ, body)
-            except Exception as exc:  # a moto crash becomes an AWS-shaped 500, not an HTML page
-                log.exception("sandbox: %s failed", request.key if request else environ.get("PATH_INFO"))
-                protocol = request.protocol if request else "json"
-                code = (
-                    "ServerException"
-                    if request is not None and request.service in ("ecs", "batch")
-                    else "InternalFailure"
-                )
-                return error_response(protocol, code, f"sandbox: {type(exc).__name__}: {exc}", status=500)
+                    return passed
+            self.counter.add(request.key)
+            decision = self._decide(request)
+            # Every wait happens outside the lock: a slow call must not hold up the others.
+            if decision.delay > 0:
+                self._sleep(decision.delay)
+            if decision.reset:
+                _drop_connection(environ)
+            response: RawResponse | None = None
+            if decision.execute:
+                with MOTO_LOCK:
+                    response = self._serve_api(request, environ, body)
+            if decision.hold > 0:
+                self._sleep(decision.hold)
+            if decision.error is not None:
+                error = decision.error
+                return error_response(request.protocol, error.code, error.message, status=error.status)
+            assert response is not None  # a decision not to execute always carries an error
+            return response
+        except PlannedConnectionReset:
+            raise
+        except Exception as exc:  # a moto crash becomes an AWS-shaped 500, not an HTML page
+            log.exception("sandbox: %s failed", request.key if request else environ.get("PATH_INFO"))
+            protocol = request.protocol if request else "json"
+            code = (
+                "ServerException" if request is not None and request.service in ("ecs", "batch") else "InternalFailure"
+            )
+            return error_response(protocol, code, f"sandbox: {type(exc).__name__}: {exc}", status=500)
+
+    def _decide(self, request: AwsRequest) -> Decision:
+        """A planned error first (tests want exactly what they asked for), else the realism policy."""
+        planned = self.faults.take_error(request.service, request.operation)
+        if planned is not None:
+            return planned.decision()
+        if not self.realism.settings.active:
+            return Decision()
+        try:
+            params = request.json() if request.protocol in ("json", "rest-json") else {}
+        except ValueError:
+            params = {}
+        return self.realism.decide(
+            Call.of(request.service, request.operation, request.account_id, request.region, params)
+        )
 
     def _serve_api(self, request: AwsRequest, environ: dict[str, Any], body: bytes) -> RawResponse:
-        self.counter.add(request.key)
-        fault = self.faults.take_error(request.service, request.operation)
-        if fault is not None and not fault.phantom:
-            return error_response(request.protocol, fault.code, fault.message, status=fault.status)
-
         def forward(new_body: bytes | None = None) -> RawResponse:
             return self._forward(environ, body if new_body is None else new_body)
 
         if request.service == "ecs":
-            response = self.ecs.handle(request, forward)
-        elif request.service == "batch":
-            response = self.batch.handle(request, forward)
-        else:
-            response = forward()
-        if fault is not None:
-            # Phantom: the operation took effect, but the caller never learns of it.
-            return error_response(request.protocol, fault.code, fault.message, status=fault.status)
-        return response
+            return self.ecs.handle(request, forward)
+        if request.service == "batch":
+            return self.batch.handle(request, forward)
+        return forward()
+
+    def close(self) -> None:
+        """End every latency and held-answer wait (the server is stopping)."""
+        self._closing.set()
+
+    def open(self) -> None:
+        """Let waits run again (the server is starting)."""
+        self._closing.clear()
 
     def _forward(self, environ: dict[str, Any], body: bytes) -> RawResponse:
         """Run the request through moto and buffer its whole response. Caller holds the lock."""
@@ -143,6 +189,23 @@ class SandboxApp:
     def fail_run_task(self, *, reason: str = "RESOURCE:MEMORY", times: int | None = 1) -> None:
         """The next ``times`` RunTask calls launch nothing and return ``failures: [{reason}]``."""
         self.faults.fail_run_task(reason=reason, times=times)
+
+    def configure_realism(self, *, profile: str | None = None, **changes: Any) -> dict[str, Any]:
+        """Put a realism profile (``kind``, ``realistic``) and/or changed settings in force.
+
+        Without ``profile`` the changes apply to the settings in force. Returns ``realism()``.
+        """
+        from .realism import PROFILES
+
+        if profile is not None and profile not in PROFILES:
+            raise ValueError(f"profile must be one of {', '.join(PROFILES)}, not {profile!r}")
+        base: RealismSettings = PROFILES[profile] if profile is not None else self.realism.settings
+        self.realism.configure(base.changed(**changes))
+        return self.realism_state()
+
+    def realism_state(self) -> dict[str, Any]:
+        """The realism settings in force and how often each behaviour struck."""
+        return self.realism.state()
 
     def inject_error(
         self,
@@ -264,3 +327,13 @@ class SandboxApp:
         self.batch.reset()
         self.faults.clear()
         self.counter.reset()
+        self.realism.reset()
+
+
+def _drop_connection(environ: dict[str, Any]) -> None:
+    """Close the client's connection without an answer, with a TCP reset where the socket allows."""
+    sock = environ.get("werkzeug.socket")
+    if isinstance(sock, socket.socket):
+        # Linger 0: closing sends RST instead of FIN, as a connection reset by a load balancer.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    raise PlannedConnectionReset("sandbox: connection reset (realism fault)")

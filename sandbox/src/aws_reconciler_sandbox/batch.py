@@ -14,6 +14,8 @@ What moto 5.2.5 gets wrong about jobs (see the project's notes on moto), and wha
 - TerminateJob only sets a flag and CancelJob only acts on early states of moto's own thread:
   here CancelJob fails a job that has not started (and leaves a started one alone, like AWS),
   and TerminateJob fails any job, through the task runner's SIGTERM/SIGKILL when it has a process.
+- moto sees a job at once; Batch does not. With ``Realism`` lag on, a job just submitted is, for
+  its drawn window, absent from ListJobs (also with the ``JOB_NAME`` filter) and DescribeJobs.
 
 Job queues, compute environments and job definitions stay moto's. Jobs live here; their tags
 are kept in moto's tagger so ``ListTagsForResource`` sees them. Every call runs under ``MOTO_LOCK``.
@@ -34,6 +36,7 @@ from typing import Any, Protocol
 
 from .awsproto import AwsRequest, RawResponse, error_response, json_response
 from .motoenv import MOTO_LOCK, batch_backend
+from .realism import Realism
 
 __all__ = ["JOB_STATUSES", "BatchError", "BatchJob", "BatchShim", "JobListener"]
 
@@ -110,6 +113,8 @@ class BatchJob:
     is_terminated: bool = False
     #: TerminateJob's reason while the runner stops the job's process.
     terminate_reason: str | None = None
+    #: Clock reading from which ListJobs and DescribeJobs see the job; None: at once.
+    visible_at: float | None = None
 
     @property
     def overrides(self) -> dict[str, Any]:
@@ -184,7 +189,8 @@ class BatchShim:
 
     OPERATIONS = frozenset({"SubmitJob", "DescribeJobs", "ListJobs", "CancelJob", "TerminateJob"})
 
-    def __init__(self) -> None:
+    def __init__(self, realism: Realism) -> None:
+        self._realism = realism
         self._jobs: dict[str, BatchJob] = {}  # by id, in submission order
         self.listener: JobListener | None = None
 
@@ -258,6 +264,9 @@ class BatchShim:
             request=copy.deepcopy(params),
             created_ms=now_ms(),
         )
+        lag = self._realism.lag("batch")
+        if lag > 0:
+            job.visible_at = self._realism.now() + lag
         if tags:
             backend.tag_resource(arn, {str(k): str(v) for k, v in tags.items()})
         self._jobs[job_id] = job
@@ -278,10 +287,11 @@ class BatchShim:
         if len(refs) > _MAX_DESCRIBE:
             raise BatchError(f"jobs cannot contain more than {_MAX_DESCRIBE} job ids")
         found: dict[str, BatchJob] = {}
+        now = self._realism.now()
         for ref in refs:
             job = self._find_ref(ref)
             # Unknown ids are left out, without a word, as Batch does.
-            if job is not None and (job.account_id, job.region) == (account_id, region):
+            if job is not None and (job.account_id, job.region) == (account_id, region) and self._visible(job, now):
                 found.setdefault(job.job_id, job)
         return {"jobs": [self.describe(job) for job in found.values()]}
 
@@ -292,8 +302,11 @@ class BatchShim:
         filters = params.get("filters") or []
         if len(filters) > 1:
             raise BatchError("Only one filter can be used at a time")
+        now = self._realism.now()
         jobs = [
-            j for j in self._jobs.values() if (j.account_id, j.region, j.queue_arn) == (account_id, region, queue.arn)
+            j
+            for j in self._jobs.values()
+            if (j.account_id, j.region, j.queue_arn) == (account_id, region, queue.arn) and self._visible(j, now)
         ]
         if filters:
             # With a filter jobStatus is ignored, and the newest jobs come first.
@@ -318,6 +331,13 @@ class BatchShim:
         if start + max_results < len(jobs):
             payload["nextToken"] = _encode_token(start + max_results)
         return payload
+
+    @staticmethod
+    def _visible(job: BatchJob, now: float) -> bool:
+        if job.visible_at is not None and now < job.visible_at:
+            return False
+        job.visible_at = None  # seen once, seen for good
+        return True
 
     @staticmethod
     def _matches(job: BatchJob, flt: dict[str, Any]) -> bool:

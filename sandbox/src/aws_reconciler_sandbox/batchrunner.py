@@ -32,6 +32,7 @@ from .batch import FINISHED, BatchJob, BatchShim
 from .faults import FaultPlan
 from .motoenv import MOTO_LOCK
 from .procs import ContainerProcess
+from .realism import Realism
 from .runner import RunnerOptions
 from .supervise import (
     LogPump,
@@ -77,11 +78,14 @@ class BatchJobRunner:
     ``SandboxServer(run_tasks=True)`` creates, starts and stops it beside the ECS task runner.
     """
 
-    def __init__(self, shim: BatchShim, faults: FaultPlan, options: RunnerOptions, *, endpoint_url: str) -> None:
+    def __init__(
+        self, shim: BatchShim, faults: FaultPlan, options: RunnerOptions, *, endpoint_url: str, realism: Realism
+    ) -> None:
         self.options = options
         self.endpoint_url = endpoint_url
         self._shim = shim
         self._faults = faults
+        self._realism = realism
         self._entries: dict[str, _Entry] = {}  # under MOTO_LOCK
         self._pids: dict[str, int] = {}  # under MOTO_LOCK
         self._procs: dict[str, ContainerProcess] = {}  # the supervisor thread's (then stop()'s) only
@@ -136,8 +140,8 @@ class BatchJobRunner:
     def job_created(self, job: BatchJob) -> None:
         """Track a job SubmitJob just accepted; decide now whether it will fail to start or wait."""
         image = str(job.definition.get("image", ""))
-        failure = pull_failure(image) or self._faults.take_start_failure()
-        held = self._faults.take_runnable_hold() is not None
+        failure = pull_failure(image) or self._faults.take_start_failure() or self._realism.start_failure("batch")
+        held = self._faults.take_runnable_hold() is not None or self._realism.hold_runnable()
         self._entries[job.job_id] = _Entry(job=job, failure=failure, held=held, due=time.monotonic())
         self._wake.set()
 

@@ -21,7 +21,9 @@ from collections.abc import Callable, Mapping
 from types import FrameType
 from typing import Any
 
-__all__ = ["add_sandbox_parser", "export_lines", "run_sandbox"]
+from .realism import PROFILES, FaultRule, RealismSettings
+
+__all__ = ["add_sandbox_parser", "export_lines", "realism_from_args", "run_sandbox"]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +60,7 @@ def run_sandbox(
     env_file: str | None,
     provisioning_delay: float | None = None,
     task_env: Mapping[str, str] | None = None,
+    realism: RealismSettings | None = None,
 ) -> int:
     """Serve the sandbox until SIGINT or SIGTERM; returns the exit status (0 after a clean stop).
 
@@ -69,7 +72,9 @@ def run_sandbox(
 
     ``provisioning_delay`` keeps every ECS task PROVISIONING that long (a cluster without
     capacity); ``task_env`` goes into the task definition's and job definition's
-    ``environment``, where an operator puts Airflow's settings on AWS.
+    ``environment``, where an operator puts Airflow's settings on AWS. ``realism`` (default: the
+    ``kind`` profile) is put in force once the default resources exist, so that creating them
+    never meets a fault.
     """
     stop = threading.Event()
     previous: dict[signal.Signals, _Handler] = {}
@@ -97,6 +102,9 @@ def run_sandbox(
         settings = bootstrap(
             endpoint_url=server.endpoint_url, region=region, environment=dict(task_env or {}), batch=True
         )
+        if realism is not None:
+            server.realism.configure(realism)
+            log.info("sandbox: realism %s", _describe(realism))
         text = "\n".join(export_lines(settings)) + "\n"
         print(text, end="")
         if env_file:
@@ -114,6 +122,53 @@ def run_sandbox(
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return 0
+
+
+def _describe(settings: RealismSettings) -> str:
+    named = next((name for name, profile in PROFILES.items() if profile == settings), None)
+    return f"profile {named}" if named else f"seed {settings.seed}, settings {settings.to_dict()}"
+
+
+def _add_realism_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "realism", "how unkind the fake AWS is; each flag overrides the profile's value (see docs/sandbox.md)"
+    )
+    group.add_argument(
+        "--profile",
+        choices=sorted(PROFILES),
+        default="kind",
+        help="named mix: kind (default: never unkind unless a test plans it), realistic (a sensible mix of all)",
+    )
+    for setting in dataclasses.fields(RealismSettings):
+        flag, text, metavar = setting.metadata["flag"], setting.metadata["help"], setting.metadata["metavar"]
+        dest = f"realism_{setting.name}"
+        if setting.name == "faults":
+            group.add_argument(flag, dest=dest, type=_fault_rule, action="append", metavar=metavar, help=text)
+        elif setting.type in ("bool", bool):
+            group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=text)
+        else:
+            kind = int if setting.type in ("int", int) else float
+            group.add_argument(flag, dest=dest, type=kind, default=None, metavar=metavar, help=text)
+
+
+def _fault_rule(text: str) -> FaultRule:
+    try:
+        return FaultRule.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def realism_from_args(args: argparse.Namespace) -> RealismSettings:
+    """The profile named by ``--profile`` with every realism flag given on top of it."""
+    changes = {
+        setting.name: getattr(args, f"realism_{setting.name}")
+        for setting in dataclasses.fields(RealismSettings)
+        if getattr(args, f"realism_{setting.name}", None) is not None
+    }
+    try:
+        return PROFILES[args.profile].changed(**changes)
+    except ValueError as exc:
+        raise SystemExit(f"aws-reconciler sandbox: {exc}") from None
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -144,6 +199,7 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NAME=VALUE",
         help="put NAME=VALUE into the task and job definitions' environment (repeatable)",
     )
+    _add_realism_arguments(parser)
 
 
 def _pair(text: str) -> tuple[str, str]:
@@ -162,6 +218,7 @@ def _cmd_sandbox(args: argparse.Namespace) -> int:
         env_file=args.env_file,
         provisioning_delay=args.provisioning_delay,
         task_env=dict(args.task_env),
+        realism=realism_from_args(args),
     )
 
 

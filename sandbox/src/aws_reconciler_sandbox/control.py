@@ -18,6 +18,8 @@ same methods and talks to these routes (JSON in, JSON out; arguments use the Pyt
                                     container_reason?} -> job (Batch)
     GET  /_sandbox/jobs[?queue=NAME]           -> [job, ...] (Batch)
     POST /_sandbox/hold-runnable   {times?}    (task runner only; Batch)
+    GET  /_sandbox/realism                     -> {"settings": {...}, "injected": {...}}
+    POST /_sandbox/configure-realism {profile?, <setting>?...} -> the same
     GET  /_sandbox/calls                       -> {"ecs:RunTask": 3, ...}
     POST /_sandbox/reset-calls
     POST /_sandbox/reset
@@ -95,6 +97,10 @@ class SandboxControl(Protocol):
 
     def hold_runnable(self, *, times: int | None = 1) -> None: ...
 
+    def configure_realism(self, *, profile: str | None = None, **changes: Any) -> dict[str, Any]: ...
+
+    def realism_state(self) -> dict[str, Any]: ...
+
     def calls(self) -> dict[str, int]: ...
 
     def reset_calls(self) -> None: ...
@@ -121,6 +127,8 @@ _ROUTES: dict[str, _Route] = {
     "job-state": ("POST", lambda c, a: c.set_job_state(**a)),
     "jobs": ("GET", lambda c, a: c.jobs(**a)),
     "hold-runnable": ("POST", lambda c, a: c.hold_runnable(**a)),
+    "realism": ("GET", lambda c, a: c.realism_state()),
+    "configure-realism": ("POST", lambda c, a: c.configure_realism(**a)),
     "calls": ("GET", lambda c, a: c.calls()),
     "reset-calls": ("POST", lambda c, a: c.reset_calls()),
     "reset": ("POST", lambda c, a: c.reset()),
@@ -312,6 +320,14 @@ class SandboxControlClient:
     def hold_runnable(self, *, times: int | None = 1) -> None:
         """See ``SandboxServer.hold_runnable``."""
         self._call("POST", "hold-runnable", {"times": times})
+
+    def configure_realism(self, *, profile: str | None = None, **changes: Any) -> dict[str, Any]:
+        """See ``SandboxApp.configure_realism``."""
+        return dict(self._call("POST", "configure-realism", {"profile": profile, **changes}))
+
+    def realism_state(self) -> dict[str, Any]:
+        """See ``SandboxApp.realism_state``."""
+        return dict(self._call("GET", "realism"))
 
     def calls(self) -> dict[str, int]:
         """See ``SandboxApp.calls``."""

@@ -5,8 +5,9 @@ What moto 5.2.5 gets wrong, and what this module does about it (measured, see th
 - RunTask ignores ``clientToken``: here a token is idempotent per (account, region, cluster,
   token); a repeat returns the recorded response and launches nothing, a repeat with other
   parameters is a ``ConflictException``, like AWS.
-- RunTask never reports ``failures``: failures can be planned (``FaultPlan.fail_run_task``);
-  an EC2 launch into a cluster without container instances is a failure, not a 500.
+- RunTask never reports ``failures``: failures can be planned (``FaultPlan.fail_run_task``) or
+  drawn per task (``Realism.capacity_failures``); an EC2 launch into a cluster without container
+  instances is a failure, not a 500.
 - RunTask with awsvpc networking but no ``securityGroups`` crashes moto; AWS uses the VPC's
   default group, and so does the shim. ``count`` is checked (1..10) as AWS does.
 - ListTasks matches the cluster by substring, includes STOPPED tasks by default and ignores
@@ -14,6 +15,8 @@ What moto 5.2.5 gets wrong, and what this module does about it (measured, see th
 - DescribeTasks drops unknown ARNs silently, is not scoped to the cluster and does not keep the
   requested order: reimplemented (``failures`` with reason ``MISSING``).
 - StopTask on an unknown task is an HTML 500 and sets no ``stopCode``/``stoppedAt``: fixed.
+- moto is consistent at once; ECS is not. With ``Realism`` lag on, a task just launched is,
+  for its drawn window, ``MISSING`` to DescribeTasks and absent from ListTasks.
 - Tasks lack ``createdAt``/``startedAt``/``stoppedAt``/``stopCode``/``cpu``/``memory`` and carry
   ``exitCode: 0`` from birth: the shim sets the fields on moto's own task objects, and moto's
   serializer renders them, so every operation shows the same task.
@@ -36,6 +39,7 @@ from typing import Any, Protocol
 from .awsproto import AwsRequest, RawResponse, error_response, json_response
 from .faults import FaultPlan
 from .motoenv import MOTO_LOCK, ecs_backend, iter_ecs_backends, serialize
+from .realism import Realism
 
 __all__ = ["LAST_STATUSES", "EcsError", "EcsShim", "TaskListener"]
 
@@ -148,10 +152,13 @@ class EcsShim:
     #: Operations answered here; everything else goes straight to moto.
     OPERATIONS = frozenset({"RunTask", "ListTasks", "DescribeTasks", "StopTask"})
 
-    def __init__(self, faults: FaultPlan) -> None:
+    def __init__(self, faults: FaultPlan, realism: Realism) -> None:
         self._faults = faults
+        self._realism = realism
         self._tokens: dict[tuple[str, str, str, str], _TokenRecord] = {}
         self._token_of_task: dict[str, str] = {}
+        # Task ARN -> clock reading from which reads see it (only tasks launched with a lag).
+        self._visible_at: dict[str, float] = {}
         self.immediate_stop = True
         self.listener: TaskListener | None = None
 
@@ -160,6 +167,7 @@ class EcsShim:
         with MOTO_LOCK:
             self._tokens.clear()
             self._token_of_task.clear()
+            self._visible_at.clear()
             if self.listener is not None:
                 self.listener.tasks_reset()
 
@@ -234,8 +242,16 @@ class EcsShim:
         reason = self._faults.take_run_task_failure()
         if reason is not None:
             return json_response({"tasks": [], "failures": [{"arn": cluster.arn, "reason": reason}]})
+        # AWS places each task on its own: some of a RunTask's tasks may launch, some not.
+        failures = [
+            {"arn": cluster.arn, "reason": reason} for reason in self._realism.capacity_failures(count) if reason
+        ]
+        if len(failures) == count:
+            return json_response({"tasks": [], "failures": failures})
 
         filled = self._with_default_security_group(backend, params)
+        if failures:
+            filled = {**filled, "count": count - len(failures)}
         try:
             moto_response = forward(json.dumps(filled).encode() if filled is not params else None)
         except Exception as exc:
@@ -256,11 +272,15 @@ class EcsShim:
 
         arns = [t["taskArn"] for t in json.loads(moto_response.body).get("tasks", [])]
         tasks = [backend.tasks[cluster.name][arn] for arn in arns]
+        now = self._realism.now()
         for task in tasks:
             self._initialise(backend, task, token)
+            lag = self._realism.lag("ecs")
+            if lag > 0:
+                self._visible_at[task.task_arn] = now + lag
             if self.listener is not None:
                 self.listener.task_created(backend, task)
-        response = self._serialized("RunTask", {"tasks": tasks, "failures": []})
+        response = self._serialized("RunTask", {"tasks": tasks, "failures": failures})
         if token:
             self._tokens[key] = _TokenRecord(fingerprint, tuple(arns), response.body)
         return response
@@ -339,10 +359,12 @@ class EcsShim:
         launch_type = params.get("launchType")
         instance = params.get("containerInstance")
         instance_id = str(instance).rsplit("/", 1)[-1] if instance else None
+        now = self._realism.now()
 
         def wanted(task: Any) -> bool:
             return (
-                task.desired_status == desired
+                self._visible(task, now)
+                and task.desired_status == desired
                 and (family is None or _family_of(task.task_definition_arn) == family)
                 and (started_by is None or task.started_by == started_by)
                 and (service_name is None or task.group == f"service:{service_name}")
@@ -367,6 +389,16 @@ class EcsShim:
             payload["nextToken"] = next_token
         return json_response(payload)
 
+    def _visible(self, task: Any, now: float) -> bool:
+        """Whether reads see the task yet (ECS is eventually consistent; see ``Realism.lag``)."""
+        visible_at = self._visible_at.get(task.task_arn)
+        if visible_at is None:
+            return True
+        if now < visible_at:
+            return False
+        del self._visible_at[task.task_arn]  # seen once, seen for good
+        return True
+
     @staticmethod
     def _lookup(cluster_tasks: dict[str, Any], ref: str, by_id: dict[str, Any] | None) -> Any:
         task = cluster_tasks.get(ref)
@@ -386,13 +418,14 @@ class EcsShim:
         found: list[Any] = []
         failures: list[dict[str, str]] = []
         seen: set[str] = set()
+        now = self._realism.now()
         for ref in refs:
             ref = str(ref)
             if ref not in cluster_tasks and by_id is None:
                 # Task ids and short-format ARNs need the id index; full ARNs never do.
                 by_id = {t.id: t for t in cluster_tasks.values()}
             task = self._lookup(cluster_tasks, ref, by_id)
-            if task is None:
+            if task is None or not self._visible(task, now):
                 failures.append({"arn": ref, "reason": "MISSING"})
             elif task.task_arn not in seen:
                 seen.add(task.task_arn)

@@ -1,4 +1,8 @@
-"""Fault injection and call counting: what tests use to make the fake AWS misbehave and to watch it."""
+"""Planned faults and call counting: what tests use to make the fake AWS misbehave and to watch it.
+
+``FaultPlan`` holds faults a test asks for, consumed in order; ``realism.Realism`` draws faults at
+random. Both say what to do to a request with a ``Decision``, which ``SandboxApp`` carries out.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,36 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["CallCounter", "FaultPlan", "InjectedError"]
+__all__ = ["DEFAULT_START_FAILURE", "CallCounter", "Decision", "ErrorAnswer", "FaultPlan", "InjectedError"]
+
+#: What ``fail_next_start`` reports unless told otherwise: Fargate's wording for a failed pull.
+DEFAULT_START_FAILURE = "CannotPullContainerError: pull image manifest has been retried 5 time(s)"
+
+
+@dataclass(frozen=True)
+class ErrorAnswer:
+    """An AWS error to answer with: botocore raises ``ClientError`` with ``code``."""
+
+    code: str
+    message: str
+    status: int = 400
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What happens to one AWS request, in order: wait ``delay`` seconds; close the connection
+    without an answer (``reset``); execute the operation (``execute``); wait ``hold`` seconds;
+    answer ``error`` instead of the operation's response. The default lets the request through."""
+
+    delay: float = 0.0
+    error: ErrorAnswer | None = None
+    execute: bool = True
+    hold: float = 0.0
+    reset: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.execute and self.error is None and not self.reset:
+            raise ValueError("a request that is not executed needs an error to answer or a reset")
 
 
 @dataclass
@@ -26,6 +59,10 @@ class InjectedError:
     status: int = 400
     remaining: int | None = 1
     phantom: bool = False
+
+    def decision(self) -> Decision:
+        """This error as a ``Decision``: answered instead of the response, executed if phantom."""
+        return Decision(error=ErrorAnswer(self.code, self.message, self.status), execute=self.phantom)
 
     def matches(self, service: str, operation: str) -> bool:
         """Whether this error applies to ``service:operation``."""

@@ -33,9 +33,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .ecs import EcsShim
-from .faults import FaultPlan
+from .faults import DEFAULT_START_FAILURE, FaultPlan
 from .motoenv import MOTO_LOCK
 from .procs import ContainerProcess
+from .realism import Realism
 from .supervise import (
     LogPump,
     host_environment,
@@ -50,9 +51,6 @@ from .taskspec import ContainerPlan, LogTarget, container_env, local_argv, plan_
 __all__ = ["DEFAULT_START_FAILURE", "RunnerOptions", "TaskRunner"]
 
 log = logging.getLogger(__name__)
-
-#: What ``fail_next_start`` reports unless told otherwise: Fargate's wording for a failed pull.
-DEFAULT_START_FAILURE = "CannotPullContainerError: pull image manifest has been retried 5 time(s)"
 
 
 @dataclass
@@ -116,11 +114,14 @@ class TaskRunner:
     SDKs in the task reach the sandbox.
     """
 
-    def __init__(self, shim: EcsShim, faults: FaultPlan, options: RunnerOptions, *, endpoint_url: str) -> None:
+    def __init__(
+        self, shim: EcsShim, faults: FaultPlan, options: RunnerOptions, *, endpoint_url: str, realism: Realism
+    ) -> None:
         self.options = options
         self.endpoint_url = endpoint_url
         self._shim = shim
         self._faults = faults
+        self._realism = realism
         self._entries: dict[str, _Entry] = {}  # under MOTO_LOCK
         self._pids: dict[str, int] = {}  # under MOTO_LOCK: processes started and not yet reaped
         self._procs: dict[str, ContainerProcess] = {}  # the supervisor thread's (then stop()'s) only
@@ -208,7 +209,9 @@ class TaskRunner:
         except Exception as exc:  # e.g. a definition moto cannot find any more
             failure = f"ResourceInitializationError: the sandbox cannot read the task definition: {exc}"
         if plan is not None:
-            failure = pull_failure(plan.image) or self._faults.take_start_failure()
+            failure = (
+                pull_failure(plan.image) or self._faults.take_start_failure() or self._realism.start_failure("ecs")
+            )
         self._entries[task.task_arn] = _Entry(
             task=task,
             backend=backend,

@@ -10,9 +10,11 @@ from typing import Any, ClassVar
 from moto.server import MotoRequestHandler
 from werkzeug.serving import BaseWSGIServer, make_server
 
-from .app import SandboxApp
+from .app import SandboxApp, Sleep
 from .batchrunner import BatchJobRunner
-from .runner import DEFAULT_START_FAILURE, RunnerOptions, TaskRunner
+from .faults import DEFAULT_START_FAILURE
+from .realism import PROFILES, Clock, Realism, RealismSettings
+from .runner import RunnerOptions, TaskRunner
 
 __all__ = ["FAKE_CREDENTIALS", "SandboxServer"]
 
@@ -25,6 +27,11 @@ class _QuietRequestHandler(MotoRequestHandler):
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         """Do not log successful requests; errors are still logged by werkzeug and the app."""
+
+    def connection_dropped(self, error: BaseException, environ: Any = None) -> None:
+        """Close the connection: after a reset (``PlannedConnectionReset``) nothing more may be read
+        or written on it, and a kept-alive connection would leave the client waiting."""
+        self.close_connection = True
 
 
 class SandboxServer:
@@ -47,6 +54,11 @@ class SandboxServer:
     itself, its output going to CloudWatch Logs; so does every Batch job (``batchrunner.py``,
     SUBMITTED..SUCCEEDED/FAILED). Off by default: tasks stay PROVISIONING and jobs RUNNABLE until
     ``set_task_state`` / ``set_job_state`` move them, and StopTask / TerminateJob stop them at once.
+
+    ``realism`` (a profile name or ``RealismSettings``; default ``kind``, as kind as moto) makes
+    the sandbox as unkind as AWS (``realism.py``), from the first request on; ``configure_realism``
+    changes it at run time. ``clock`` (monotonic seconds) drives its windows and token buckets,
+    ``sleep`` its latency and held answers: tests inject both.
     """
 
     _active: ClassVar[SandboxServer | None] = None
@@ -60,6 +72,9 @@ class SandboxServer:
         region: str = "us-east-1",
         run_tasks: bool = False,
         runner: RunnerOptions | None = None,
+        realism: RealismSettings | str | None = None,
+        clock: Clock | None = None,
+        sleep: Sleep | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -71,7 +86,12 @@ class SandboxServer:
         self.task_runner: TaskRunner | None = None
         #: The running Batch job runner, started and stopped with the task runner.
         self.batch_runner: BatchJobRunner | None = None
-        self.app = SandboxApp()
+        if isinstance(realism, str):
+            if realism not in PROFILES:
+                raise ValueError(f"realism profile must be one of {', '.join(PROFILES)}, not {realism!r}")
+            realism = PROFILES[realism]
+        self.realism = Realism(realism, clock=clock)
+        self.app = SandboxApp(self.realism, sleep=sleep)
         self._server: BaseWSGIServer | None = None
         self._thread: threading.Thread | None = None
         self._restore_moto: Callable[[], None] | None = None
@@ -91,6 +111,7 @@ class SandboxServer:
         try:
             self._restore_moto = configure_moto()
             self.app.reset()
+            self.app.open()
             # Bound here, in the caller's thread: when start() returns, connections are accepted.
             self._server = make_server(
                 self.host, self.port, self.app, threaded=True, request_handler=_QuietRequestHandler
@@ -106,12 +127,20 @@ class SandboxServer:
             self._thread.start()
             if self.run_tasks:
                 self.task_runner = TaskRunner(
-                    self.app.ecs, self.app.faults, self.runner_options, endpoint_url=self._local_url()
+                    self.app.ecs,
+                    self.app.faults,
+                    self.runner_options,
+                    endpoint_url=self._local_url(),
+                    realism=self.realism,
                 )
                 self.app.runner = self.task_runner
                 self.task_runner.start()
                 self.batch_runner = BatchJobRunner(
-                    self.app.batch, self.app.faults, self.runner_options, endpoint_url=self._local_url()
+                    self.app.batch,
+                    self.app.faults,
+                    self.runner_options,
+                    endpoint_url=self._local_url(),
+                    realism=self.realism,
                 )
                 self.app.batch_runner = self.batch_runner
                 self.batch_runner.start()
@@ -126,6 +155,7 @@ class SandboxServer:
         Safe to call more than once. The runner stops first, so that tasks can still reach the
         fake AWS while they shut down; every process it started is gone when this returns.
         """
+        self.app.close()
         if self.batch_runner is not None:
             try:
                 self.batch_runner.stop()
@@ -208,6 +238,14 @@ class SandboxServer:
     def fail_run_task(self, *, reason: str = "RESOURCE:MEMORY", times: int | None = 1) -> None:
         """The next ``times`` RunTask calls launch nothing and return ``failures: [{reason}]``."""
         self.app.fail_run_task(reason=reason, times=times)
+
+    def configure_realism(self, *, profile: str | None = None, **changes: Any) -> dict[str, Any]:
+        """Put a realism profile and/or changed settings in force; see ``SandboxApp.configure_realism``."""
+        return self.app.configure_realism(profile=profile, **changes)
+
+    def realism_state(self) -> dict[str, Any]:
+        """The realism settings in force and how often each behaviour struck."""
+        return self.app.realism_state()
 
     def inject_error(
         self,
