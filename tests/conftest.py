@@ -1,4 +1,4 @@
-"""Shared fixtures: task stores on SQLite and PostgreSQL, and settings builders."""
+"""Shared fixtures: task stores on SQLite, PostgreSQL and MariaDB, and settings builders."""
 
 from __future__ import annotations
 
@@ -61,6 +61,57 @@ def pg_schema_url() -> Iterator[str]:
         admin.dispose()
 
 
+DEFAULT_MARIADB_URL = "mysql+pymysql://root@127.0.0.1:3306/test"
+
+
+def mariadb_server_url() -> str:
+    """The MariaDB (or MySQL) server the tests may use."""
+    return os.environ.get("AWS_RECONCILER_TEST_MARIADB_URL", DEFAULT_MARIADB_URL)
+
+
+def _mariadb_reason() -> str | None:
+    try:
+        engine = sa.create_engine(mariadb_server_url())
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+        engine.dispose()
+        return None
+    except Exception as exc:
+        return f"MariaDB unreachable at {mariadb_server_url()}: {type(exc).__name__}"
+
+
+_MARIADB_UNAVAILABLE: list[str | None] = []
+
+
+def require_mariadb() -> None:
+    """Skip visibly, or fail when CI demands MariaDB (AWS_RECONCILER_REQUIRE_MARIADB=1)."""
+    if not _MARIADB_UNAVAILABLE:
+        _MARIADB_UNAVAILABLE.append(_mariadb_reason())  # probed once, on first use
+    reason = _MARIADB_UNAVAILABLE[0]
+    if reason is None:
+        return
+    if os.environ.get("AWS_RECONCILER_REQUIRE_MARIADB") == "1":
+        pytest.fail(f"{reason} and AWS_RECONCILER_REQUIRE_MARIADB=1")
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def mariadb_url() -> Iterator[str]:
+    """A MariaDB URL of a fresh database, dropped afterwards."""
+    require_mariadb()
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(mariadb_server_url())
+    with admin.begin() as conn:
+        conn.execute(sa.text(f"CREATE DATABASE {name}"))
+    url = sa.engine.make_url(mariadb_server_url()).set(database=name)
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f"DROP DATABASE {name}"))
+        admin.dispose()
+
+
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     """A file-backed SQLite store (a file, so several engines/processes can share it)."""
@@ -97,3 +148,25 @@ def make_settings(store_url: str, **env: str) -> Settings:
         **env,
     }
     return load_settings(environ=environ, cfg_path=Path("/nonexistent/airflow.cfg"))
+
+
+@pytest.fixture(scope="session")
+def airflow_metadata_db() -> None:
+    """Airflow's own tables, created once in the test Airflow home's database.
+
+    The executor reads the current state of task instances from it when it reports; the test
+    Airflow home (set by the conftest of each Airflow-side test directory) is a throwaway.
+    """
+    from airflow import settings
+    from airflow.models import import_all_models
+    from airflow.models.base import Base
+
+    import_all_models()
+    Base.metadata.create_all(settings.engine)
+
+
+@pytest.fixture(autouse=True)
+def _airflow_metadata_for_airflow_tests(request: pytest.FixtureRequest) -> None:
+    """Tests marked ``airflow`` run against an Airflow database with its schema in place."""
+    if request.node.get_closest_marker("airflow") is not None:
+        request.getfixturevalue("airflow_metadata_db")

@@ -30,11 +30,14 @@ class Phase(StrEnum):
     STOPPING = "stopping"  # we asked AWS to stop it
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    # Airflow stopped wanting the try (revoke_task, cleared while running, a newer queueing of the
+    # same try): neither a success nor a failure of the task, so counted apart from both.
+    REVOKED = "revoked"
 
     @property
     def terminal(self) -> bool:
         """No further work happens on AWS for a row in this phase."""
-        return self in (Phase.SUCCEEDED, Phase.FAILED)
+        return self in (Phase.SUCCEEDED, Phase.FAILED, Phase.REVOKED)
 
 
 class Desired(StrEnum):

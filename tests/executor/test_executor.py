@@ -135,12 +135,12 @@ def test_one_heartbeat_records_every_queued_workload_in_one_transaction(
     aws_calls.assert_none()
 
 
-def test_a_failed_insert_records_nothing_and_keeps_the_batch_queued(
+def test_a_record_id_stored_for_another_task_fails_only_that_task(
     new_executor: ExecutorFactory, store: TaskStore
 ) -> None:
     executor = new_executor()
     workloads = [make_workload(f"t{i}") for i in range(3)]
-    # A row already holds the third workload's id, so the batch's insert fails in the database.
+    # A row already holds the third workload's id for another task instance.
     clash = NewTask(
         id=rid(workloads[2]),
         backend=Backend.ECS,
@@ -153,15 +153,39 @@ def test_a_failed_insert_records_nothing_and_keeps_the_batch_queued(
     store.add([clash])
     queue(executor, workloads)
 
-    with pytest.raises(sa.exc.IntegrityError):
-        executor.heartbeat()
+    executor.heartbeat()
 
-    # All or nothing: the first two are not recorded either, and nothing is lost for the retry.
-    assert store.get(rid(workloads[0])) is None
-    assert store.get(rid(workloads[1])) is None
-    assert row(store, workloads[2]).owner == "someone-else"
-    assert set(executor.queued_tasks) == {w.ti.key for w in workloads}
-    assert executor.running == set()
+    assert row(store, workloads[0]).phase is Phase.PENDING
+    assert row(store, workloads[1]).phase is Phase.PENDING
+    assert row(store, workloads[2]).owner == "someone-else", "the other task's row is left alone"
+    assert executor.queued_tasks == {}
+    assert executor.running == {workloads[0].ti.key, workloads[1].ti.key}
+    ((key, (state, info)),) = events(executor).items()
+    assert (key, state) == (workloads[2].ti.key, TaskInstanceState.FAILED)
+    assert rid(workloads[2]) in info and "another task instance" in info
+
+
+def test_a_retried_insert_whose_first_commit_landed_is_idempotent(
+    new_executor: ExecutorFactory, store: TaskStore
+) -> None:
+    """The commit reached the database but its answer was lost: the workloads stayed queued and
+    the next heartbeat inserts the same ids again."""
+    executor = new_executor()
+    workloads = [make_workload(f"t{i}") for i in range(3)]
+    store.add(
+        [
+            NewTask(rid(w), Backend.ECS, "1", TiKey("example_dag", w.ti.task_id, RUN_ID, -1, 1), "default", "x", {})
+            for w in workloads[:2]
+        ]
+    )
+    queue(executor, workloads)
+
+    executor.heartbeat()
+
+    assert executor.queued_tasks == {}
+    assert executor.running == {w.ti.key for w in workloads}
+    assert events(executor) == {}
+    assert {r.id for r in store.open_tasks(backend=Backend.ECS)} == {rid(w) for w in workloads}
 
 
 @pytest.mark.parametrize(
@@ -270,7 +294,8 @@ def test_heartbeat_with_1000_running_rows_is_one_query_and_no_aws_call(
         finish(store, workload, Phase.SUCCEEDED)
     with sql_log(executor.store.engine) as log:
         executor.heartbeat()
-    assert len(log.statements) <= 2, [s for s, _ in log.statements]
+    # The read, then one write transaction (the update and its read-back), whatever is running.
+    assert len(log.statements) <= 3 and log.commits == 1, [s for s, _ in log.statements]
     assert set(events(executor)) == {w.ti.key for w in finished}
     assert len(executor.running) == 990
     aws_calls.assert_none()

@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from aws_reconciler.model import Backend, Desired, Phase, TiKey
-from aws_reconciler.store import LeaseStore, NewTask, TaskStore, check_schema, create_store_engine, migrate
+from aws_reconciler.store import LeaseStore, NewTask, Report, TaskStore, check_schema, create_store_engine, migrate
 from aws_reconciler.store.migrate import VERSION_TABLE, current_revision, head_revision
 
 
@@ -62,7 +62,7 @@ def test_add_and_report_cycle(store: TaskStore) -> None:
     rows = store.finished_unreported(owner="1", backend=Backend.ECS)
     assert [r.id for r in rows] == [a.id]
     assert rows[0].finished_at is not None and rows[0].spec is None  # light query: no spec
-    store.mark_reported([a.id])
+    store.mark_reported([Report(a.id)], owner="1")
     assert store.finished_unreported(owner="1", backend=Backend.ECS) == []
     assert {r.id for r in store.open_tasks(backend=Backend.ECS)} == {b.id}
 
@@ -93,7 +93,7 @@ def test_adopt_by_id_and_by_key_resets_reporting(store: TaskStore) -> None:
     by_id, by_key, finished = new_task(), new_task(), new_task()
     store.add([by_id, by_key, finished])
     store.transition(finished.id, expect_phases=[Phase.PENDING], phase=Phase.SUCCEEDED)
-    store.mark_reported([finished.id])  # reported by the dead scheduler, but never processed
+    store.mark_reported([Report(finished.id)], owner="1")  # reported by the dead scheduler, but never processed
     adopted = store.adopt(owner="9", backend=Backend.ECS, ids={by_id.id, finished.id}, keys={by_key.key})
     assert {r.id for r in adopted} == {by_id.id, by_key.id, finished.id}
     assert [r.id for r in store.finished_unreported(owner="9", backend=Backend.ECS)] == [finished.id]
@@ -116,9 +116,9 @@ def test_retention_deletes_only_old_reported_rows(store: TaskStore) -> None:
     for t in (old, fresh):
         store.transition(t.id, expect_phases=[Phase.PENDING], phase=Phase.SUCCEEDED)
     store.clock = lambda: datetime.now(UTC) - timedelta(days=10)
-    store.mark_reported([old.id])
+    store.mark_reported([Report(old.id)], owner="1")
     store.clock = lambda: datetime.now(UTC)
-    store.mark_reported([fresh.id])
+    store.mark_reported([Report(fresh.id)], owner="1")
     assert store.delete_reported_before(datetime.now(UTC) - timedelta(days=7)) == 1
     assert store.get(old.id) is None and store.get(fresh.id) is not None and store.get(open_.id) is not None
 

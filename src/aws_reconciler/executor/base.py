@@ -1,16 +1,25 @@
 """The shared scheduler-side executor: record desired state, report finished rows, adopt, revoke.
 
 No AWS call ever happens here: the scheduler's heartbeat only touches the task store, with one
-transaction per ``_process_workloads`` call and one indexed query per ``sync``.
+transaction per ``_process_workloads`` call and one indexed query per ``sync`` (plus, when rows
+finished, one indexed query of Airflow's task instances and one write).
+
+Database trouble never escapes the heartbeat: the scheduler would exit, and with a store outside
+Airflow's database that is a crash loop. Workloads then stay queued and finished rows unreported
+until a later heartbeat gets through.
 """
 
 from __future__ import annotations
 
+import sys
 import threading
 import uuid
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import sqlalchemy as sa
 from airflow.executors.base_executor import BaseExecutor
 from airflow.observability.stats import Stats
 
@@ -24,7 +33,8 @@ from ..store.queries import TaskQueries
 from ..store.records import NewTask, TaskRecord
 from ..store.tasks import TaskStore
 from .logs import TaskLogs, read_task_log
-from .workload import ti_key, ti_key_of_model, workload_command
+from .reporting import Action, Decision, TryState, decide, may_hold
+from .workload import ti_key, ti_key_of_model, token_expiry, workload_command
 
 if TYPE_CHECKING:
     from airflow.models.taskinstance import TaskInstance
@@ -84,9 +94,16 @@ class ReconcilerExecutor(BaseExecutor):
         return str(self.job_id) if self.job_id is not None else "unowned"
 
     def start(self) -> None:
-        """Validate settings and the store; create the store's tables on first start."""
-        settings = self.settings
-        self.descriptor.require(settings)
+        """Validate settings and the store; create the store's tables on first start.
+
+        A bad setting ends the scheduler with one line naming it (see :class:`ExecutorStartError`).
+        """
+        try:
+            settings = self.settings
+            self.descriptor.require(settings)
+        except ConfigError as exc:
+            _print_start_errors_in_one_line()
+            raise ExecutorStartError(f"{type(self).__name__} cannot start: {exc}") from None
         if settings.core.check_health_on_startup:
             engine = self.store.engine
             try:
@@ -122,7 +139,11 @@ class ReconcilerExecutor(BaseExecutor):
     # ---- the scheduler's calls ------------------------------------------------------------
 
     def _process_workloads(self, workload_items: Sequence[Any]) -> None:
-        """Insert one row per workload, all in one transaction; invalid ones as failed rows."""
+        """Insert one row per workload, all in one transaction; invalid ones as failed rows.
+
+        When the store cannot be written, every workload stays queued and the next heartbeat
+        tries again (the insert is idempotent, so a commit whose answer was lost is no harm).
+        """
         rows: list[NewTask] = []
         for workload in workload_items:
             key = workload.ti.key
@@ -148,33 +169,112 @@ class ReconcilerExecutor(BaseExecutor):
                     spec=spec,
                     phase=phase,
                     status_reason=reason,
+                    token_expires_at=token_expiry(getattr(workload, "token", None)),
                 )
             )
-        self.store.add(rows)
-        for workload in workload_items:
-            self.queued_tasks.pop(workload.ti.key, None)
-            self.running.add(workload.ti.key)
-        invalid = sum(1 for r in rows if r.phase is Phase.FAILED)
+        try:
+            conflicts = set(self.store.add(rows))
+        except sa.exc.SQLAlchemyError as exc:
+            self.log.error(
+                "task store unavailable, %d task(s) stay queued for the next heartbeat: %s",
+                len(rows),
+                _one_line(exc),
+            )
+            self._count("store_errors", 1)
+            return
+        for workload, row in zip(workload_items, rows, strict=True):
+            key = workload.ti.key
+            self.queued_tasks.pop(key, None)
+            if row.id in conflicts:
+                reason = f"record id {row.id} is already stored for another task instance; not launched"
+                self.log.error("task %s not launched: %s", key, reason)
+                self.fail(key, info=reason)
+            else:
+                self.running.add(key)
+        invalid = sum(1 for r in rows if r.phase is Phase.FAILED) + len(conflicts)
         self._count("queued", len(rows) - invalid)
         self._count("invalid_config", invalid)
 
     def sync(self) -> None:
-        """Report each finished row exactly once: one indexed query, no AWS call."""
+        """Report each finished row exactly once, and only when it is the try's real outcome.
+
+        One indexed query of the store; when rows finished, one indexed query of Airflow's task
+        instances and one write. No AWS call. Database trouble is logged in one line and the rows
+        are reported on a later heartbeat.
+        """
+        try:
+            self._sync()
+        except sa.exc.SQLAlchemyError as exc:
+            self.log.error("could not report finished tasks, retrying next heartbeat: %s", _one_line(exc))
+            self._count("store_errors", 1)
+
+    def _sync(self) -> None:
         rows = self.store.finished_unreported(owner=self.owner, backend=self.backend)
         if not rows:
             return
+        current = self._current_tries(r for r in rows if r.superseded_at is None)
+        states = {r.id: current.get(_primary(r)) for r in rows}
+        now = self.store.database_now() if any(may_hold(r, states[r.id]) for r in rows) else None
+        timeout = self.settings.task_queued_timeout
+        decisions = {r.id: decide(r, states[r.id], now=now, task_queued_timeout=timeout) for r in rows}
+        reports = [d.report for d in decisions.values() if d.report is not None]
+        # Marked first, then told: a write that fails tells Airflow nothing twice, and a row
+        # adopted by another scheduler meanwhile is reported by that one alone.
+        marked = self.store.mark_reported(reports, owner=self.owner)
+        counts: Counter[str] = Counter()
         for row in rows:
+            decision = decisions[row.id]
+            if decision.action is Action.HOLD:
+                counts[decision.outcome.value] += 1
+                continue
             key = _airflow_key(row.key)
-            info = row.status_reason or row.phase.value
-            if row.phase is Phase.SUCCEEDED:
-                self.success(key, info=info)
-            else:
-                self.fail(key, info=info)
-        # After buffering: a crash in between re-reports after adoption rather than losing it.
-        self.store.mark_reported([r.id for r in rows])
-        succeeded = sum(1 for r in rows if r.phase is Phase.SUCCEEDED)
-        self._count("reported_success", succeeded)
-        self._count("reported_failed", len(rows) - succeeded)
+            if row.id not in marked:
+                # Another scheduler adopted it (or revoked it) since it was read: its TI is not
+                # this scheduler's any more.
+                self.running.discard(key)
+                continue
+            self._apply(key, decision)
+            counts[decision.outcome.value] += 1
+        for name, n in counts.items():
+            self._count(name, n)
+
+    def _apply(self, key: Any, decision: Decision) -> None:
+        if decision.action is Action.SUCCESS:
+            self.success(key, info=decision.info)
+        elif decision.action is Action.FAILED:
+            self.fail(key, info=decision.info)
+        else:
+            self.running.discard(key)
+
+    def _current_tries(self, rows: Iterable[TaskRecord]) -> dict[tuple[str, str, str, int], TryState]:
+        """The rows' task instances as Airflow's database has them now: one query on its TI key.
+
+        A session of its own (not the scheduler's scoped one, which must not be closed here).
+        """
+        keys = [_airflow_key(r.key) for r in rows]
+        if not keys:
+            return {}
+        from airflow.models.taskinstance import TaskInstance
+        from airflow.utils.session import create_session
+
+        condition = TaskInstance.filter_for_tis(keys)
+        if condition is None:
+            return {}
+        query = sa.select(
+            TaskInstance.dag_id,
+            TaskInstance.task_id,
+            TaskInstance.run_id,
+            TaskInstance.map_index,
+            TaskInstance.try_number,
+            TaskInstance.state,
+        ).where(condition)
+        with create_session(scoped=False) as session:
+            return {
+                (r.dag_id, r.task_id, r.run_id, r.map_index): TryState(
+                    r.try_number, None if r.state is None else str(getattr(r.state, "value", r.state))
+                )
+                for r in session.execute(query)
+            }
 
     def try_adopt_task_instances(self, tis: Sequence[TaskInstance]) -> Sequence[TaskInstance]:
         """Adopt from the store alone (zero AWS calls): by record id, else by TI key."""
@@ -258,6 +358,49 @@ class ReconcilerExecutor(BaseExecutor):
 
     def terminate(self) -> None:
         """Same as :meth:`end`: the reconciler, not the scheduler, owns the tasks."""
+
+
+class ExecutorStartError(ConfigError):
+    """The executor cannot start (a bad setting); the message is one line that names it.
+
+    Raised from ``start()``, which the scheduler calls before its loop, as Airflow's own executors
+    do: the scheduler logs it (a traceback of two frames: nothing chained, nothing below
+    ``start()``), marks its job failed and exits with status 1. At exit it is printed as its one
+    line, not as the 40-frame traceback of the whole CLI (see :func:`_print_start_errors_in_one_line`).
+    """
+
+
+def _print_start_errors_in_one_line() -> None:
+    """Print an :class:`ExecutorStartError` that ends the process as one line on stderr.
+
+    Airflow's scheduler has already logged it; Python would print it again with every frame of
+    the CLI. Any other uncaught exception still goes to the hook that was installed before.
+    """
+    previous = sys.excepthook
+    if getattr(previous, "_aws_reconciler", False):
+        return
+
+    def excepthook(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
+        if isinstance(value, ExecutorStartError):
+            print(f"error: {value}", file=sys.stderr)
+        else:
+            previous(kind, value, tb)
+
+    excepthook._aws_reconciler = True  # type: ignore[attr-defined]
+    sys.excepthook = excepthook
+
+
+def _one_line(exc: BaseException) -> str:
+    """A database error in one line: the driver's message, never the statement or parameters
+    (a parameter may be a launch request carrying the workload token)."""
+    orig = getattr(exc, "orig", None) or exc
+    text = " ".join(str(orig).split())
+    return f"{type(orig).__name__}: {text[:300]}"
+
+
+def _primary(record: TaskRecord) -> tuple[str, str, str, int]:
+    key = record.key
+    return (key.dag_id, key.task_id, key.run_id, key.map_index)
 
 
 def _airflow_key(key: Any) -> Any:

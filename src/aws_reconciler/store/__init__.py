@@ -1,22 +1,24 @@
 """The task store: tables, migrations, the task record and the lease (the only shared state)."""
 
-from .engine import create_store_engine, is_postgres
+from .engine import create_store_engine, database_now, is_postgres
 from .lease import LeaseState, LeaseStore
 from .migrate import SchemaNotReadyError, check_schema, migrate
 from .notify import Waker
-from .records import NewTask, TaskRecord
+from .records import NewTask, Report, TaskRecord
 from .tasks import TaskStore
 
 __all__ = [
     "LeaseState",
     "LeaseStore",
     "NewTask",
+    "Report",
     "SchemaNotReadyError",
     "TaskRecord",
     "TaskStore",
     "Waker",
     "check_schema",
     "create_store_engine",
+    "database_now",
     "is_postgres",
     "migrate",
 ]

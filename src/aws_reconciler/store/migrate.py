@@ -11,10 +11,13 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Engine
 
+from .tables import MYSQL_DIALECTS
+
 VERSION_TABLE = "aws_reconciler_alembic_version"
 MIGRATIONS = Path(__file__).parent / "migrations"
 # Any fixed number: serialises concurrent `db migrate` runs (two schedulers starting at once).
 _ADVISORY_LOCK_ID = 0x617773_7265  # "aws" "re"
+_MYSQL_LOCK = "aws_reconciler_migrate"
 
 
 class SchemaNotReadyError(RuntimeError):
@@ -44,11 +47,20 @@ def migrate(engine: Engine) -> tuple[str | None, str]:
     """Upgrade the store to head; returns (before, after). Safe to run concurrently on PostgreSQL."""
     config = _config()
     with engine.begin() as connection:
+        mysql = connection.dialect.name in MYSQL_DIALECTS
         if connection.dialect.name == "postgresql":
             connection.execute(sa.text("SELECT pg_advisory_xact_lock(:id)"), {"id": _ADVISORY_LOCK_ID})
-        before = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE}).get_current_revision()
-        config.attributes["connection"] = connection
-        command.upgrade(config, "head")
+        elif mysql:
+            # MySQL commits each DDL statement, so the lock is the session's and released below.
+            connection.execute(sa.text("SELECT GET_LOCK(:name, 300)"), {"name": _MYSQL_LOCK})
+        try:
+            context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
+            before = context.get_current_revision()
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+        finally:
+            if mysql:
+                connection.execute(sa.text("SELECT RELEASE_LOCK(:name)"), {"name": _MYSQL_LOCK})
     return before, head_revision()
 
 

@@ -22,6 +22,8 @@ class NewTask:
     spec: dict[str, Any] | None
     phase: Phase = Phase.PENDING
     status_reason: str | None = None
+    # The workload token's `exp` (see :func:`aws_reconciler.executor.workload.token_expiry`).
+    token_expires_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -49,9 +51,41 @@ class TaskRecord:
     finished_at: datetime | None
     reported_at: datetime | None
     updated_at: datetime
+    #: When the workload token expires (its own ``exp``); ``None`` when it had no readable ``exp``.
+    #: Compare it with :meth:`TaskStore.database_now`, never with a local clock.
+    token_expires_at: datetime | None = None
+    #: Set once a newer queueing of the same TI key was recorded: this row is no longer wanted.
+    superseded_at: datetime | None = None
+    #: Airflow's state of the try when the executor reported the row.
+    ti_state: str | None = None
     spec: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @property
     def open(self) -> bool:
         """The reconciler still has work to do for this row."""
         return not self.phase.terminal
+
+    @property
+    def launched(self) -> bool:
+        """A launch of this row may have reached AWS (anything ran, or could have)."""
+        return self.launched_at is not None or self.external_id is not None
+
+    def token_seconds_left(self, now: datetime) -> float | None:
+        """Seconds until the workload token expires at ``now`` (database time); ``None`` if unknown."""
+        if self.token_expires_at is None:
+            return None
+        return (self.token_expires_at - now).total_seconds()
+
+
+@dataclass(frozen=True)
+class Report:
+    """What the executor records about a row once it has told Airflow (or decided not to tell it).
+
+    ``phase``/``status_reason``: the truthful terminal phase, when Airflow's verdict on the try
+    contradicts what the container did (a task Airflow cleared while it ran exits 0 all the same).
+    """
+
+    id: str
+    ti_state: str | None = None
+    phase: Phase | None = None
+    status_reason: str | None = None

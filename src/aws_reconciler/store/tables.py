@@ -9,9 +9,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeEngine
+
+from ..model import Phase
 
 metadata = sa.MetaData()
+
+#: SQLAlchemy's names for MySQL and MariaDB (``mysql+pymysql://`` and ``mariadb+pymysql://``).
+MYSQL_DIALECTS = ("mysql", "mariadb")
 
 
 class UtcDateTime(sa.types.TypeDecorator[datetime]):
@@ -20,12 +27,21 @@ class UtcDateTime(sa.types.TypeDecorator[datetime]):
     impl = sa.DateTime(timezone=True)
     cache_ok = True
 
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        # MySQL's DATETIME drops the fraction unless asked: the lease, launch timing and the
+        # report marker need microseconds.
+        if dialect.name in MYSQL_DIALECTS:
+            return dialect.type_descriptor(mysql.DATETIME(fsp=6))
+        return dialect.type_descriptor(sa.DateTime(timezone=True))
+
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
         if value.tzinfo is None:
             raise ValueError(f"naive datetime {value!r} written to the task store; use UTC-aware datetimes")
-        return value.astimezone(UTC)
+        value = value.astimezone(UTC)
+        # MySQL's DATETIME has no zone (and MariaDB refuses an offset in the literal): store UTC.
+        return value.replace(tzinfo=None) if dialect.name in MYSQL_DIALECTS else value
 
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
         if value is None:
@@ -36,7 +52,11 @@ class UtcDateTime(sa.types.TypeDecorator[datetime]):
 
 
 # Phases in which the record's work is over; every other phase is "open".
-TERMINAL_PHASES = ("succeeded", "failed")
+TERMINAL_PHASES = tuple(p.value for p in Phase if p.terminal)
+
+#: Rows an executor must look at: finished, or superseded by another scheduler's queueing, and not
+#: reported yet. The predicate of the executor's partial index and of its heartbeat query.
+UNREPORTED_PREDICATE = "reported_at IS NULL AND (finished_at IS NOT NULL OR superseded_at IS NOT NULL)"
 
 task = sa.Table(
     "aws_reconciler_task",
@@ -71,9 +91,18 @@ task = sa.Table(
     sa.Column("finished_at", UtcDateTime, nullable=True),
     sa.Column("reported_at", UtcDateTime, nullable=True),
     sa.Column("updated_at", UtcDateTime, nullable=False),
+    # The workload token's own `exp` (read unverified at queue time), so launch decisions use the
+    # token's deadline, not a guess from created_at. NULL: the token carried no readable `exp`.
+    sa.Column("token_expires_at", UtcDateTime, nullable=True),
+    # Set when a newer queueing of the same TI key was recorded; the row's own scheduler sees it,
+    # frees the slot and never reports the row's outcome.
+    sa.Column("superseded_at", UtcDateTime, nullable=True),
+    # Airflow's state of the try when the executor reported the row (what the try really ended as).
+    sa.Column("ti_state", sa.String(32), nullable=True),
     # The TI key is indexed but NOT unique: a try can be queued more than once.
     sa.Index("ix_aws_reconciler_task_ti", "dag_id", "task_id", "run_id", "map_index", "try_number"),
-    # The reconciler's hot query: open rows of one backend.
+    # The reconciler's hot query: open rows of one backend. (MySQL has no partial indexes: there
+    # the migrations index (backend, finished_at) instead; see migration 0002.)
     sa.Index(
         "ix_aws_reconciler_task_open",
         "backend",
@@ -81,15 +110,16 @@ task = sa.Table(
         postgresql_where=sa.text("finished_at IS NULL"),
         sqlite_where=sa.text("finished_at IS NULL"),
     ),
-    # The executor's heartbeat query: finished, unreported rows of one owner.
+    # The executor's heartbeat query: rows of one owner to report (MySQL: (owner, backend, reported_at)).
     sa.Index(
         "ix_aws_reconciler_task_unreported",
         "owner",
         "backend",
-        postgresql_where=sa.text("finished_at IS NOT NULL AND reported_at IS NULL"),
-        sqlite_where=sa.text("finished_at IS NOT NULL AND reported_at IS NULL"),
+        postgresql_where=sa.text(UNREPORTED_PREDICATE),
+        sqlite_where=sa.text(UNREPORTED_PREDICATE),
     ),
-    sa.Index("ix_aws_reconciler_task_external_id", "external_id"),
+    # MySQL indexes at most 3072 bytes of a key: a prefix finds an ARN or job id just as well.
+    sa.Index("ix_aws_reconciler_task_external_id", "external_id", mysql_length=255),
     sa.Index("ix_aws_reconciler_task_reported_at", "reported_at"),
 )
 

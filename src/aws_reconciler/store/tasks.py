@@ -7,17 +7,20 @@ phase and attempt, so concurrent writers never lose each other's updates.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Collection, Iterable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, RowMapping
 
 from ..model import Backend, Clock, Desired, Phase, TiKey, utcnow
+from .engine import database_now
+from .lease import Fence
 from .notify import notify
-from .records import NewTask, TaskRecord
-from .tables import TERMINAL_PHASES, task
+from .records import NewTask, Report, TaskRecord
+from .tables import TERMINAL_PHASES, UNREPORTED_PREDICATE, task
 
 # Everything but the spec: rows are read often, specs only to launch.
 _LIGHT_COLUMNS = [c for c in task.c if c.name != "spec"]
@@ -53,6 +56,9 @@ def _record(row: RowMapping) -> TaskRecord:
         finished_at=row["finished_at"],
         reported_at=row["reported_at"],
         updated_at=row["updated_at"],
+        token_expires_at=row["token_expires_at"],
+        superseded_at=row["superseded_at"],
+        ti_state=row["ti_state"],
         spec=row.get("spec"),
     )
 
@@ -70,69 +76,141 @@ class TaskStore:
 
     # ---- executor side -------------------------------------------------------------------
 
-    def add(self, tasks: Sequence[NewTask]) -> None:
+    def add(self, tasks: Sequence[NewTask]) -> list[str]:
         """Insert one scheduler call's rows in ONE transaction and wake the reconciler.
 
-        An older open row of the same TI key (a reschedule that came back before its previous
-        container was observed to stop) is marked reported, so its late event can never be
-        mistaken for the outcome of the new queueing.
+        Idempotent: a row whose id is already stored for the same TI key (a retry after a commit
+        whose answer was lost) counts as recorded. Returns the ids that are stored for ANOTHER
+        task instance; those rows are not written, and the caller fails their workloads.
+
+        Older rows of the same TI key (a reschedule or a resumed deferral queued the try again)
+        are superseded: no longer wanted (``desired = stopped``, so the reconciler stops them) and
+        never reported as this queueing's outcome. Their own scheduler, when it is another one,
+        sees ``superseded_at`` on its next heartbeat and frees the slot.
         """
         if not tasks:
-            return
+            return []
         now = self.clock()
-        rows = [
-            {
-                "id": t.id,
-                "backend": t.backend.value,
-                "owner": t.owner,
-                "dag_id": t.key.dag_id,
-                "task_id": t.key.task_id,
-                "run_id": t.key.run_id,
-                "map_index": t.key.map_index,
-                "try_number": t.key.try_number,
-                "queue": t.queue,
-                "target": t.target,
-                "spec": t.spec,
-                "desired": Desired.RUNNING.value,
-                "phase": t.phase.value,
-                "attempt": 0,
-                "next_attempt_at": now,
-                "status_reason": t.status_reason,
-                "created_at": now,
-                "updated_at": now,
-                "finished_at": now if t.phase.terminal else None,
-            }
-            for t in tasks
-        ]
-        keys = [t.key.as_tuple() for t in tasks]
         ids = [t.id for t in tasks]
         with self.engine.begin() as conn:
-            for chunk in _chunks(keys):
-                conn.execute(
-                    task.update()
-                    .where(_key_columns().in_(chunk), task.c.id.not_in(ids), task.c.reported_at.is_(None))
-                    .values(reported_at=now, updated_at=now)
-                )
-            conn.execute(task.insert(), rows)
+            stored: dict[str, tuple[str, TiKey]] = {}
+            for chunk in _chunks(ids):
+                for row in conn.execute(
+                    sa.select(
+                        task.c.id,
+                        task.c.backend,
+                        task.c.dag_id,
+                        task.c.task_id,
+                        task.c.run_id,
+                        task.c.map_index,
+                        task.c.try_number,
+                    ).where(task.c.id.in_(chunk))
+                ).mappings():
+                    key = TiKey(row["dag_id"], row["task_id"], row["run_id"], row["map_index"], row["try_number"])
+                    stored[row["id"]] = (row["backend"], key)
+            conflicts = [t.id for t in tasks if t.id in stored and stored[t.id] != (t.backend.value, t.key)]
+            new = [t for t in tasks if t.id not in stored]
+            keys_by_owner: dict[str | None, list[tuple[str, str, str, int, int]]] = defaultdict(list)
+            for t in new:
+                keys_by_owner[t.owner].append(t.key.as_tuple())
+            for owner, keys in keys_by_owner.items():
+                for chunk in _chunks(keys):
+                    conn.execute(
+                        task.update()
+                        .where(
+                            _key_columns().in_(chunk),
+                            task.c.id.not_in(ids),
+                            task.c.reported_at.is_(None),
+                            task.c.superseded_at.is_(None),
+                        )
+                        .values(
+                            desired=Desired.STOPPED.value,
+                            superseded_at=now,
+                            # The same scheduler tracks the key for the new queueing already:
+                            # nothing to tell it. Another one must see the flag to free its slot.
+                            reported_at=sa.case((task.c.owner == owner, now), else_=None),
+                            updated_at=now,
+                        )
+                    )
+            if new:
+                conn.execute(task.insert(), [self._insert_values(t, now) for t in new])
             notify(conn)
+        return conflicts
+
+    @staticmethod
+    def _insert_values(t: NewTask, now: datetime) -> dict[str, Any]:
+        return {
+            "id": t.id,
+            "backend": t.backend.value,
+            "owner": t.owner,
+            "dag_id": t.key.dag_id,
+            "task_id": t.key.task_id,
+            "run_id": t.key.run_id,
+            "map_index": t.key.map_index,
+            "try_number": t.key.try_number,
+            "queue": t.queue,
+            "target": t.target,
+            "spec": t.spec,
+            "desired": Desired.RUNNING.value,
+            "phase": t.phase.value,
+            "attempt": 0,
+            "next_attempt_at": now,
+            "status_reason": t.status_reason,
+            "created_at": now,
+            "updated_at": now,
+            "finished_at": now if t.phase.terminal else None,
+            "token_expires_at": t.token_expires_at,
+        }
 
     def finished_unreported(self, *, owner: str, backend: Backend) -> list[TaskRecord]:
-        """Rows this owner must report: one indexed query, no spec."""
+        """Rows this owner must deal with: finished or superseded, not yet reported.
+
+        One query on the partial index whose predicate it repeats; no spec.
+        """
         query = sa.select(*_LIGHT_COLUMNS).where(
             task.c.owner == owner,
             task.c.backend == backend.value,
-            task.c.finished_at.is_not(None),
-            task.c.reported_at.is_(None),
+            sa.text(UNREPORTED_PREDICATE),
         )
         with self.engine.connect() as conn:
             return [_record(r) for r in conn.execute(query).mappings()]
 
-    def mark_reported(self, ids: Sequence[str]) -> None:
-        """Remember that Airflow has been told; called after the events are buffered."""
+    def mark_reported(self, reports: Sequence[Report], *, owner: str) -> set[str]:
+        """Record that Airflow has been told (or need not be); returns the ids this call marked.
+
+        Only rows this owner still owns and nobody marked meanwhile are marked: a row adopted by
+        another scheduler, or revoked, since it was read is left alone, so its report is neither
+        lost (the new owner sends it) nor sent to a TI the scheduler has moved on. Call it BEFORE
+        buffering the events, and buffer only the returned ids.
+        """
+        if not reports:
+            return set()
         now = self.clock()
+        groups: dict[tuple[str | None, Phase | None, str | None], list[str]] = defaultdict(list)
+        for report in reports:
+            groups[(report.ti_state, report.phase, report.status_reason)].append(report.id)
         with self.engine.begin() as conn:
-            for chunk in _chunks(ids):
-                conn.execute(task.update().where(task.c.id.in_(chunk)).values(reported_at=now, updated_at=now))
+            for (ti_state, phase, reason), ids in groups.items():
+                values: dict[str, Any] = {"reported_at": now, "updated_at": now, "ti_state": ti_state}
+                conditions = [task.c.owner == owner, task.c.reported_at.is_(None)]
+                if phase is not None:
+                    # Only a finished row's outcome is corrected; the reconciler owns open rows.
+                    values.update(phase=phase.value, status_reason=reason)
+                    conditions.append(task.c.finished_at.is_not(None))
+                for chunk in _chunks(ids):
+                    conn.execute(task.update().where(task.c.id.in_(chunk), *conditions).values(**values))
+            marked: set[str] = set()
+            # Read back in the same transaction (the rows stay locked until it commits): the
+            # time written is this call's own marker. Portable where UPDATE ... RETURNING is not.
+            for chunk in _chunks([r.id for r in reports]):
+                marked.update(
+                    conn.execute(
+                        sa.select(task.c.id).where(
+                            task.c.id.in_(chunk), task.c.owner == owner, task.c.reported_at == now
+                        )
+                    ).scalars()
+                )
+        return marked
 
     def adopt(self, *, owner: str, backend: Backend, ids: Collection[str], keys: Collection[TiKey]) -> list[TaskRecord]:
         """Take ownership of rows by id, or (for TIs without one) by newest row of their TI key.
@@ -214,31 +292,63 @@ class TaskStore:
                     found[row.id] = row.spec
         return found
 
-    def claim_for_launch(self, ids: Sequence[str]) -> dict[str, int]:
+    def claim_for_launch(
+        self, ids: Sequence[str], *, token_margin: float | None = None, fence: Fence | None = None
+    ) -> dict[str, int]:
         """Write-ahead for a batch of launches: pending rows still wanted move to ``launching``
-        with the next attempt number, in one statement. Returns id -> the attempt to launch.
+        with the next attempt number. Returns id -> the attempt to launch.
+
+        ``token_margin``: also skip rows whose workload token expires within that many seconds
+        of the DATABASE's time (a container that starts after expiry dies at ``/run``); rows
+        whose token has no readable ``exp`` are claimed. ``fence``: claim only while that lease
+        tenure lasts (see :class:`~aws_reconciler.store.lease.Fence`).
 
         From here on each claimed attempt may exist on AWS, so it is only ever relaunched with
-        the same client token.
+        the same client token. On databases without UPDATE ... RETURNING (MySQL, MariaDB) the
+        rows are locked first (SELECT ... FOR UPDATE SKIP LOCKED), then updated.
         """
         now = self.clock()
         claimed: dict[str, int] = {}
         with self.engine.begin() as conn:
+            conditions = [task.c.phase == Phase.PENDING.value, task.c.desired == Desired.RUNNING.value]
+            if fence is not None:
+                conditions.append(fence.clause())
+            if token_margin is not None:
+                cutoff = database_now(conn) + timedelta(seconds=token_margin)
+                conditions.append(sa.or_(task.c.token_expires_at.is_(None), task.c.token_expires_at > cutoff))
+            values = {
+                "phase": Phase.LAUNCHING.value,
+                "attempt": task.c.attempt + 1,
+                "next_attempt_at": now,
+                "updated_at": now,
+            }
             for chunk in _chunks(ids):
-                statement = (
-                    task.update()
-                    .where(
-                        task.c.id.in_(chunk),
-                        task.c.phase == Phase.PENDING.value,
-                        task.c.desired == Desired.RUNNING.value,
+                if conn.dialect.update_returning:
+                    statement = (
+                        task.update()
+                        .where(task.c.id.in_(chunk), *conditions)
+                        .values(**values)
+                        .returning(task.c.id, task.c.attempt)
                     )
-                    .values(
-                        phase=Phase.LAUNCHING.value, attempt=task.c.attempt + 1, next_attempt_at=now, updated_at=now
+                    claimed.update({row.id: row.attempt for row in conn.execute(statement)})
+                    continue
+                locked = {
+                    row.id: row.attempt
+                    for row in conn.execute(
+                        sa.select(task.c.id, task.c.attempt)
+                        .where(task.c.id.in_(chunk), *conditions)
+                        .with_for_update(skip_locked=True)
                     )
-                    .returning(task.c.id, task.c.attempt)
-                )
-                claimed.update({row.id: row.attempt for row in conn.execute(statement)})
+                }
+                if locked:
+                    conn.execute(task.update().where(task.c.id.in_(list(locked)), *conditions).values(**values))
+                    claimed.update({record_id: attempt + 1 for record_id, attempt in locked.items()})
         return claimed
+
+    def database_now(self) -> datetime:
+        """The database's current time: compare token and lease deadlines with this."""
+        with self.engine.connect() as conn:
+            return database_now(conn)
 
     def get(self, record_id: str) -> TaskRecord | None:
         """One full row (with spec), or ``None``."""
@@ -261,9 +371,11 @@ class TaskStore:
         expect_phases: Collection[Phase],
         expect_attempt: int | None = None,
         conn: Connection | None = None,
+        fence: Fence | None = None,
         **values: Any,
     ) -> bool:
-        """Compare-and-set: update the row only if it is still in one of ``expect_phases``.
+        """Compare-and-set: update the row only if it is still in one of ``expect_phases``
+        (and, with ``fence``, only while that lease tenure lasts).
 
         Returns False when another writer (a revoke, a second reconciler during failover, an
         older observation) got there first; the caller then simply re-reads next cycle.
@@ -276,6 +388,8 @@ class TaskStore:
         statement = task.update().where(task.c.id == record_id, task.c.phase.in_([p.value for p in expect_phases]))
         if expect_attempt is not None:
             statement = statement.where(task.c.attempt == expect_attempt)
+        if fence is not None:
+            statement = statement.where(fence.clause())
         statement = statement.values(**values)
         if conn is not None:
             return bool(conn.execute(statement).rowcount)

@@ -66,7 +66,8 @@ def upgrade() -> None:
         postgresql_where=sa.text("finished_at IS NOT NULL AND reported_at IS NULL"),
         sqlite_where=sa.text("finished_at IS NOT NULL AND reported_at IS NULL"),
     )
-    op.create_index("ix_aws_reconciler_task_external_id", "aws_reconciler_task", ["external_id"])
+    # MySQL indexes at most 3072 bytes of a key (MariaDB shortens it silently, MySQL refuses).
+    op.create_index("ix_aws_reconciler_task_external_id", "aws_reconciler_task", ["external_id"], mysql_length=255)
     op.create_index("ix_aws_reconciler_task_reported_at", "aws_reconciler_task", ["reported_at"])
     op.create_table(
         "aws_reconciler_lease",
