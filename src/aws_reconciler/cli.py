@@ -1,111 +1,291 @@
 """``aws-reconciler``: run the reconciler, migrate the store, show the settings and the status, check AWS.
 
 Commands of other distributions join through the ``aws_reconciler.commands`` entry point (the
-sandbox's ``aws-reconciler sandbox``); the product itself never imports them.
+sandbox's ``aws-reconciler sandbox``); the product itself never imports them. Every failure an
+operator can fix ends in one line on stderr and an exit code from :class:`ExitCode`.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
+from enum import IntEnum
 from importlib.metadata import entry_points
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
-from .config import ConfigError, describe_settings, load_settings, redact_url
+from .config import ConfigError, Settings, describe_settings, load_settings, redact_url
+from .store.trouble import StoreMisconfigured, StoreUnreachable, classify_store_error
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
+    from .metrics.server import Check
+    from .reconciler.runner import Runner
 
 log = logging.getLogger("aws_reconciler")
+
+
+class ExitCode(IntEnum):
+    """What ``aws-reconciler`` exits with (README, "Exit codes")."""
+
+    OK = 0
+    #: The command ran and found a problem: a permission missing, a cycle failed, the lease held elsewhere.
+    FAILED = 1
+    #: A setting or a command-line argument is invalid: fix it, retrying cannot help.
+    CONFIG = 2
+    #: The store's schema is missing or older than this release: run ``aws-reconciler db migrate``.
+    SCHEMA = 3
+    #: AWS cannot be reached or no credentials were found (``check``).
+    AWS_UNAVAILABLE = 4
+    #: The task store does not answer (one-shot commands; ``run`` waits for it instead).
+    STORE_UNAVAILABLE = 5
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _store_engine(settings: Settings) -> Engine:
+    """The store's engine; a URL that cannot work is a configuration error naming ``store_url``."""
+    from .store.engine import create_store_engine
+
+    try:
+        return create_store_engine(settings.store_url)
+    except Exception as exc:
+        trouble = classify_store_error(exc, label=redact_url(settings.store_url))
+        if isinstance(trouble, StoreMisconfigured):
+            raise trouble from None
+        raise
+
+
+# ---- run ------------------------------------------------------------------------------------
+
+
+class _Startup:
+    """Health of a reconciler whose runner is not built yet (the store does not answer)."""
+
+    def __init__(self) -> None:
+        self.runner: Runner | None = None
+        self.waiting_for: str | None = "start-up"
+
+    def liveness(self) -> Check:
+        from .metrics.server import Check
+
+        # Waiting for the store is progress: a restart would only wait again.
+        return self.runner.liveness() if self.runner else Check(True, {"status": "starting"})
+
+    def readiness(self) -> Check:
+        from .metrics.server import Check
+
+        if self.runner is not None:
+            return self.runner.readiness()
+        return Check(False, {"status": f"waiting for {self.waiting_for}"})
+
+
+def _build_runner_when_store_answers(
+    settings: Settings, *, metrics: Any, startup: _Startup, stop: threading.Event, once: bool
+) -> Runner | None:
+    """``build_runner``, retried with backoff while the store is unreachable; ``None`` if stopped first."""
+    from .reconciler.backoff import backoff_delay
+    from .reconciler.factory import build_runner
+
+    label = redact_url(settings.store_url)
+    attempt = 0
+    while True:
+        try:
+            return build_runner(settings, metrics=metrics)
+        except Exception as exc:
+            trouble = classify_store_error(exc, label=label)
+            if trouble is None:
+                raise
+            if isinstance(trouble, StoreMisconfigured) or once:
+                raise trouble from None
+            attempt += 1
+            delay = backoff_delay(attempt=attempt, base=settings.core.backoff_base, cap=settings.core.backoff_max)
+            startup.waiting_for = "the task store"
+            log.warning("%s; retrying in %.0f s", trouble, delay)
+            if stop.wait(delay):
+                return None
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from .metrics.definitions import Metrics
     from .metrics.server import MetricsServer
-    from .reconciler.factory import build_runner
 
     settings = load_settings()
+    settings.require_backend()
     metrics = Metrics()
-    runner = build_runner(settings, metrics=metrics)
-    runner.install_signal_handlers()
+    startup = _Startup()
+    stop = threading.Event()
+    # Until the runner takes over the signals: SIGTERM while waiting for the store ends cleanly.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _frame: stop.set())
     server = None
     if settings.core.metrics_address and not args.once:
+        # Serving first: /readyz says "waiting for the task store" while the store is down.
         host, _, port = settings.core.metrics_address.rpartition(":")
         server = MetricsServer(
             registry=metrics.registry,
-            liveness=runner.liveness,
-            readiness=runner.readiness,
+            liveness=startup.liveness,
+            readiness=startup.readiness,
             host=host or "0.0.0.0",
             port=int(port),
         )
         server.start()
         log.info("serving /metrics, /healthz and /readyz on %s:%d", host or "0.0.0.0", server.port)
     try:
+        runner = _build_runner_when_store_answers(settings, metrics=metrics, startup=startup, stop=stop, once=args.once)
+        if runner is None:
+            log.info("stopped before the task store answered")
+            return ExitCode.OK
+        runner.install_signal_handlers()
+        if stop.is_set():
+            runner.request_stop()
+        startup.runner = runner
         return runner.run(once=args.once)
     finally:
         if server is not None:
             server.stop()
 
 
+# ---- db, status ----------------------------------------------------------------------------
+
+
 def _cmd_db_migrate(args: argparse.Namespace) -> int:
-    from .store.engine import create_store_engine
     from .store.migrate import migrate
 
     settings = load_settings()
-    before, after = migrate(create_store_engine(settings.store_url))
+    before, after = migrate(_store_engine(settings))
     print(f"task store {redact_url(settings.store_url)}: {before or 'empty'} -> {after}")
-    return 0
+    return ExitCode.OK
 
 
 def _cmd_db_check(args: argparse.Namespace) -> int:
-    from .store.engine import create_store_engine
     from .store.migrate import check_schema
 
     settings = load_settings()
-    check_schema(create_store_engine(settings.store_url))
+    check_schema(_store_engine(settings))
     print(f"task store {redact_url(settings.store_url)}: schema is current")
-    return 0
+    return ExitCode.OK
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from .status import print_status
-    from .store.engine import create_store_engine
+    from .status import render_status, status_document
     from .store.migrate import check_schema
     from .store.queries import TaskQueries
 
     settings = load_settings()
-    engine = create_store_engine(settings.store_url)
+    engine = _store_engine(settings)
     check_schema(engine)
-    print_status(
-        TaskQueries(engine), store_label=redact_url(settings.store_url), failures=args.failures, out=sys.stdout
-    )
-    return 0
+    queries = TaskQueries(engine)
+    label = redact_url(settings.store_url)
+    if args.json:
+        print(json.dumps(status_document(queries, store_label=label, failures=args.failures), indent=2))
+    else:
+        sys.stdout.write(render_status(queries, store_label=label, failures=args.failures))
+    return ExitCode.OK
+
+
+# ---- check ---------------------------------------------------------------------------------
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
     from .backends.client import make_client
-    from .checks import check_backends, render
+    from .checks import caller_identity, check_backends, check_store, render
 
     settings = load_settings()
     settings.require_backend()
+    identity = caller_identity(settings, make_client)
+    if not identity.ok:
+        # One line, not a MISSING for every permission: nothing was checked.
+        if args.json:
+            print(json.dumps({"identity": identity.as_dict(), "results": []}, indent=2))
+        print(f"aws-reconciler check: {identity.detail}", file=sys.stderr)
+        return ExitCode.AWS_UNAVAILABLE
     results = check_backends(
         settings, lambda d: make_client(d.service, region_name=d.settings_of(settings).region_name)
     )
-    print(render(results))
-    missing = [r for r in results if not r.ok]
+    store = check_store(settings) if args.store else None
+    if args.json:
+        document: dict[str, Any] = {"identity": identity.as_dict(), "results": [r.as_dict() for r in results]}
+        if store is not None:
+            document["store"] = store.as_dict()
+        print(json.dumps(document, indent=2))
+    else:
+        print(f"identity {identity.arn} (account {identity.account}), region {identity.region or 'default'}")
+        print(render(results))
+        if store is not None:
+            print(f"{store.status.upper():<8} task store  {store.detail}")
+    missing = [r for r in results if r.status == "missing"]
+    unreachable = [r for r in results if r.status == "error"]
+    if store is not None and store.status != "ok":
+        print(f"aws-reconciler check: {store.detail}", file=sys.stderr)
+        return ExitCode.STORE_UNAVAILABLE if store.status == "error" else ExitCode.SCHEMA
+    if unreachable:
+        print(
+            f"aws-reconciler check: {len(unreachable)} call(s) could not be made: {unreachable[0].detail}",
+            file=sys.stderr,
+        )
+        return ExitCode.AWS_UNAVAILABLE
     if missing:
-        print(f"{len(missing)} permission(s) missing", file=sys.stderr)
-        return 1
-    return 0
+        print(f"aws-reconciler check: {len(missing)} permission(s) missing", file=sys.stderr)
+        return ExitCode.FAILED
+    return ExitCode.OK
+
+
+# ---- config --------------------------------------------------------------------------------
+
+
+def _backend_summary(settings: Settings) -> list[dict[str, Any]]:
+    from .backends.registry import DESCRIPTORS
+
+    rows = []
+    for descriptor in DESCRIPTORS:
+        section = descriptor.settings_of(settings)
+        rows.append(
+            {
+                "backend": descriptor.kind.value,
+                "executor": f"aws_reconciler.executor.{descriptor.executor_name}",
+                "enabled": section.enabled,
+                "targets": section.targets,
+                "option": f"[{section.section}] {section.target_field}",
+            }
+        )
+    return rows
 
 
 def _cmd_config_show(args: argparse.Namespace) -> int:
-    rows = describe_settings(load_settings())
-    width = max(len(f"[{s}] {o}") for s, o, _, _ in rows)
-    for section, option, value, origin in rows:
-        print(f"{f'[{section}] {option}':<{width}}  = {value:<40}  ({origin})")
-    return 0
+    settings = load_settings()
+    rows = describe_settings(settings)
+    backends = _backend_summary(settings)
+    if args.json:
+        options = [{"section": s, "option": o, "value": v, "origin": origin} for s, o, v, origin in rows]
+        print(json.dumps({"options": options, "backends": backends}, indent=2))
+    else:
+        width = max(len(f"[{s}] {o}") for s, o, _, _ in rows)
+        for section, option, value, origin in rows:
+            print(f"{f'[{section}] {option}':<{width}}  = {value:<40}  ({origin})")
+        print()
+        for backend in backends:
+            if backend["enabled"]:
+                state = f"on: {', '.join(backend['targets'])}"
+            else:
+                state = f"off ({backend['option']} is not set; its executor refuses to start)"
+            print(f"backend {backend['backend']:<6} {state}")
+    if not any(b["enabled"] for b in backends):
+        try:
+            settings.require_backend()
+        except ConfigError as exc:
+            print(f"aws-reconciler config show: warning: {exc}", file=sys.stderr)
+    return ExitCode.OK
 
+
+# ---- the parser ----------------------------------------------------------------------------
 
 # Commands other distributions add, and where a user gets them when they are not installed.
 PLUGIN_COMMANDS = {
@@ -136,9 +316,26 @@ def _add_plugin_commands(commands: Any) -> None:
 def _missing_plugin(name: str, install: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         print(f"aws-reconciler {name}: not installed; install {install}", file=sys.stderr)
-        return 2
+        return ExitCode.CONFIG
 
     return run
+
+
+def _log_level(text: str) -> str:
+    level = text.strip().upper()
+    if level not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a log level; expected one of {', '.join(LOG_LEVELS)}")
+    return level
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative; expected 0 or more")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -147,7 +344,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="aws-reconciler", description="Reconcile Airflow task instances with AWS ECS tasks and Batch jobs."
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
+    parser.add_argument("--log-level", type=_log_level, default="INFO", help=f"{', '.join(LOG_LEVELS)} (default INFO)")
+    parser.add_argument(
+        "-v", "--verbose", action="store_const", const="DEBUG", dest="log_level", help="the same as --log-level DEBUG"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="reconcile the task store with AWS until stopped")
@@ -162,17 +362,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = commands.add_parser("status", help="tasks by backend and phase, oldest pending, recent failures")
     status.add_argument(
-        "--failures", type=int, default=10, metavar="N", help="how many recent failures to list (default 10)"
+        "--failures", type=_count, default=10, metavar="N", help="how many recent failures to list (default 10)"
     )
+    status.add_argument("--json", action="store_true", help="print a JSON document instead of tables")
     status.set_defaults(func=_cmd_status)
 
     check = commands.add_parser("check", help="probe every AWS permission the reconciler needs, changing nothing")
+    check.add_argument("--store", action="store_true", help="also check that the task store answers and is current")
+    check.add_argument("--json", action="store_true", help="print a JSON document instead of a table")
     check.set_defaults(func=_cmd_check)
 
     config = commands.add_parser("config", help="settings").add_subparsers(dest="config_command", required=True)
-    config.add_parser("show", help="effective settings and their origin, secrets redacted").set_defaults(
-        func=_cmd_config_show
-    )
+    show = config.add_parser("show", help="effective settings and their origin, secrets redacted")
+    show.add_argument("--json", action="store_true", help="print a JSON document instead of a table")
+    show.set_defaults(func=_cmd_config_show)
     return parser
 
 
@@ -183,7 +386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown and not getattr(args, "takes_any_arguments", False):
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
     # Alembic announces every plugin at INFO; only its warnings matter to operators.
     logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLogger().level))
@@ -192,16 +395,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLogger().level))
     try:
         return int(args.func(args) or 0)
-    except ConfigError as exc:
+    except (ConfigError, StoreMisconfigured) as exc:
         print(f"aws-reconciler: configuration error: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.CONFIG
+    except StoreUnreachable as exc:
+        print(f"aws-reconciler: {exc}", file=sys.stderr)
+        return ExitCode.STORE_UNAVAILABLE
     except Exception as exc:
         from .store.migrate import SchemaNotReadyError
 
         if isinstance(exc, SchemaNotReadyError):
             print(f"aws-reconciler: {exc}", file=sys.stderr)
-            return 3
+            return ExitCode.SCHEMA
+        trouble = classify_store_error(exc, label=_store_label())
+        if isinstance(trouble, StoreUnreachable):
+            print(f"aws-reconciler: {trouble}", file=sys.stderr)
+            return ExitCode.STORE_UNAVAILABLE
+        if isinstance(trouble, StoreMisconfigured):
+            print(f"aws-reconciler: configuration error: {trouble}", file=sys.stderr)
+            return ExitCode.CONFIG
         raise
+
+
+def _store_label() -> str:
+    try:
+        return redact_url(load_settings().store_url)
+    except Exception:
+        return "(unknown)"
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
-from typing import TextIO
+from typing import Any
 
 from .model import Phase, utcnow
 from .store.queries import TaskQueries
@@ -134,6 +134,40 @@ def render_status(
     return "\n".join(line for section in sections for line in section) + "\n"
 
 
-def print_status(queries: TaskQueries, *, store_label: str, failures: int, out: TextIO) -> None:
-    """Write the report to ``out``."""
-    out.write(render_status(queries, store_label=store_label, failures=failures))
+def _record_document(record: TaskRecord, now: datetime) -> dict[str, Any]:
+    key = record.key
+    return {
+        "id": record.id,
+        "backend": record.backend.value,
+        "phase": record.phase.value,
+        "dag_id": key.dag_id,
+        "task_id": key.task_id,
+        "run_id": key.run_id,
+        "map_index": key.map_index,
+        "try_number": key.try_number,
+        "attempt": record.attempt,
+        "external_id": record.external_id,
+        "created_at": record.created_at.isoformat(),
+        "finished_at": record.finished_at.isoformat() if record.finished_at else None,
+        "age_seconds": round((now - record.created_at).total_seconds(), 1),
+        "exit_code": record.exit_code,
+        "stop_code": record.stop_code,
+        "reason": scrub(record.status_reason or record.last_error or "") or None,
+    }
+
+
+def status_document(
+    queries: TaskQueries, *, store_label: str, failures: int = DEFAULT_FAILURES, clock: Callable[[], datetime] = utcnow
+) -> dict[str, Any]:
+    """The same report as a JSON-ready document (``status --json``), for scripts and alerts."""
+    now = clock()
+    counts: dict[str, dict[str, int]] = {}
+    for (backend, phase), n in sorted(queries.counts().items()):
+        counts.setdefault(backend, {})[phase] = n
+    return {
+        "store": store_label,
+        "generated_at": now.isoformat(),
+        "counts": counts,
+        "oldest_waiting": {b: _record_document(r, now) for b, r in sorted(queries.oldest_waiting().items())},
+        "recent_failures": [_record_document(r, now) for r in queries.recent_failures(failures)],
+    }

@@ -17,6 +17,7 @@ from .spec import build_submit_job_request, check_settings
 #: Where AWS Batch jobs log unless their job definition names another ``awslogs-group``.
 BATCH_DEFAULT_LOG_GROUP = "/aws/batch/job"
 _MISSING_JOB = "00000000-0000-0000-0000-000000000000"
+_MISSING_DEFINITION = "aws-reconciler-check-00000000-0000-0000-0000-000000000000"
 
 
 def _build(settings: Settings, *, client: Any, may_act: Callable[[], bool], clock: Clock | None) -> BatchBackend:
@@ -31,6 +32,7 @@ def _build(settings: Settings, *, client: Any, may_act: Callable[[], bool], cloc
         runnable_timeout=settings.runnable_timeout,
         clock=clock,
         may_act=may_act,
+        lookup_delay=batch.lookup_delay,
     )
 
 
@@ -41,8 +43,23 @@ def probes(settings: Settings, client: Any) -> list[Probe]:
         Probe("batch:TerminateJob", partial(client.terminate_job, jobId=_MISSING_JOB, reason="aws-reconciler check")),
         Probe("batch:CancelJob", partial(client.cancel_job, jobId=_MISSING_JOB, reason="aws-reconciler check")),
     ]
+    deployment = settings.core.deployment
     for queue in settings.batch.targets:
         found.append(Probe(f"batch:ListJobs {queue}", partial(client.list_jobs, jobQueue=queue, jobStatus="RUNNING")))
+        # A job definition that cannot exist: Batch authorises SubmitJob, and TagResource for the
+        # tags on submit, before it looks the definition up, so nothing is ever queued.
+        found.append(
+            Probe(
+                f"batch:SubmitJob+TagResource {queue}",
+                partial(
+                    client.submit_job,
+                    jobName="aws-reconciler-check",
+                    jobQueue=queue,
+                    jobDefinition=_MISSING_DEFINITION,
+                    tags={"aws-reconciler:deployment": deployment},
+                ),
+            )
+        )
     return found
 
 
