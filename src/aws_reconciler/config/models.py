@@ -34,10 +34,46 @@ def _split_list(value: Any) -> Any:
     return value
 
 
-def _json_value(value: Any) -> Any:
+def _json_value(value: Any, *, example: str = "") -> Any:
     if isinstance(value, str):
         text = value.strip()
-        return json.loads(text) if text else None
+        try:
+            return json.loads(text) if text else None
+        except json.JSONDecodeError as exc:
+            expected = f"; expected JSON such as {example}" if example else ""
+            raise ValueError(f"not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}){expected}") from None
+    return value
+
+
+DEPLOYMENT_CHARACTERS = "letters, digits and + = . _ : / @ -"
+_DEPLOYMENT_PUNCTUATION = frozenset("+=._:/@-")
+MAX_DEPLOYMENT = 36
+
+
+def check_deployment(value: str) -> str:
+    """The deployment name is ECS ``startedBy`` and a tag value: say in words what is wrong with it."""
+    rule = f"at most {MAX_DEPLOYMENT} characters: {DEPLOYMENT_CHARACTERS}, starting with a letter or digit"
+    if not value:
+        raise ValueError(f"must not be empty ({rule})")
+    bad = sorted({c for c in value if not (c.isascii() and (c.isalnum() or c in _DEPLOYMENT_PUNCTUATION))})
+    if bad:
+        raise ValueError(f"contains {', '.join(repr(c) for c in bad)}; allowed: {rule}")
+    if len(value) > MAX_DEPLOYMENT:
+        raise ValueError(f"is {len(value)} characters long; {rule}")
+    if value[0] in _DEPLOYMENT_PUNCTUATION:
+        raise ValueError(f"starts with {value[0]!r}; {rule}")
+    return value
+
+
+def check_host_port(value: str) -> str:
+    """``host:port`` (host may be empty for every interface); empty turns the server off."""
+    if value == "":
+        return value
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536 or any(c.isspace() for c in host):
+        raise ValueError(
+            "expected host:port, e.g. 0.0.0.0:9109 or :9109 (port 1-65535); empty disables the metrics server"
+        )
     return value
 
 
@@ -61,7 +97,6 @@ class CoreSettings(SectionSettings):
 
     deployment: str = Field(
         "airflow",
-        pattern=DEPLOYMENT_PATTERN,
         description=(
             "Name of this Airflow deployment on AWS. Sent as ECS startedBy and tagged on every task and "
             "job; the reconciler only ever stops tasks that carry it. 1-36 characters: letters, digits "
@@ -164,7 +199,6 @@ class CoreSettings(SectionSettings):
     batch_describe_burst: int = Field(100, ge=1, description="Client-side burst of Batch DescribeJobs+ListJobs calls.")
     metrics_address: str = Field(
         "0.0.0.0:9109",
-        pattern=r"^$|^[^:\s]*:\d{1,5}$",
         description=(
             "host:port where the reconciler serves /metrics, /healthz and /readyz (standbys too); "
             "empty disables the server."
@@ -173,6 +207,16 @@ class CoreSettings(SectionSettings):
     check_health_on_startup: bool = Field(
         True, description="The executor checks that the task store is reachable and migrated when the scheduler starts."
     )
+
+    @field_validator("deployment")
+    @classmethod
+    def _deployment(cls, value: str) -> str:
+        return check_deployment(value)
+
+    @field_validator("metrics_address")
+    @classmethod
+    def _metrics_address(cls, value: str) -> str:
+        return check_host_port(value)
 
     @model_validator(mode="after")
     def _deadline_within_lease(self) -> CoreSettings:
@@ -217,6 +261,8 @@ class BackendSettings(SectionSettings):
     list_fields: ClassVar[frozenset[str]] = frozenset()
     json_fields: ClassVar[frozenset[str]] = frozenset()
     json_object_fields: ClassVar[frozenset[str]] = frozenset()
+    # Shown when a JSON option does not parse.
+    json_examples: ClassVar[dict[str, str]] = {}
 
     region_name: str | None = Field(
         None, description="AWS region; defaults to the boto3 chain (AWS_DEFAULT_REGION...)."
@@ -229,7 +275,7 @@ class BackendSettings(SectionSettings):
         if name in cls.list_fields:
             return _split_list(value)
         if name in cls.json_fields or name in cls.json_object_fields:
-            decoded = _json_value(value)
+            decoded = _json_value(value, example=cls.json_examples.get(name, ""))
             return {} if decoded is None and name in cls.json_object_fields else decoded
         return value
 
@@ -268,6 +314,10 @@ class EcsSettings(BackendSettings):
     list_fields: ClassVar[frozenset[str]] = frozenset({"allowed_clusters", "subnets", "security_groups"})
     json_fields: ClassVar[frozenset[str]] = frozenset({"capacity_provider_strategy"})
     json_object_fields: ClassVar[frozenset[str]] = frozenset({"run_task_kwargs"})
+    json_examples: ClassVar[dict[str, str]] = {
+        "capacity_provider_strategy": '[{"capacityProvider": "FARGATE_SPOT", "weight": 1}]',
+        "run_task_kwargs": '{"propagateTags": "TASK_DEFINITION", "enableExecuteCommand": true}',
+    }
 
     cluster: str | None = Field(
         None, description="ECS cluster name or ARN tasks run in. Setting it enables the ECS backend."
@@ -334,6 +384,7 @@ class BatchSettings(BackendSettings):
     attempts_field: ClassVar[str] = "max_submit_job_attempts"
     list_fields: ClassVar[frozenset[str]] = frozenset({"allowed_job_queues"})
     json_object_fields: ClassVar[frozenset[str]] = frozenset({"submit_job_kwargs"})
+    json_examples: ClassVar[dict[str, str]] = {"submit_job_kwargs": '{"timeout": {"attemptDurationSeconds": 3600}}'}
 
     job_queue: str | None = Field(
         None, description="Batch job queue name or ARN jobs are submitted to. Setting it enables the Batch backend."
