@@ -119,6 +119,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     settings.require_backend()
+    for warning in settings.warnings:
+        log.warning("%s", warning)
     metrics = Metrics()
     startup = _Startup()
     stop = threading.Event()
@@ -277,11 +279,36 @@ def _cmd_config_show(args: argparse.Namespace) -> int:
             else:
                 state = f"off ({backend['option']} is not set; its executor refuses to start)"
             print(f"backend {backend['backend']:<6} {state}")
+    warnings = list(settings.warnings)
     if not any(b["enabled"] for b in backends):
         try:
             settings.require_backend()
         except ConfigError as exc:
-            print(f"aws-reconciler config show: warning: {exc}", file=sys.stderr)
+            warnings.append(str(exc))
+    for warning in warnings:
+        print(f"aws-reconciler config show: warning: {warning}", file=sys.stderr)
+    return ExitCode.OK
+
+
+def _cmd_config_migrate(args: argparse.Namespace) -> int:
+    from .config.migration import plan_migration, render_cfg, render_env
+    from .config.sources import RawConfig
+
+    plan = plan_migration(RawConfig())
+    if plan.empty:
+        print(
+            "aws-reconciler config migrate: no [aws_ecs_executor] or [aws_batch_executor] settings found "
+            "(airflow.cfg and AIRFLOW__* variables)",
+            file=sys.stderr,
+        )
+        return ExitCode.FAILED
+    sys.stdout.write(render_env(plan) if args.format == "env" else render_cfg(plan))
+    for where, why in plan.dropped:
+        print(f"note: {where} has no equivalent: {why}", file=sys.stderr)
+    for where in plan.unknown:
+        print(f"note: {where} is not a provider option this release knows; not migrated", file=sys.stderr)
+    for conflict in plan.conflicts:
+        print(f"warning: {conflict}", file=sys.stderr)
     return ExitCode.OK
 
 
@@ -376,6 +403,14 @@ def build_parser() -> argparse.ArgumentParser:
     show = config.add_parser("show", help="effective settings and their origin, secrets redacted")
     show.add_argument("--json", action="store_true", help="print a JSON document instead of a table")
     show.set_defaults(func=_cmd_config_show)
+    migrate = config.add_parser(
+        "migrate",
+        help="print our settings equivalent to the amazon provider's [aws_ecs_executor] / [aws_batch_executor]",
+    )
+    migrate.add_argument(
+        "--format", choices=("cfg", "env"), default="cfg", help="airflow.cfg sections (default) or export lines"
+    )
+    migrate.set_defaults(func=_cmd_config_migrate)
     return parser
 
 

@@ -7,15 +7,18 @@ and the value (never the value of a secret), so an operator can fix it without r
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass
+import shlex
+import subprocess
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic import SecretStr, ValidationError
 
-from .models import SECRET_OPTIONS, BatchSettings, CoreSettings, EcsSettings, SectionSettings
-from .sources import RawConfig, airflow_home, env_var_name
+from .migration import provider_warnings
+from .models import EMPTY_MEANS_OFF, SECRET_OPTIONS, BatchSettings, CoreSettings, EcsSettings, SectionSettings
+from .sources import RawConfig, env_var_name
 
 SECTIONS: tuple[type[SectionSettings], ...] = (CoreSettings, EcsSettings, BatchSettings)
 DEFAULT_TASK_QUEUED_TIMEOUT = 600.0
@@ -26,16 +29,42 @@ class ConfigError(ValueError):
     """A setting is missing or invalid; the message names the option and its origin."""
 
 
+#: Airflow's own resolved value of ``[section] option`` (``conf.get``), for the scheduler side,
+#: where Airflow resolves its ``_cmd`` and ``_secret`` options and defaults; ``None`` when unset.
+AirflowConf = Callable[[str, str], str | None]
+
+NO_STORE = (
+    "no task store is configured: set [aws_reconciler] store_url (env AIRFLOW__AWS_RECONCILER__STORE_URL) "
+    "or store_url_cmd, or Airflow's [database] sql_alchemy_conn / sql_alchemy_conn_cmd"
+)
+
+
 @dataclass(frozen=True)
 class Settings:
-    """Every section, validated, plus values derived from Airflow's own configuration."""
+    """Every section, validated, plus values derived from Airflow's own configuration.
+
+    ``warnings`` are things an operator should hear about at start-up that do not stop it
+    (provider settings left behind, say); the commands and executors log them once.
+    """
 
     core: CoreSettings
     ecs: EcsSettings
     batch: BatchSettings
-    store_url: str
+    resolved_store_url: str | None
     task_queued_timeout: float
     origins: Mapping[tuple[str, str], str]
+    warnings: tuple[str, ...] = field(default=())
+
+    @property
+    def store_url(self) -> str:
+        """The task store's URL; :class:`ConfigError` when none is configured anywhere.
+
+        Never a SQLite file invented on the spot: a reconciler and a scheduler that each fell back
+        to their own file would each see an empty store, and nothing would ever launch or fail.
+        """
+        if self.resolved_store_url is None:
+            raise ConfigError(NO_STORE)
+        return self.resolved_store_url
 
     def require_backend(self) -> None:
         """Fail clearly when the reconciler would have nothing to reconcile."""
@@ -52,8 +81,14 @@ class Settings:
         return self.batch.runnable_timeout or self.task_queued_timeout
 
 
-def load_settings(*, environ: Mapping[str, str] | None = None, cfg_path: Path | None = None) -> Settings:
-    """Read defaults < ``airflow.cfg`` < environment and validate every section."""
+def load_settings(
+    *, environ: Mapping[str, str] | None = None, cfg_path: Path | None = None, airflow_conf: AirflowConf | None = None
+) -> Settings:
+    """Read defaults < ``airflow.cfg`` < environment and validate every section.
+
+    ``airflow_conf`` (the scheduler side) resolves what only Airflow can: ``sql_alchemy_conn_secret``
+    through its secrets backend, and its default database.
+    """
     raw = RawConfig(environ=environ, cfg_path=cfg_path)
     origins: dict[tuple[str, str], str] = {}
     models: dict[str, SectionSettings] = {}
@@ -67,9 +102,10 @@ def load_settings(*, environ: Mapping[str, str] | None = None, cfg_path: Path | 
         core=core,
         ecs=ecs,
         batch=batch,
-        store_url=_store_url(core, raw, origins),
+        resolved_store_url=_store_url(core, raw, origins, airflow_conf),
         task_queued_timeout=_task_queued_timeout(core, raw, origins),
         origins=origins,
+        warnings=tuple(provider_warnings(raw)),
     )
 
 
@@ -80,7 +116,7 @@ def _load_section(model: type[SectionSettings], raw: RawConfig, origins: dict[tu
         if option not in model.model_fields:
             known = ", ".join(sorted(model.model_fields))
             raise ConfigError(f"unknown option [{section}] {option} (from {found.origin}); known options: {known}")
-        if not found.value.strip():
+        if not found.value.strip() and option not in EMPTY_MEANS_OFF:
             # `airflow config` writes provider options out as "option = ": empty means unset.
             continue
         values[option] = found.value
@@ -107,17 +143,53 @@ def _explain(
     return "; ".join(lines)
 
 
-def _store_url(core: CoreSettings, raw: RawConfig, origins: dict[tuple[str, str], str]) -> str:
+def _store_url(
+    core: CoreSettings, raw: RawConfig, origins: dict[tuple[str, str], str], airflow_conf: AirflowConf | None
+) -> str | None:
+    key = ("aws_reconciler", "store_url")
     if core.store_url is not None:
         return core.store_url.get_secret_value()
+    if core.store_url_cmd:
+        origins[key] = f"output of [aws_reconciler] store_url_cmd ({origins.get(('aws_reconciler', 'store_url_cmd'))})"
+        return run_command("[aws_reconciler] store_url_cmd", core.store_url_cmd)
     found = raw.get("database", "sql_alchemy_conn")
-    if found is not None:
-        origins[("aws_reconciler", "store_url")] = f"{found.origin} sql_alchemy_conn"
+    if found is not None and found.value.strip():
+        origins[key] = f"{found.origin} sql_alchemy_conn"
         return found.value
-    # Airflow's own default when nothing is configured.
-    default = f"sqlite:///{airflow_home(raw.environ)}/airflow.db"
-    origins[("aws_reconciler", "store_url")] = "default (Airflow's default database)"
-    return default
+    command = raw.get("database", "sql_alchemy_conn_cmd")
+    if command is not None and command.value.strip():
+        origins[key] = f"output of {command.origin} sql_alchemy_conn_cmd"
+        return run_command("[database] sql_alchemy_conn_cmd", command.value)
+    if airflow_conf is not None:
+        value = airflow_conf("database", "sql_alchemy_conn")
+        if value:
+            origins[key] = "Airflow's [database] sql_alchemy_conn"
+            return value
+    secret = raw.get("database", "sql_alchemy_conn_secret")
+    if secret is not None and secret.value.strip():
+        raise ConfigError(
+            f"[database] sql_alchemy_conn_secret (from {secret.origin}) needs Airflow's secrets backend, which the "
+            "reconciler does not load: give it [aws_reconciler] store_url or store_url_cmd"
+        )
+    return None
+
+
+def run_command(option: str, command: str, *, timeout: float = 60) -> str:
+    """The output of an Airflow-style ``*_cmd`` option (no shell, as Airflow runs them).
+
+    The output is a secret: it never appears in an error; stderr's first line may.
+    """
+    try:
+        result = subprocess.run(shlex.split(command), capture_output=True, text=True, timeout=timeout, check=False)
+    except (OSError, ValueError, subprocess.TimeoutExpired) as exc:
+        raise ConfigError(f"{option} = {command!r} could not run: {type(exc).__name__}: {exc}") from None
+    if result.returncode != 0:
+        reason = (result.stderr.strip().splitlines() or ["no message"])[0]
+        raise ConfigError(f"{option} = {command!r} exited {result.returncode}: {reason}")
+    value = result.stdout.strip()
+    if not value:
+        raise ConfigError(f"{option} = {command!r} printed nothing")
+    return value
 
 
 def _task_queued_timeout(core: CoreSettings, raw: RawConfig, origins: dict[tuple[str, str], str]) -> float:
@@ -146,7 +218,7 @@ def describe_settings(settings: Settings) -> list[tuple[str, str, str, str]]:
                 continue
             value: Any = getattr(model, option)
             if option == "store_url":
-                value = redact_url(settings.store_url)
+                value = redact_url(settings.resolved_store_url) if settings.resolved_store_url else "(not configured)"
             elif option == "task_queued_timeout":
                 value = settings.task_queued_timeout
             origin = settings.origins.get((section, option), "default")

@@ -106,8 +106,15 @@ class CoreSettings(SectionSettings):
     store_url: SecretStr | None = Field(
         None,
         description=(
-            "SQLAlchemy URL of the task store. Defaults to Airflow's [database] sql_alchemy_conn, so the "
-            "store's tables live beside Airflow's. Never printed."
+            "SQLAlchemy URL of the task store. Defaults to Airflow's [database] sql_alchemy_conn (or "
+            "sql_alchemy_conn_cmd), so the store's tables live beside Airflow's. Printed with its password masked."
+        ),
+    )
+    store_url_cmd: str | None = Field(
+        None,
+        description=(
+            "A command whose output is the store URL, as Airflow's *_cmd options (run without a shell); "
+            "store_url wins when both are set."
         ),
     )
     reconcile_interval: float = Field(

@@ -86,7 +86,11 @@ CHECK_SCHEMA: dict[str, Any] = {
                 "type": "object",
                 "required": ["permission", "status", "detail"],
                 "additionalProperties": False,
-                "properties": {"status": {"enum": ["ok", "missing", "error"]}},
+                "properties": {
+                    "permission": {"type": "string"},
+                    "status": {"enum": ["ok", "missing", "error"]},
+                    "detail": {"type": "string"},
+                },
             },
         },
         "store": {"type": "object", "required": ["permission", "status", "detail"]},
