@@ -78,7 +78,8 @@ class ReconcilerExecutor(BaseExecutor):
     def settings(self) -> Settings:
         """Settings, loaded on first use (a bad value raises :class:`ConfigError`)."""
         if self._settings is None:
-            self._settings = load_settings()
+            # Airflow resolves what our loader cannot: sql_alchemy_conn_secret, its default database.
+            self._settings = load_settings(airflow_conf=_airflow_conf)
         return self._settings
 
     @property
@@ -111,6 +112,8 @@ class ReconcilerExecutor(BaseExecutor):
             except Exception:
                 migrate(engine)
                 check_schema(engine)
+        for warning in settings.warnings:
+            self.log.warning("%s", warning)
         self.log.info(
             "%s started: deployment %s, store %s", type(self).__name__, settings.core.deployment, self.store_label()
         )
@@ -401,6 +404,13 @@ def _one_line(exc: BaseException) -> str:
 def _primary(record: TaskRecord) -> tuple[str, str, str, int]:
     key = record.key
     return (key.dag_id, key.task_id, key.run_id, key.map_index)
+
+
+def _airflow_conf(section: str, option: str) -> str | None:
+    from airflow.configuration import conf
+
+    value = conf.get(section, option, fallback=None)
+    return str(value) if value else None
 
 
 def _airflow_key(key: Any) -> Any:
