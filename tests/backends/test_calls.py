@@ -6,7 +6,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from aws_reconciler.backends.calls import Caller, NotLeader
-from aws_reconciler.backends.errors import RetriableError
+from aws_reconciler.backends.errors import Outcome, RetriableError
 from aws_reconciler.backends.ratelimit import TokenBucket
 
 
@@ -42,5 +42,5 @@ def test_throttling_is_classified_and_pauses_the_bucket() -> None:
 
     with pytest.raises(RetriableError) as info:
         caller(bucket, throttled, mutating=True)
-    assert info.value.throttled
+    assert info.value.outcome is Outcome.THROTTLED
     assert bucket.try_acquire() > 4.0  # every caller of the bucket now waits

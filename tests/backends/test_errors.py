@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError, ReadTimeoutError
 
-from aws_reconciler.backends.errors import RetriableError, TerminalError, classify, classify_failure_reason
+from aws_reconciler.backends.errors import Outcome, RetriableError, TerminalError, classify, classify_failure_reason
 
 
 def client_error(code: str, message: str, status: int = 400) -> ClientError:
@@ -15,26 +15,28 @@ def client_error(code: str, message: str, status: int = 400) -> ClientError:
 
 
 @pytest.mark.parametrize(
-    ("exc", "throttled", "rejected"),
+    ("exc", "outcome"),
     [
-        (client_error("ThrottlingException", "Rate exceeded"), True, True),
+        (client_error("ThrottlingException", "Rate exceeded"), Outcome.THROTTLED),
         # RunTask's throttling in disguise.
-        (client_error("InvalidParameterException", "Rate exceeded"), True, True),
-        (client_error("TooManyRequestsException", "slow down"), True, True),
-        (client_error("ServerException", "boom", 500), False, False),
-        (client_error("Whatever", "bad gateway", 502), False, False),
-        (client_error("ExpiredTokenException", "The security token included in the request is expired"), False, True),
-        (NoCredentialsError(), False, True),
-        (ReadTimeoutError(endpoint_url="https://ecs"), False, False),
-        (EndpointConnectionError(endpoint_url="https://ecs"), False, False),
-        (RuntimeError("surprise"), False, False),
+        (client_error("InvalidParameterException", "Rate exceeded"), Outcome.THROTTLED),
+        (client_error("TooManyRequestsException", "slow down"), Outcome.THROTTLED),
+        (client_error("ServerException", "boom", 500), Outcome.AMBIGUOUS),
+        (client_error("Whatever", "bad gateway", 502), Outcome.AMBIGUOUS),
+        (
+            client_error("ExpiredTokenException", "The security token included in the request is expired"),
+            Outcome.CREDENTIALS,
+        ),
+        (NoCredentialsError(), Outcome.CREDENTIALS),
+        (ReadTimeoutError(endpoint_url="https://ecs"), Outcome.AMBIGUOUS),
+        (EndpointConnectionError(endpoint_url="https://ecs"), Outcome.AMBIGUOUS),
+        (RuntimeError("surprise"), Outcome.AMBIGUOUS),
     ],
 )
-def test_retriable(exc: BaseException, throttled: bool, rejected: bool) -> None:
+def test_retriable(exc: BaseException, outcome: Outcome) -> None:
     error = classify(exc)
     assert isinstance(error, RetriableError), error
-    assert error.throttled is throttled
-    assert error.rejected is rejected
+    assert error.outcome is outcome
 
 
 @pytest.mark.parametrize(
@@ -47,19 +49,19 @@ def test_retriable(exc: BaseException, throttled: bool, rejected: bool) -> None:
 )
 def test_terminal(exc: BaseException) -> None:
     error = classify(exc)
-    assert isinstance(error, TerminalError)
+    assert isinstance(error, TerminalError) and error.outcome is Outcome.TERMINAL
     assert error.reason.startswith(exc.response["Error"]["Code"])  # type: ignore[attr-defined]
 
 
 def test_credentials_errors_are_flagged() -> None:
     error = classify(NoCredentialsError())
-    assert isinstance(error, RetriableError) and error.credentials
+    assert isinstance(error, RetriableError) and error.outcome is Outcome.CREDENTIALS
 
 
 @pytest.mark.parametrize("reason", ["RESOURCE:MEMORY", "RESOURCE:CPU", "AGENT", "Capacity is unavailable at this time"])
 def test_capacity_failures_are_retriable_and_certain(reason: str) -> None:
     error = classify_failure_reason(reason)
-    assert isinstance(error, RetriableError) and error.rejected and not error.throttled
+    assert isinstance(error, RetriableError) and error.outcome is Outcome.REJECTED
 
 
 def test_unknown_failure_reason_is_terminal() -> None:

@@ -19,7 +19,7 @@ from botocore.exceptions import ClientError
 from sqlalchemy.exc import OperationalError
 
 from aws_reconciler.backends.batch.spec import job_name
-from aws_reconciler.backends.errors import RetriableError
+from aws_reconciler.backends.errors import Outcome
 from aws_reconciler.backends.tags import DEPLOYMENT_TAG, ID_TAG
 from aws_reconciler.model import Phase
 from aws_reconciler.reconciler.leader import LeaderElector
@@ -160,7 +160,8 @@ def test_crash_after_submit_is_recovered_by_the_job_name_when_discovery_misses_i
     make_harness: HarnessFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Batch has no client token. Even when discovery cannot see the lost job, relaunching the
-    launching row (same attempt) first looks its name up and takes the job Batch already has."""
+    launching row (same attempt) first looks its name up and takes the job Batch already has; the
+    lookup waits out lookup_delay after the claim, since ListJobs may not list a new job at once."""
     h = make_harness()
     [record_id] = h.add()
     backend = h.backend()
@@ -180,8 +181,13 @@ def test_crash_after_submit_is_recovered_by_the_job_name_when_discovery_misses_i
     second_backend = h.backend()
     monkeypatch.setattr(second_backend, "discover", lambda: [])
     h.sandbox.reset_calls()
-    cycle(h.engine(backend=second_backend))
+    second = h.engine(backend=second_backend)
+    cycle(second)
+    assert (h.calls("ListJobs"), h.calls("SubmitJob")) == (0, 0), "looked up before ListJobs could list it"
+    assert h.row(record_id).phase is Phase.LAUNCHING
 
+    h.clock.advance(h.settings.batch.lookup_delay)
+    cycle(second)
     assert (h.calls("ListJobs"), h.calls("SubmitJob")) == (1, 0)
     assert [j["jobId"] for j in h.jobs_of(record_id)] == [job["jobId"]]
     row = h.row(record_id)
@@ -225,17 +231,19 @@ def test_phantom_500_on_submit_leaves_exactly_one_job(make_harness: HarnessFacto
 
 def test_an_ambiguous_submit_error_is_retried_with_the_same_name_after_backoff(make_harness: HarnessFactory) -> None:
     """A 5xx (not known to have created anything) twice: the row stays launching with attempt 1, is
-    not retried before its backoff, then submits once, under the same name af-<id>-1."""
-    h = make_harness(AIRFLOW__AWS_RECONCILER__BACKOFF_BASE="2")
-    engine = h.engine(rng=lambda: 1.0)  # full backoff: 2 s, then 2 s again (same attempt)
+    not retried before its delay (at least lookup_delay, and growing though the attempt stays),
+    then submits once, under the same name af-<id>-1."""
+    h = make_harness(AIRFLOW__AWS_RECONCILER__BACKOFF_BASE="2", AIRFLOW__AWS_RECONCILER_BATCH__LOOKUP_DELAY="3")
+    # Full jitter: the lookup delay (3 s) beats the first backoff (2 s); the next is 4 x 3 s.
+    engine = h.engine(rng=lambda: 1.0)
     [record_id] = h.add()
     h.sandbox.inject_error(operation="SubmitJob", code="ServerException", message="Internal", status=500, times=2)
 
-    for tries in (1, 2):
+    for tries, delay in ((1, 3), (2, 12)):
         assert cycle(engine).stats.launch_retries == 1
         row = h.row(record_id)
         assert (row.phase, row.attempt, row.external_id) == (Phase.LAUNCHING, 1, None)
-        assert row.next_attempt_at == h.clock() + timedelta(seconds=2)
+        assert row.next_attempt_at == h.clock() + timedelta(seconds=delay)
         h.clock.set(row.next_attempt_at - timedelta(milliseconds=1))
         cycle(engine)
         assert h.calls("SubmitJob") == tries, "retried before the backoff elapsed"
@@ -376,8 +384,8 @@ def test_a_long_record_id_still_gets_a_valid_new_job_name_per_attempt(make_harne
 def test_revoke_cancels_a_waiting_job_terminates_a_running_one_and_fails_a_pending_row(
     make_harness: HarnessFactory,
 ) -> None:
-    """Revoked rows: a RUNNABLE job gets CancelJob, a RUNNING job TerminateJob; both rows end failed
-    ("revoked by Airflow") once the jobs are seen FAILED; a row never submitted fails without a submit."""
+    """Revoked rows: a RUNNABLE job gets CancelJob, a RUNNING job TerminateJob; both rows end revoked
+    ("revoked by Airflow") once the jobs are seen FAILED; a row never submitted ends without a submit."""
     h = make_harness()
     engine = h.engine()
     waiting, running = h.add(2)
@@ -395,14 +403,14 @@ def test_revoke_cancels_a_waiting_job_terminates_a_running_one_and_fails_a_pendi
     assert (terminated["status"], terminated["isTerminated"]) == ("FAILED", True)
     assert "revoked" in cancelled["statusReason"] and "revoked" in terminated["statusReason"]
     never = h.row(pending)
-    assert (never.phase, never.attempt) == (Phase.FAILED, 0)
+    assert (never.phase, never.attempt) == (Phase.REVOKED, 0)
     assert never.status_reason and "revoked" in never.status_reason
     assert h.jobs_of(pending) == []
 
     cycle(engine)
     for record_id in (waiting, running):
         row = h.row(record_id)
-        assert row.phase is Phase.FAILED
+        assert row.phase is Phase.REVOKED
         assert row.status_reason and row.status_reason.startswith("revoked by Airflow")
     assert (h.calls("CancelJob"), h.calls("TerminateJob"), h.calls("SubmitJob")) == (1, 1, 2)
 
@@ -410,7 +418,7 @@ def test_revoke_cancels_a_waiting_job_terminates_a_running_one_and_fails_a_pendi
 def test_a_cancel_that_did_not_take_is_sent_again_as_a_terminate(make_harness: HarnessFactory) -> None:
     """The job starts between DescribeJobs (RUNNABLE) and CancelJob, which then leaves it running (and
     succeeds, as on AWS). The row stays stopping; after resync_interval the stop is sent again, now
-    TerminateJob, and the row fails once the job has stopped."""
+    TerminateJob, and the row ends revoked once the job has stopped."""
     h = make_harness(AIRFLOW__AWS_RECONCILER__RESYNC_INTERVAL="60")
     client = h.client()
     backend = h.backend(client=client)
@@ -438,7 +446,7 @@ def test_a_cancel_that_did_not_take_is_sent_again_as_a_terminate(make_harness: H
     assert (h.calls("CancelJob"), h.calls("TerminateJob")) == (1, 1)
     assert h.job(job_id)["status"] == "FAILED"
     cycle(engine)
-    assert h.row(record_id).phase is Phase.FAILED
+    assert h.row(record_id).phase is Phase.REVOKED
 
 
 # ---- 6. RUNNABLE timeout ---------------------------------------------------------------------
@@ -707,7 +715,6 @@ def _runner(h: Harness, engines: list[Any]) -> Runner:
         lease_duration=core.lease_duration,
         renew_deadline=core.renew_deadline,
         retry_period=core.retry_period,
-        clock=h.clock,
     )
     assert elector.try_once()
     return Runner(
@@ -720,9 +727,10 @@ def _runner(h: Harness, engines: list[Any]) -> Runner:
     )
 
 
-def test_describe_throttled_backs_the_runner_off_and_it_recovers(make_harness: HarnessFactory) -> None:
-    """DescribeJobs throttled: the cycle raises a throttled RetriableError, the runner counts the
-    failure and backs off; once Batch answers again the next cycle succeeds and progress resumes."""
+def test_a_throttled_describe_slows_the_runner_but_submits_go_on(make_harness: HarnessFactory) -> None:
+    """DescribeJobs throttled: the cycle does not give up. Rows it could not describe wait, new rows
+    are still submitted, the runner counts the trouble and comes back no sooner than backoff_base;
+    once Batch answers again the rows catch up."""
     h = make_harness(AIRFLOW__AWS_RECONCILER__BACKOFF_BASE="4", AIRFLOW__AWS_RECONCILER__RECONCILE_INTERVAL="5")
     engine = h.engine()
     runner = _runner(h, [engine])
@@ -730,19 +738,18 @@ def test_describe_throttled_backs_the_runner_off_and_it_recovers(make_harness: H
     try:
         assert runner.cycle() == 5
         job_id = launched_job(h, record_id)
-
-        h.sandbox.inject_error(operation="DescribeJobs", **TOO_MANY)
-        with pytest.raises(RetriableError) as raised:
-            engine.reconcile()
-        assert raised.value.throttled
+        h.sandbox.set_job_state(job_id=job_id, status="RUNNING")
 
         h.sandbox.inject_error(operation="DescribeJobs", times=2, **TOO_MANY)
-        assert 2 <= runner.cycle() <= 4
-        assert 2 <= runner.cycle() <= 8
+        [fresh] = h.add()
+        assert runner.cycle() >= 4
+        assert h.row(fresh).phase is Phase.PROVISIONING, "a throttled describe held up a submit"
+        assert h.row(record_id).phase is Phase.PROVISIONING, "nothing known of it, nothing decided"
+        assert runner.cycle() >= 4
         assert runner.health.consecutive_failures == 2
         assert runner.health.last_error and "TooManyRequestsException" in runner.health.last_error
+        assert [e.outcome for e in runner.health.history[-1].errors] == [Outcome.THROTTLED]
 
-        h.sandbox.set_job_state(job_id=job_id, status="RUNNING")
         assert runner.cycle() == 5
         assert runner.health.consecutive_failures == 0
         assert h.row(record_id).phase is Phase.RUNNING

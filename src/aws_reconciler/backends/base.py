@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from ..model import Backend, Phase
+from .errors import AwsError
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,21 @@ class Observation:
     tags: Mapping[str, str] = field(default_factory=dict)
     # Not finished, but past the backend's patience (a Batch job RUNNABLE for too long).
     stuck: Stuck | None = None
+    # When AWS created the task/job (its own clock): an orphan's grace counts from here, so it
+    # survives restarts of the reconciler.
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Observed:
+    """One observe pass: what each answered batch said, and the errors of batches that failed.
+
+    The ids of a failed batch are simply absent: nothing is known about them this cycle, which is
+    not the same as AWS not knowing them (``Observation.missing``).
+    """
+
+    observations: dict[str, Observation]
+    errors: tuple[AwsError, ...] = ()
 
 
 class TaskBackend(Protocol):
@@ -51,13 +67,18 @@ class TaskBackend(Protocol):
     (:mod:`.errors`): :class:`RetriableError` or :class:`TerminalError`."""
 
     kind: Backend
+    #: Seconds after a launch that may have reached AWS (lost answer, crash) before launching
+    #: the same attempt again is safe: 0 where AWS deduplicates (ECS clientToken), the time a
+    #: lookup needs to see a new job where the backend looks it up first (Batch).
+    relaunch_delay: float
 
     def launch(self, *, record_id: str, attempt: int, spec: Mapping[str, Any]) -> str:
         """Start attempt ``attempt`` of a record idempotently; returns the external id."""
         ...
 
-    def observe(self, *, targets: Mapping[str, str | None]) -> dict[str, Observation]:
-        """Describe the given external ids (mapped to their cluster/queue)."""
+    def observe(self, *, targets: Mapping[str, str | None]) -> Observed:
+        """Describe the given external ids (mapped to their cluster/queue), batch by batch: a
+        failed batch is reported in ``errors`` and the others still count."""
         ...
 
     def discover(self) -> list[Observation]:
@@ -66,6 +87,10 @@ class TaskBackend(Protocol):
 
     def stop(self, *, external_id: str, target: str | None, reason: str) -> None:
         """Ask AWS to stop the task/job."""
+        ...
+
+    def launch_capacity(self, *, within: float) -> int:
+        """Launches the client-side buckets let through in the next ``within`` seconds."""
         ...
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from .errors import RetriableError, classify
+from .errors import Outcome, classify
 from .ratelimit import TokenBucket
 
 T = TypeVar("T")
@@ -44,7 +44,7 @@ class Caller:
             return fn(**kwargs)
         except Exception as exc:
             error = classify(exc)
-            if isinstance(error, RetriableError) and error.throttled:
+            if error.outcome is Outcome.THROTTLED:
                 # Slow every caller of this bucket, not only the one AWS refused.
                 bucket.penalize(self.throttle_pause)
             raise error from exc

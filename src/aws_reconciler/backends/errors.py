@@ -8,6 +8,8 @@ terminal for that row and is reported with AWS's own words.
 
 from __future__ import annotations
 
+from enum import Enum
+
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -43,8 +45,30 @@ RETRIABLE_CODES = frozenset(
 RETRIABLE_FAILURE_PREFIXES = ("RESOURCE:", "AGENT", "CAPACITY")
 
 
+class Outcome(Enum):
+    """What a failed call tells the caller to do; every consumer matches on it exhaustively."""
+
+    #: Retrying the same request cannot help: fail the row with AWS's reason.
+    TERMINAL = "terminal"
+    #: AWS refused to do it now: slow every call down. Nothing was started.
+    THROTTLED = "throttled"
+    #: The process, not the request, is at fault (expired or missing credentials). Nothing started.
+    CREDENTIALS = "credentials"
+    #: AWS refused the request (capacity): it certainly started nothing, a new attempt may succeed.
+    REJECTED = "rejected"
+    #: No usable answer (5xx, timeout, unexpected exception): the call may have started something.
+    AMBIGUOUS = "ambiguous"
+
+    @property
+    def started_nothing(self) -> bool:
+        """AWS certainly did not act on the request."""
+        return self is not Outcome.AMBIGUOUS
+
+
 class AwsError(Exception):
     """Base of classified AWS failures; ``reason`` is what operators and Airflow users see."""
+
+    outcome: Outcome = Outcome.AMBIGUOUS
 
     def __init__(self, reason: str, *, code: str | None = None) -> None:
         super().__init__(reason)
@@ -53,30 +77,19 @@ class AwsError(Exception):
 
 
 class RetriableError(AwsError):
-    """Try again later with backoff.
+    """Try again later with backoff; ``outcome`` says how (never :attr:`Outcome.TERMINAL`)."""
 
-    ``throttled`` asks the caller to slow every call down; ``credentials`` says the whole
-    process, not the request, is at fault; ``rejected`` says AWS refused the request, so it
-    certainly started nothing (unlike a 5xx or a timeout, after which a task may exist).
-    """
-
-    def __init__(
-        self,
-        reason: str,
-        *,
-        code: str | None = None,
-        throttled: bool = False,
-        credentials: bool = False,
-        rejected: bool = False,
-    ) -> None:
+    def __init__(self, reason: str, *, code: str | None = None, outcome: Outcome = Outcome.AMBIGUOUS) -> None:
+        if outcome is Outcome.TERMINAL:
+            raise ValueError("a RetriableError cannot be terminal; raise TerminalError")
         super().__init__(reason, code=code)
-        self.throttled = throttled
-        self.credentials = credentials
-        self.rejected = rejected or throttled or credentials
+        self.outcome = outcome
 
 
 class TerminalError(AwsError):
     """Retrying the same request cannot help: fail the task instance with this reason."""
+
+    outcome = Outcome.TERMINAL
 
 
 def is_throttling_message(message: str) -> bool:
@@ -95,9 +108,9 @@ def classify_failure_reason(reason: str, detail: str | None = None) -> AwsError:
     """Classify one entry of RunTask's ``failures`` list (the call itself succeeded)."""
     text = f"{reason}: {detail}" if detail else reason
     if is_throttling_message(text):
-        return RetriableError(text, code=reason, throttled=True)
+        return RetriableError(text, code=reason, outcome=Outcome.THROTTLED)
     if reason.startswith(RETRIABLE_FAILURE_PREFIXES) or is_capacity_message(text):
-        return RetriableError(text, code=reason, rejected=True)
+        return RetriableError(text, code=reason, outcome=Outcome.REJECTED)
     return TerminalError(text, code=reason)
 
 
@@ -112,17 +125,19 @@ def classify(exc: BaseException) -> AwsError:
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
         text = f"{code}: {message}"
         if code in THROTTLING_CODES or is_throttling_message(message):
-            return RetriableError(text, code=code, throttled=True)
+            return RetriableError(text, code=code, outcome=Outcome.THROTTLED)
         if code in CREDENTIAL_CODES:
-            return RetriableError(text, code=code, credentials=True)
+            return RetriableError(text, code=code, outcome=Outcome.CREDENTIALS)
         if code in RETRIABLE_CODES or status >= 500:
             return RetriableError(text, code=code)
         if is_capacity_message(message):
-            return RetriableError(text, code=code, rejected=True)
+            return RetriableError(text, code=code, outcome=Outcome.REJECTED)
         return TerminalError(text, code=code)
     # These carry no `.response`: matching on type is the only reliable way.
     if isinstance(exc, NoCredentialsError | CredentialRetrievalError):
-        return RetriableError(f"AWS credentials unavailable: {exc}", code=type(exc).__name__, credentials=True)
+        return RetriableError(
+            f"AWS credentials unavailable: {exc}", code=type(exc).__name__, outcome=Outcome.CREDENTIALS
+        )
     if isinstance(exc, ReadTimeoutError | EndpointConnectionError | ConnectionError):
         return RetriableError(f"AWS unreachable: {exc}", code=type(exc).__name__)
     if isinstance(exc, ParamValidationError | NoRegionError):

@@ -57,6 +57,15 @@ class TokenBucket:
                 return 0.0
             return (tokens - self._tokens) / self.rate
 
+    def capacity(self, within: float) -> int:
+        """Calls this bucket lets through in the next ``within`` seconds (tokens now plus refill,
+        nothing while paused): what a cycle can send without queueing past its interval."""
+        with self._lock:
+            now = self._clock()
+            self._refill(now)
+            refilling = max(0.0, within - max(0.0, self._paused_until - now))
+            return int(self._tokens + refilling * self.rate + 1e-9)
+
     def acquire(self, tokens: float = 1.0) -> float:
         """Block until ``tokens`` are taken; returns the seconds spent waiting."""
         waited = 0.0

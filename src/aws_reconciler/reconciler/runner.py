@@ -66,6 +66,9 @@ class Runner:
         self.health = Health()
         self._monotonic = monotonic
         self._stopping = threading.Event()
+        # A standby that acquires the lease starts its first cycle at once, not a retry_period later.
+        if elector.on_acquired is None:
+            elector.on_acquired = waker.wake
 
     def request_stop(self) -> None:
         """Finish the current cycle's in-flight calls, then exit (SIGTERM/SIGINT)."""
@@ -99,26 +102,33 @@ class Runner:
         # engine's request at it and silently drop a throttled engine's longer requeue.
         requeue: float | None = None
         error: tuple[str, Exception] | None = None
+        # AWS trouble a cycle worked around (a describe batch or the discovery failed): it still
+        # launched and stopped, so no backoff, but the loop is not healthy while it lasts.
+        partial: tuple[str, Exception] | None = None
         for engine in self.engines:
             # Each backend on its own: ECS trouble must not stall Batch launches, nor the reverse.
+            kind = engine.backend.kind.value
             try:
                 result = engine.reconcile()
             except Exception as exc:
-                error = error or (engine.backend.kind.value, exc)
-                log.debug("%s cycle failed", engine.backend.kind.value, exc_info=True)
+                error = error or (kind, exc)
+                log.debug("%s cycle failed", kind, exc_info=True)
                 continue
             requeue = result.requeue_after if requeue is None else min(requeue, result.requeue_after)
             self.health.history = [*self.health.history[-9:], result]
-            if result.stats.launched or result.stats.failed or result.stats.finished:
-                log.info("%s cycle: %s", engine.backend.kind.value, result.stats)
+            if result.errors:
+                partial = partial or (kind, result.errors[0])
+            stats = result.stats
+            if stats.launched or stats.failed or stats.finished or stats.revoked:
+                log.info("%s cycle: %s", kind, stats)
+        if error is None and partial is not None:
+            kind, failure = partial
+            self._record_failure(kind, failure)
+            return self.interval if requeue is None else requeue
         if error is not None:
             # AWS or database trouble: stay up, report unready, back off, try again.
             kind, failure = error
-            self.metrics.reconciles.labels("error").inc()
-            self.health.last_progress_at = self._monotonic()
-            self.health.consecutive_failures += 1
-            self.health.last_error = f"{kind}: {type(failure).__name__}: {failure}"[:500]
-            self.health.last_error_type = type(failure).__name__
+            self._record_failure(kind, failure)
             delay = backoff_delay(
                 attempt=self.health.consecutive_failures, base=self.backoff_base, cap=self.backoff_max
             )
@@ -135,6 +145,13 @@ class Runner:
         self.health.last_progress_at = finished
         self.health.cycles += 1
         return self.interval if requeue is None else requeue
+
+    def _record_failure(self, kind: str, failure: Exception) -> None:
+        self.metrics.reconciles.labels("error").inc()
+        self.health.last_progress_at = self._monotonic()
+        self.health.consecutive_failures += 1
+        self.health.last_error = f"{kind}: {type(failure).__name__}: {failure}"[:500]
+        self.health.last_error_type = type(failure).__name__
 
     def liveness(self) -> Check:
         """Alive while the loop makes progress (a failing loop is alive but not ready)."""

@@ -8,8 +8,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ...model import Backend, Phase
-from ..base import Observation, batched
+from ..base import Observation, Observed, batched
 from ..calls import Caller, always
+from ..errors import AwsError
 from ..ratelimit import TokenBucket
 from .spec import job_name
 from .states import ACTIVE_STATUSES, CANCELLABLE_STATUSES, observe_job
@@ -41,6 +42,7 @@ class BatchBackend:
         clock: Callable[[], datetime] | None = None,
         throttle_pause: float = 1.0,
         may_act: Callable[[], bool] = always,
+        lookup_delay: float = 15.0,
     ) -> None:
         self.client = client
         self.deployment = deployment
@@ -48,6 +50,9 @@ class BatchBackend:
         self.submit_bucket = submit_bucket
         self.describe_bucket = describe_bucket
         self.runnable_timeout = runnable_timeout
+        # ListJobs may not list a job submitted moments ago: a lookup of a name that may have been
+        # submitted is trusted only this long after the submit (see launch()).
+        self.relaunch_delay = lookup_delay
         # For the RUNNABLE timeout; the engine's clock in tests.
         self.clock = clock or _utcnow
         # Fencing: launches and stops are checked against leadership after each token wait.
@@ -57,12 +62,28 @@ class BatchBackend:
         # hint (a job may have started since): without one, TerminateJob, which also cancels.
         self._statuses: dict[str, str] = {}
 
+    @property
+    def throttle_pause(self) -> float:
+        """Seconds every call of a bucket waits after AWS throttled one."""
+        return self._caller.throttle_pause
+
+    @throttle_pause.setter
+    def throttle_pause(self, seconds: float) -> None:
+        self._caller.throttle_pause = seconds
+
+    def launch_capacity(self, *, within: float) -> int:
+        """Submits within the next ``within`` seconds: each costs a SubmitJob and a ListJobs lookup."""
+        return min(self.submit_bucket.capacity(within), self.describe_bucket.capacity(within))
+
     def launch(self, *, record_id: str, attempt: int, spec: Mapping[str, Any]) -> str:
         """SubmitJob named ``af-<id>-<attempt>``, unless a job of that name is already in the queue.
 
         Batch has no client token. The engine calls this for every claimed attempt, and a claimed
         attempt may have reached Batch before a crash or a lost answer, so the name is looked up
-        first (ListJobs' JOB_NAME filter): a second job for the same attempt is never submitted.
+        first (ListJobs' JOB_NAME filter). The engine relaunches such an attempt only
+        ``relaunch_delay`` after it may have been sent, once ListJobs can be expected to list it;
+        should a second job slip through anyway, the engine keeps the most advanced and stops the
+        other.
         """
         name = job_name(record_id, attempt)
         queue = str(spec["jobQueue"])
@@ -97,15 +118,30 @@ class BatchBackend:
     # ---- observe / discover ---------------------------------------------------------------
 
     def _describe(self, ids: Sequence[str]) -> list[Observation]:
+        """DescribeJobs for every id; the first failed batch raises."""
+        observations, _answered, errors = self._describe_batches(ids)
+        if errors:
+            raise errors[0]
+        return observations
+
+    def _describe_batches(self, ids: Sequence[str]) -> tuple[list[Observation], set[str], list[AwsError]]:
+        """DescribeJobs 100 ids a call: observations, the ids of the batches answered, the errors."""
         now = self.clock()
         observations: list[Observation] = []
+        answered: set[str] = set()
+        errors: list[AwsError] = []
         for batch in batched(ids, DESCRIBE_BATCH):
-            response = self._caller(self.describe_bucket, self.client.describe_jobs, jobs=list(batch))
+            try:
+                response = self._caller(self.describe_bucket, self.client.describe_jobs, jobs=list(batch))
+            except AwsError as exc:
+                errors.append(exc)
+                continue
+            answered.update(batch)
             for job in response.get("jobs") or []:
                 obs = observe_job(job, deployment=self.deployment, runnable_timeout=self.runnable_timeout, now=now)
                 observations.append(obs)
                 self._remember(obs)
-        return observations
+        return observations, answered, errors
 
     def _remember(self, obs: Observation) -> None:
         if not obs.owned or obs.phase.terminal:
@@ -113,11 +149,13 @@ class BatchBackend:
         elif obs.raw_status:
             self._statuses[obs.external_id] = obs.raw_status
 
-    def observe(self, *, targets: Mapping[str, str | None]) -> dict[str, Observation]:
-        """DescribeJobs, 100 ids a call. Ids Batch does not know come back ``missing``."""
-        found = {obs.external_id: obs for obs in self._describe(list(targets))}
+    def observe(self, *, targets: Mapping[str, str | None]) -> Observed:
+        """DescribeJobs, 100 ids a call. Ids of an answered batch Batch does not know come back
+        ``missing``; a batch that fails is reported in ``errors`` and says nothing of its ids."""
+        observations, answered, errors = self._describe_batches(list(targets))
+        found = {obs.external_id: obs for obs in observations}
         for job_id, queue in targets.items():
-            if job_id not in found:
+            if job_id in answered and job_id not in found:
                 self._statuses.pop(job_id, None)
                 found[job_id] = Observation(
                     external_id=job_id,
@@ -126,7 +164,7 @@ class BatchBackend:
                     missing=True,
                     reason="the Batch job no longer exists (DescribeJobs does not know it)",
                 )
-        return found
+        return Observed(found, tuple(errors))
 
     def discover(self) -> list[Observation]:
         """ListJobs per job queue and active status (Batch lists one status at a time), then

@@ -67,6 +67,7 @@ def observe_job(
         # Batch has no startedBy: the deployment tag alone says the job is ours.
         "owned": record_id is not None,
         "started_at": epoch_ms(job.get("startedAt")),
+        "created_at": epoch_ms(job.get("createdAt")),
         "raw_status": status,
         "tags": tags,
     }

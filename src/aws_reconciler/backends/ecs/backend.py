@@ -8,9 +8,9 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ...model import Backend, Phase
-from ..base import Observation, batched
+from ..base import Observation, Observed, batched
 from ..calls import Caller, always
-from ..errors import RetriableError, classify_failure_reason
+from ..errors import AwsError, RetriableError, classify_failure_reason
 from ..ratelimit import TokenBucket
 from .states import observe_task
 
@@ -43,6 +43,8 @@ class EcsBackend:
     """Talks to ECS for one deployment, within client-side rate limits."""
 
     kind = Backend.ECS
+    # RunTask with the attempt's clientToken returns the task a lost call started: no wait.
+    relaunch_delay = 0.0
 
     def __init__(
         self,
@@ -67,6 +69,20 @@ class EcsBackend:
         # Fencing: launches and stops are checked against leadership after each token wait.
         self._caller = Caller(throttle_pause=throttle_pause, may_act=may_act)
 
+    @property
+    def throttle_pause(self) -> float:
+        """Seconds every call of a bucket waits after AWS throttled one."""
+        return self._caller.throttle_pause
+
+    @throttle_pause.setter
+    def throttle_pause(self, seconds: float) -> None:
+        self._caller.throttle_pause = seconds
+
+    def launch_capacity(self, *, within: float) -> int:
+        """RunTask calls within the next ``within`` seconds; Fargate's own bucket bounds it too
+        (the rows' launch types are not known before their specs are read, so assume Fargate)."""
+        return min(self.run_task_bucket.capacity(within), self.fargate_bucket.capacity(within))
+
     def launch(self, *, record_id: str, attempt: int, spec: Mapping[str, Any]) -> str:
         """RunTask with ``clientToken`` = ``<id>-<attempt>``; a task in the response wins over
         ``failures`` (AWS can report both when a task did launch)."""
@@ -84,17 +100,23 @@ class EcsBackend:
             raise classify_failure_reason(str(first.get("reason", "unknown")), first.get("detail"))
         raise RetriableError("RunTask returned neither a task nor a failure")
 
-    def observe(self, *, targets: Mapping[str, str | None]) -> dict[str, Observation]:
-        """DescribeTasks per cluster, 100 ARNs a call. Unknown ARNs come back ``missing``."""
+    def observe(self, *, targets: Mapping[str, str | None]) -> Observed:
+        """DescribeTasks per cluster, 100 ARNs a call. Unknown ARNs come back ``missing``; a batch
+        that fails is reported in ``errors`` and the next batches are still described."""
         by_cluster: dict[str, list[str]] = defaultdict(list)
         for arn, cluster in targets.items():
             by_cluster[cluster or self.clusters[0]].append(arn)
         found: dict[str, Observation] = {}
+        errors: list[AwsError] = []
         for cluster, arns in by_cluster.items():
             for batch in batched(arns, DESCRIBE_BATCH):
-                response = self._caller(
-                    self.describe_bucket, self.client.describe_tasks, cluster=cluster, tasks=list(batch)
-                )
+                try:
+                    response = self._caller(
+                        self.describe_bucket, self.client.describe_tasks, cluster=cluster, tasks=list(batch)
+                    )
+                except AwsError as exc:
+                    errors.append(exc)
+                    continue
                 for task in response.get("tasks") or []:
                     obs = observe_task(task, container_name=self.container_name, deployment=self.deployment)
                     found[obs.external_id] = obs
@@ -108,7 +130,7 @@ class EcsBackend:
                             missing=True,
                             reason="the ECS task no longer exists (MISSING)",
                         )
-        return found
+        return Observed(found, tuple(errors))
 
     def discover(self) -> list[Observation]:
         """ListTasks by ``startedBy`` (which must be the only filter), then DescribeTasks with tags."""

@@ -40,6 +40,7 @@ def observe_task(task: Mapping[str, Any], *, container_name: str, deployment: st
         "record_id": record_id,
         "owned": record_id is not None and task.get("startedBy") == deployment,
         "started_at": task.get("startedAt"),
+        "created_at": task.get("createdAt"),
         "raw_status": status,
         "tags": tags,
     }

@@ -1,0 +1,359 @@
+"""Executes a :class:`~.plan.Plan`: the only part of a cycle that writes to the store or AWS.
+
+Store transitions run in the cycle's thread, in the plan's order. Launches and stops run in a
+thread pool and are NOT waited for beyond one interval: a hung call (it ends at the client's
+``aws_call_timeout``) or a burst that waits for rate-limit tokens never holds up the next
+observe/stop pass. Their outcomes are collected when they arrive, in this cycle or a later one;
+until then their rows are *busy* and the planner leaves them alone.
+
+Stats and metrics are derived here, from what was executed (a transition whose compare-and-set
+lost counts for nothing), the way controller-runtime's controller owns the metrics around a
+logic-only reconciler.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any, assert_never
+
+from ..backends.base import TaskBackend
+from ..backends.calls import NotLeader
+from ..backends.errors import AwsError, Outcome, classify
+from ..metrics.definitions import Metrics
+from ..model import Phase
+from ..store.lease import Fence
+from ..store.records import TaskRecord
+from ..store.tasks import TaskStore
+from .plan import Effect, EngineSettings, Plan, Retry, Stop, Transition, launch_failed, launch_impossible
+from .plan import launch_succeeded as launch_succeeded_transition
+from .result import CycleStats
+
+log = logging.getLogger(__name__)
+
+# Retries that cost no attempt (AWS refused to act now) are not "launch retries" of the row.
+_GIVEN_BACK = (Retry.THROTTLED, Retry.CREDENTIALS)
+
+
+def launch_result(error: AwsError) -> str:
+    """The ``result`` label of ``aws_reconciler_launches_total`` for a failed launch."""
+    match error.outcome:
+        case Outcome.TERMINAL:
+            return "terminal_error"
+        case Outcome.THROTTLED:
+            return "throttled"
+        case Outcome.CREDENTIALS | Outcome.REJECTED | Outcome.AMBIGUOUS:
+            return "retriable_error"
+        case _:
+            assert_never(error.outcome)
+
+
+@dataclass(frozen=True)
+class Done:
+    """One executed piece of a plan, as the accounting sees it."""
+
+    transition: Transition | None = None  # applied (its compare-and-set won)
+    stop: Stop | None = None  # sent
+    launch_result: str | None = None  # a launch call returned (success or an error label)
+    row_error: bool = False
+
+
+@dataclass
+class Tally:
+    """What one cycle executed, as counts (thread-safe: workers add to it)."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    stopped_orphans: list[str] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self.counts[name] = self.counts.get(name, 0) + n
+
+    def stats(self, **extra: int) -> CycleStats:
+        return CycleStats(**{**self.counts, **extra})
+
+
+@dataclass(frozen=True)
+class _Call:
+    """A launch or stop in flight, and the ids it keeps busy."""
+
+    keys: tuple[str, ...]
+    launch: bool
+
+
+class Effector:
+    """Writes what plans decide, for one backend; owns the pool of AWS calls in flight."""
+
+    def __init__(
+        self,
+        *,
+        store: TaskStore,
+        backend: TaskBackend,
+        settings: EngineSettings,
+        metrics: Metrics,
+        clock: Callable[[], datetime],
+        rng: Callable[[], float],
+        is_leader: Callable[[], bool],
+        fence: Callable[[], Fence | None] | None,
+    ) -> None:
+        self.store = store
+        self.backend = backend
+        self.settings = settings
+        self.metrics = metrics
+        self.clock = clock
+        self.rng = rng
+        self.is_leader = is_leader
+        self._fence = fence
+        self._kind = backend.kind.value
+        self._pool = ThreadPoolExecutor(max_workers=settings.launch_concurrency, thread_name_prefix="aws-call")
+        self._in_flight: dict[Future[list[Done]], _Call] = {}
+        self.stopping = threading.Event()
+
+    def close(self) -> None:
+        """Let in-flight AWS calls finish (each is bounded by the client's timeouts), then release the threads."""
+        self.stopping.set()
+        self._pool.shutdown(wait=True)
+
+    # ---- what is in flight ------------------------------------------------------------------
+
+    def busy(self) -> frozenset[str]:
+        """Record and external ids with a launch or stop in flight."""
+        return frozenset(key for call in self._in_flight.values() for key in call.keys)
+
+    def launches_in_flight(self) -> int:
+        """Launches sent to the pool and not collected yet (they still draw on the rate limits)."""
+        return sum(1 for call in self._in_flight.values() if call.launch)
+
+    def in_flight(self) -> int:
+        """Calls not collected yet."""
+        return len(self._in_flight)
+
+    def collect(self, tally: Tally) -> None:
+        """Account for every call that has finished. A crash in a call (not an Exception) propagates."""
+        for future in [f for f in self._in_flight if f.done()]:
+            del self._in_flight[future]
+            self._account(future.result(), tally)
+
+    def settle(self, timeout: float, tally: Tally, monotonic: Callable[[], float]) -> None:
+        """Wait up to ``timeout`` seconds for the calls in flight, collecting each as it ends."""
+        deadline = monotonic() + timeout
+        while self._in_flight:
+            left = deadline - monotonic()
+            if left <= 0:
+                break
+            wait(list(self._in_flight), timeout=left, return_when=FIRST_COMPLETED)
+            self.collect(tally)
+
+    # ---- executing a plan ---------------------------------------------------------------------
+
+    def execute(self, plan: Plan, tally: Tally) -> None:
+        """Transitions first (in order; a row whose earlier transition lost skips its later ones),
+        then stops and launches into the pool. A replica that does not lead writes nothing."""
+        if not self.is_leader():
+            return
+        lost: set[str] = set()
+        for transition in plan.transitions:
+            if transition.record_id in lost:
+                continue
+            try:
+                done = self._write(transition)
+            except Exception:
+                lost.add(transition.record_id)
+                tally.add("row_errors")
+                log.exception("reconciling task %s failed; continuing with the others", transition.record_id)
+                continue
+            if done is None:
+                lost.add(transition.record_id)
+            else:
+                self._account([done], tally)
+        for stop in plan.stops:
+            if stop.record_id in lost:
+                continue
+            keys = (stop.external_id,) if stop.record_id is None else (stop.external_id, stop.record_id)
+            self._submit(keys, False, self._stop, stop)
+        self._launch([r for r in plan.launches if r.id not in lost], tally)
+
+    def _write(self, transition: Transition) -> Done | None:
+        """Apply one transition; None when its compare-and-set lost or leadership is gone."""
+        kwargs: dict[str, Any] = {}
+        if self._fence is not None:
+            fence = self._fence()
+            if fence is None:
+                return None
+            kwargs["fence"] = fence
+        applied = self.store.transition(
+            transition.record_id,
+            expect_phases=list(transition.expect_phases),
+            expect_attempt=transition.expect_attempt,
+            **kwargs,
+            **transition.changes,
+        )
+        return Done(transition=transition) if applied else None
+
+    def _submit(self, keys: tuple[str, ...], launch: bool, fn: Callable[..., list[Done]], *args: Any) -> None:
+        self._in_flight[self._pool.submit(fn, *args)] = _Call(keys=keys, launch=launch)
+
+    def _launch(self, rows: Sequence[TaskRecord], tally: Tally) -> None:
+        if not rows or self.stopping.is_set() or not self.is_leader():
+            return
+        kwargs: dict[str, Any] = {}
+        if self._fence is not None:
+            fence = self._fence()
+            if fence is None:
+                return
+            kwargs["fence"] = fence
+        claimed = self.store.claim_for_launch([r.id for r in rows if r.phase is Phase.PENDING], **kwargs)
+        now = self.clock()
+        batch = [
+            # As the claim left it: the attempt's clock (next_attempt_at - updated_at) starts at 0.
+            replace(r, phase=Phase.LAUNCHING, attempt=claimed[r.id], next_attempt_at=now, updated_at=now)
+            if r.phase is Phase.PENDING
+            else r
+            for r in rows
+            if r.phase is Phase.LAUNCHING or r.id in claimed
+        ]
+        if not batch:
+            return
+        specs = self.store.specs([r.id for r in batch])
+        for row in batch:
+            self._submit((row.id,), True, self._launch_one, row, specs.get(row.id))
+
+    # ---- in the pool -------------------------------------------------------------------------
+
+    def _launch_one(self, row: TaskRecord, spec: dict[str, Any] | None) -> list[Done]:
+        """Launch one claimed (``launching``) row and record the outcome the planner decides."""
+        if self.stopping.is_set() or not self.is_leader():
+            return []  # stays `launching`: whoever leads next relaunches it with the same client token
+        try:
+            if spec is None:
+                done = self._write(launch_impossible(row, "task record has no launch request"))
+                return [done] if done else []
+            try:
+                external_id = self.backend.launch(record_id=row.id, attempt=row.attempt, spec=spec)
+            except NotLeader:
+                return []  # fenced: stays `launching` for the next leader, same client token
+            except Exception as exc:
+                error = classify(exc)
+                transition = launch_failed(row, error, now=self.clock(), settings=self.settings, rng=self.rng)
+                if error.outcome is Outcome.AMBIGUOUS:
+                    log.warning(
+                        "task %s: launch outcome unknown (%s); retrying attempt %d", row.id, error.reason, row.attempt
+                    )
+                result = Done(launch_result=launch_result(error))
+                done = self._write(transition)
+                return [result, done] if done else [result]
+            done = self._write(launch_succeeded_transition(row, external_id, now=self.clock()))
+            return [Done(launch_result="success"), done] if done else []
+        except Exception:
+            # The store failed to record the outcome: the row stays `launching` and is relaunched
+            # (idempotently) later.
+            log.exception("recording the launch of task %s failed; it is retried", row.id)
+            return [Done(row_error=True)]
+
+    def _stop(self, stop: Stop) -> list[Done]:
+        """Send one stop; on success apply its row's transition. AWS trouble is one warning line."""
+        if self.stopping.is_set() or not self.is_leader():
+            return []
+        subject = (
+            f"orphan {stop.external_id}" if stop.record_id is None else f"{stop.external_id} of task {stop.record_id}"
+        )
+        try:
+            self.backend.stop(external_id=stop.external_id, target=stop.target, reason=stop.reason)
+        except NotLeader:
+            return []
+        except AwsError as exc:
+            log.warning("could not stop %s (%s): %s; retried later", subject, stop.why, exc.reason)
+            return []
+        except Exception as exc:
+            log.warning("could not stop %s (%s): unexpected %s: %s", subject, stop.why, type(exc).__name__, exc)
+            return [Done(row_error=True)]
+        results = [Done(stop=stop)]
+        if stop.then is not None:
+            try:
+                done = self._write(stop.then)
+            except Exception:
+                log.exception("recording the stop of task %s failed; it is sent again later", stop.record_id)
+                return [*results, Done(row_error=True)]
+            if done is not None:
+                results.append(done)
+        return results
+
+    # ---- accounting -----------------------------------------------------------------------------
+
+    def _account(self, executed: Iterable[Done], tally: Tally) -> None:
+        for done in executed:
+            if done.row_error:
+                tally.add("row_errors")
+            if done.launch_result is not None:
+                self.metrics.launches.labels(self._kind, done.launch_result).inc()
+                if done.launch_result == "throttled":
+                    tally.add("throttled")
+            if done.stop is not None:
+                self._account_stop(done.stop, tally)
+            if done.transition is not None:
+                self._account_transition(done.transition, tally)
+
+    def _account_stop(self, stop: Stop, tally: Tally) -> None:
+        self.metrics.stops.labels(self._kind, stop.why).inc()
+        if stop.orphan:
+            tally.add("orphans_stopped")
+            tally.stopped_orphans.append(stop.external_id)
+            log.warning("stopped %s task %s (record %s)", stop.why, stop.external_id, stop.record_id or "none")
+        else:
+            tally.add("stopped")
+
+    def _account_transition(self, t: Transition, tally: Tally) -> None:
+        kind, row, changes = self._kind, t.row, t.changes
+        match t.effect:
+            case Effect.LAUNCHED:
+                tally.add("launched")
+                launched_at = changes["launched_at"]
+                self.metrics.queue_to_launch.labels(kind).observe(
+                    max(0.0, (launched_at - row.created_at).total_seconds())
+                )
+            case Effect.PROGRESS:
+                started_at = changes.get("started_at")
+                if row.started_at is None and started_at is not None and row.launched_at is not None:
+                    self.metrics.launch_to_running.labels(kind).observe(
+                        max(0.0, (started_at - row.launched_at).total_seconds())
+                    )
+            case Effect.SUCCEEDED:
+                tally.add("finished")
+            case Effect.FAILED:
+                tally.add("failed")
+                log.info("task %s failed: %s", row.id, changes.get("status_reason"))
+            case Effect.REVOKED:
+                tally.add("revoked")
+                log.info("task %s ended: %s", row.id, changes.get("status_reason"))
+            case Effect.RETRY:
+                assert t.retry is not None
+                self.metrics.launch_retries.labels(kind, t.retry.value).inc()
+                if t.retry not in _GIVEN_BACK:
+                    tally.add("launch_retries")
+                    log.info(
+                        "task %s: %s; attempt %d at %s",
+                        row.id,
+                        changes.get("last_error"),
+                        row.attempt + (1 if changes.get("phase") is Phase.PENDING else 0),
+                        changes.get("next_attempt_at"),
+                    )
+            case Effect.ADOPTED:
+                log.info(
+                    "task %s: found its task %s, launched before the answer was lost", row.id, changes["external_id"]
+                )
+            case Effect.REPOINTED:
+                log.warning(
+                    "task %s: follows %s now, the most advanced of its tasks (was %s)",
+                    row.id,
+                    changes["external_id"],
+                    row.external_id,
+                )
+            case Effect.STOPPING:
+                pass  # counted with its stop
+            case _:
+                assert_never(t.effect)
