@@ -42,6 +42,7 @@ def engine_settings(settings: Settings, backend: Backend = Backend.ECS) -> Engin
         backoff_base=core.backoff_base,
         backoff_max=core.backoff_max,
         launch_concurrency=core.launch_concurrency,
+        missing_grace=core.missing_grace,
     )
 
 
@@ -63,6 +64,8 @@ def build_backend(
             descriptor.service,
             region_name=section.region_name,
             max_pool_connections=settings.core.launch_concurrency + 4,
+            # Every call lands within the lease (renew_deadline + this < lease_duration).
+            call_timeout=settings.core.call_timeout,
         )
         if metrics is not None:
             instrument_client(client, metrics)
@@ -101,6 +104,7 @@ def build_runner(settings: Settings, *, metrics: Metrics | None = None) -> Runne
             backend=backend,
             settings=engine_settings(settings, backend.kind),
             is_leader=elector.is_leader,
+            fence=elector.fence,
             metrics=metrics,
         )
         for backend in backends
