@@ -89,7 +89,8 @@ class Harness:
         rows: list[NewTask] = []
         for i in range(n):
             record_id = ids[i] if ids else str(uuid.uuid4())
-            key = TiKey("scenario_dag", f"task_{i}", "manual__2030-01-01T00:00:00", -1, 1)
+            # One task instance per row: rows of one TI key would supersede each other.
+            key = TiKey("scenario_dag", f"task_{i}", f"manual__2030-01-01T00:00:00_{record_id}", -1, 1)
             command = commands[i] if commands else ["airflow", "tasks", "run", key.task_id]
             spec = build_submit_job_request(
                 batch=self.settings.batch,
