@@ -41,6 +41,7 @@ SAMPLE = {
     "OIDC_PROVIDER": "oidc.eks.eu-west-1.amazonaws.com/id/EXAMPLED539D4633E53DE1B71EXAMPLE",
     "NAMESPACE": "airflow",
     "SERVICE_ACCOUNT": "aws-reconciler",
+    "DEPLOYMENT": "airflow",
 }
 
 #: Granted although no code calls them: AWS authorises them as part of another call.
@@ -126,7 +127,10 @@ def aws_calls() -> Iterator[tuple[str, str, str]]:
 
 
 def policy_for(module: str) -> str:
-    return "scheduler-policy.json" if module.startswith("executor/") else "reconciler-policy.json"
+    # The executor, and each backend's log locator (backends/<service>/logs.py), run in the
+    # scheduler and the API server; everything else in the reconciler.
+    in_airflow = module.startswith("executor/") or (module.startswith("backends/") and module.endswith("/logs.py"))
+    return "scheduler-policy.json" if in_airflow else "reconciler-policy.json"
 
 
 def test_the_scan_finds_the_reconcilers_calls() -> None:
@@ -270,3 +274,12 @@ def test_policies_are_pretty_printed_json() -> None:
     for name in [*POLICIES, TRUST]:
         text = (IAM / name).read_text()
         assert text == json.dumps(json.loads(text), indent=2) + "\n", name
+
+
+def test_batch_jobs_are_stopped_and_tagged_only_with_our_deployment_tag() -> None:
+    """Batch has no cluster to bound TerminateJob/CancelJob: the deployment tag does, as it does for tagging."""
+    stop = _statement("reconciler-policy.json", "batch:TerminateJob")
+    assert set(as_list(stop["Action"])) == {"batch:TerminateJob", "batch:CancelJob"}
+    assert stop["Condition"] == {"StringEquals": {"aws:ResourceTag/aws-reconciler:deployment": "airflow"}}
+    tag = _statement("reconciler-policy.json", "batch:TagResource")
+    assert tag["Condition"] == {"StringEquals": {"aws:RequestTag/aws-reconciler:deployment": "airflow"}}

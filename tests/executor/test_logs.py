@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from airflow.models.taskinstancekey import TaskInstanceKey
 
-from aws_reconciler.backends.ecs.descriptor import ECS, is_pinned, task_id_of
+from aws_reconciler.backends.ecs.descriptor import ECS
+from aws_reconciler.backends.ecs.logs import is_pinned, task_id_of
 from aws_reconciler.backends.ecs.spec import build_run_task_request
 from aws_reconciler.executor import EcsExecutor
 from aws_reconciler.executor.logs import LogLocation, TaskLogs
