@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +26,7 @@ from aws_reconciler.config import ConfigError, load_settings
 from aws_reconciler.executor import EcsExecutor
 from aws_reconciler.model import Backend, Desired, Phase, TiKey
 from aws_reconciler.store import NewTask, TaskRecord, TaskStore, check_schema
-from support.workloads import RUN_ID, TOKEN, FakeTI, make_workload, rid
+from support.workloads import RUN_ID, TOKEN, FakeTI, jwt_expiring_at, make_workload, rid
 
 if TYPE_CHECKING:
     # Annotations only: at run time every directory's conftest is a module named "conftest".
@@ -59,6 +60,55 @@ def row(store: TaskStore, workload: ExecuteTask) -> TaskRecord:
     record = store.get(rid(workload))
     assert record is not None, f"no row for {workload.ti.task_id}"
     return record
+
+
+@pytest.fixture(autouse=True)
+def _no_task_instances() -> None:
+    """Each test starts with no task instance in Airflow's database (rows would carry over)."""
+    from airflow import settings
+    from airflow.models.dagrun import DagRun
+    from airflow.models.taskinstance import TaskInstance
+
+    assert settings.engine is not None
+    with settings.engine.begin() as conn:
+        conn.execute(sa.delete(TaskInstance.__table__))
+        conn.execute(sa.delete(DagRun.__table__))
+
+
+def airflow_ti(workload: ExecuteTask, state: TaskInstanceState | None, *, try_number: int | None = None) -> None:
+    """The workload's task instance as Airflow's database has it now (the scheduler, the task via
+    the Execution API, or a user clearing it would have written this)."""
+    from airflow import settings
+    from airflow.models.dagrun import DagRun
+    from airflow.models.taskinstance import TaskInstance
+
+    ti = workload.ti
+    runs, tis = DagRun.__table__, TaskInstance.__table__
+    where = [tis.c.dag_id == ti.dag_id, tis.c.task_id == ti.task_id, tis.c.run_id == ti.run_id]
+    assert settings.engine is not None
+    with settings.engine.begin() as conn:
+        if (
+            conn.execute(sa.select(runs.c.id).where(runs.c.dag_id == ti.dag_id, runs.c.run_id == ti.run_id)).first()
+            is None
+        ):
+            conn.execute(
+                sa.insert(runs).values(
+                    dag_id=ti.dag_id, run_id=ti.run_id, run_type="manual", run_after=datetime.now(UTC)
+                )
+            )
+        conn.execute(sa.delete(tis).where(*where))
+        conn.execute(
+            sa.insert(tis).values(
+                id=ti.id,
+                dag_id=ti.dag_id,
+                task_id=ti.task_id,
+                run_id=ti.run_id,
+                map_index=ti.map_index,
+                try_number=ti.try_number if try_number is None else try_number,
+                state=state,
+                pool="default_pool",
+            )
+        )
 
 
 @dataclass
@@ -606,3 +656,221 @@ def test_scheduler_side_events_are_counted_in_airflows_stats(
         "aws_reconciler.ecs.reported_success": 1,
         "aws_reconciler.ecs.reported_failed": 1,
     }
+
+
+# ---- the try's current state in Airflow ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "state", [TaskInstanceState.UP_FOR_RESCHEDULE, TaskInstanceState.SCHEDULED, TaskInstanceState.DEFERRED]
+)
+def test_no_event_for_a_try_that_was_rescheduled_or_deferred_meanwhile(
+    new_executor: ExecutorFactory, store: TaskStore, state: TaskInstanceState
+) -> None:
+    """A reschedule sensor's poke container stops after the TI already waits for its next poke
+    (or a deferred task's container after it deferred): a SUCCESS for that try would fail it."""
+    executor = new_executor()
+    sensor = make_workload("sensor")
+    queue(executor, [sensor])
+    executor.heartbeat()
+    airflow_ti(sensor, state)
+    finish(store, sensor, Phase.SUCCEEDED)
+
+    executor.heartbeat()
+
+    assert events(executor) == {}
+    assert executor.running == set(), "the slot is free for the next poke"
+    record = row(store, sensor)
+    assert record.reported_at is not None and record.ti_state == state.value
+    executor.heartbeat()
+    assert events(executor) == {}
+
+
+def test_an_event_for_an_earlier_try_is_still_sent(new_executor: ExecutorFactory, store: TaskStore) -> None:
+    """Only the same try is checked: Airflow ignores an event of a try that is over."""
+    executor = new_executor()
+    task = make_workload("t1")
+    queue(executor, [task])
+    executor.heartbeat()
+    airflow_ti(task, TaskInstanceState.SCHEDULED, try_number=2)
+    finish(store, task, Phase.FAILED, "Essential container in task exited")
+    executor.heartbeat()
+    assert events(executor) == {task.ti.key: (TaskInstanceState.FAILED, "Essential container in task exited")}
+
+
+def test_the_state_check_is_one_query_of_airflows_ti_key(new_executor: ExecutorFactory, store: TaskStore) -> None:
+    from airflow import settings
+
+    executor = new_executor(parallelism=64)
+    workloads = [make_workload(f"t{i}") for i in range(50)]
+    queue(executor, workloads)
+    executor.heartbeat()
+    for workload in workloads:
+        airflow_ti(workload, TaskInstanceState.SUCCESS)
+        finish(store, workload, Phase.SUCCEEDED)
+    assert settings.engine is not None
+    with sql_log(settings.engine) as log:
+        executor.heartbeat()
+    selects = [statement for statement, _ in log.statements if "task_instance" in statement]
+    assert len(selects) == 1, selects
+    assert len(events(executor)) == 50
+
+
+def test_a_token_that_expired_before_launch_waits_for_airflows_requeue(
+    new_executor: ExecutorFactory, store: TaskStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reporting FAILED would fail the QUEUED TI and burn a try. Airflow's stuck-in-queued handling
+    revokes it instead and queues it again with a fresh token."""
+    from aws_reconciler.executor import base
+
+    counted: dict[str, int] = {}
+    monkeypatch.setattr(base.Stats, "incr", lambda name, n=1, **_: counted.__setitem__(name, counted.get(name, 0) + n))
+    executor = new_executor()
+    expired = make_workload("expired", token=jwt_expiring_at(datetime.now(UTC) - timedelta(seconds=5)))
+    broken = make_workload("broken")
+    queue(executor, [expired, broken])
+    executor.heartbeat()
+    for workload in (expired, broken):
+        airflow_ti(workload, TaskInstanceState.QUEUED)
+    finish(store, expired, Phase.FAILED, "not launched: the Airflow workload token expired")
+    finish(store, broken, Phase.FAILED, "launch failed: task definition is inactive")
+
+    executor.heartbeat()
+    executor.heartbeat()
+
+    # A row that failed for another reason while its token is valid is reported as ever.
+    assert events(executor) == {broken.ti.key: (TaskInstanceState.FAILED, "launch failed: task definition is inactive")}
+    assert executor.running == {expired.ti.key}
+    assert row(store, expired).reported_at is None
+    assert counted["aws_reconciler.ecs.held_expired"] == 2
+
+    # The scheduler's stuck-in-queued check revokes it (and sets it back to SCHEDULED).
+    executor.revoke_task(ti=FakeTI.of(expired))
+    airflow_ti(expired, TaskInstanceState.SCHEDULED)
+    executor.heartbeat()
+    assert events(executor) == {}
+    assert executor.running == set()
+
+
+def test_queueing_records_the_tokens_own_expiry(new_executor: ExecutorFactory, store: TaskStore) -> None:
+    executor = new_executor()
+    exp = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
+    workload = make_workload("t1", token=jwt_expiring_at(exp))
+    queue(executor, [workload])
+    executor.heartbeat()
+    assert row(store, workload).token_expires_at == exp
+
+
+# ---- HA schedulers ------------------------------------------------------------------------
+
+
+def test_a_newer_queueing_by_another_scheduler_frees_the_slot_of_the_first(
+    new_executor: ExecutorFactory, store: TaskStore
+) -> None:
+    """Scheduler B queues the next poke of a try scheduler A still tracks."""
+    a, b = new_executor(job_id=1), new_executor(job_id=2)
+    first = make_workload("sensor")
+    queue(a, [first])
+    a.heartbeat()
+    second = make_workload("sensor", record_id=str(uuid.uuid4()))
+    queue(b, [second])
+    b.heartbeat()
+    assert row(store, first).desired is Desired.STOPPED
+
+    a.heartbeat()
+    assert a.running == set(), "A learns its row was superseded and frees the slot"
+    assert events(a) == {}
+    finish(store, first, Phase.SUCCEEDED)
+    a.heartbeat()
+    assert events(a) == {}, "the superseded row's late outcome is nobody's"
+
+    airflow_ti(second, TaskInstanceState.SUCCESS)
+    finish(store, second, Phase.SUCCEEDED)
+    b.heartbeat()
+    assert events(b) == {second.ti.key: (TaskInstanceState.SUCCESS, "succeeded")}
+
+
+def test_a_row_adopted_while_its_old_owner_reports_is_reported_by_the_new_owner(
+    new_executor: ExecutorFactory, store: TaskStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    slow, new = new_executor(job_id=1), new_executor(job_id=2)
+    workload = make_workload("t1")
+    queue(slow, [workload])
+    slow.heartbeat()
+    finish(store, workload, Phase.SUCCEEDED)
+
+    read = slow.store.finished_unreported
+
+    def read_then_lose_the_row(**kwargs: Any) -> list[TaskRecord]:
+        rows = read(**kwargs)
+        # Scheduler 2 took scheduler 1 for dead and adopted its TIs in between.
+        assert new.try_adopt_task_instances([FakeTI.of(workload)]) == []
+        return rows
+
+    monkeypatch.setattr(slow.store, "finished_unreported", read_then_lose_the_row)
+    slow.heartbeat()
+    assert events(slow) == {}
+    assert slow.running == set()
+
+    new.heartbeat()
+    assert events(new) == {workload.ti.key: (TaskInstanceState.SUCCESS, "succeeded")}
+
+
+# ---- outcomes tell the truth --------------------------------------------------------------
+
+
+def test_a_try_cleared_while_it_ran_is_recorded_revoked(
+    new_executor: ExecutorFactory, store: TaskStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cleared in the UI: Airflow sets the TI to RESTARTING, its supervisor kills the task, the
+    container exits 0. Airflow needs the SUCCESS event to schedule the try again; the store, the
+    status report and the metrics count it as revoked, not as a success."""
+    from aws_reconciler.executor import base
+    from aws_reconciler.status import render_counts
+    from aws_reconciler.store.queries import TaskQueries
+
+    counted: dict[str, int] = {}
+    monkeypatch.setattr(base.Stats, "incr", lambda name, n=1, **_: counted.__setitem__(name, counted.get(name, 0) + n))
+    executor = new_executor()
+    cleared, done = make_workload("cleared"), make_workload("done")
+    queue(executor, [cleared, done])
+    executor.heartbeat()
+    airflow_ti(cleared, TaskInstanceState.RESTARTING)
+    airflow_ti(done, TaskInstanceState.SUCCESS)
+    finish(store, cleared, Phase.SUCCEEDED)
+    finish(store, done, Phase.SUCCEEDED)
+
+    executor.heartbeat()
+
+    assert events(executor) == {
+        cleared.ti.key: (TaskInstanceState.SUCCESS, "succeeded"),
+        done.ti.key: (TaskInstanceState.SUCCESS, "succeeded"),
+    }
+    record = row(store, cleared)
+    assert (record.phase, record.ti_state) == (Phase.REVOKED, "restarting")
+    assert record.status_reason is not None and "cleared" in record.status_reason
+    assert row(store, done).phase is Phase.SUCCEEDED
+    counts = TaskQueries(store.engine).counts()
+    assert (counts[("ecs", "revoked")], counts[("ecs", "succeeded")]) == (1, 1)
+    header, line = render_counts(counts)
+    assert "REVOKED" in header.split()
+    assert line.split()[header.split().index("REVOKED")] == "1"
+    assert counted["aws_reconciler.ecs.reported_revoked"] == 1
+    assert counted["aws_reconciler.ecs.reported_success"] == 1
+
+
+def test_a_container_that_exited_0_for_a_failed_try_is_recorded_failed(
+    new_executor: ExecutorFactory, store: TaskStore
+) -> None:
+    """The run was marked failed (or the task failed): the exit code says nothing, Airflow does."""
+    executor = new_executor()
+    workload = make_workload("t1")
+    queue(executor, [workload])
+    executor.heartbeat()
+    airflow_ti(workload, TaskInstanceState.FAILED)
+    finish(store, workload, Phase.SUCCEEDED)
+    executor.heartbeat()
+    assert set(events(executor)) == {workload.ti.key}
+    record = row(store, workload)
+    assert (record.phase, record.ti_state) == (Phase.FAILED, "failed")
+    assert "Airflow recorded the try as failed" in (record.status_reason or "")

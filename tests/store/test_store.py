@@ -246,3 +246,208 @@ def test_waker_wakes_on_notify_and_drains_a_burst(pg_schema_url: str) -> None:
     finally:
         waker.close()
         engine.dispose()
+
+
+# ---- token expiry and the database's clock --------------------------------------------------
+
+
+def test_database_now_is_the_servers_clock_in_utc(store: TaskStore) -> None:
+    db_now = store.database_now()
+    assert db_now.tzinfo is not None and db_now.utcoffset() == timedelta(0)
+    # Same machine here: the server's clock and ours agree to well within a minute.
+    assert abs((db_now - datetime.now(UTC)).total_seconds()) < 60
+
+
+def test_claims_skip_tokens_expiring_within_the_margin_of_database_time(store: TaskStore) -> None:
+    """The local clock is an hour slow: a decision by it would launch a token about to expire."""
+    db_now = store.database_now()
+    soon, later, unknown = new_task(), new_task(), new_task()
+    soon = NewTask(**{**soon.__dict__, "token_expires_at": db_now + timedelta(seconds=10)})
+    later = NewTask(**{**later.__dict__, "token_expires_at": db_now + timedelta(seconds=600)})
+    store.clock = lambda: datetime.now(UTC) - timedelta(hours=1)
+    store.add([soon, later, unknown])
+    record = store.get(soon.id)
+    assert record is not None and record.token_expires_at == soon.token_expires_at
+
+    claimed = store.claim_for_launch([soon.id, later.id, unknown.id], token_margin=30)
+
+    assert set(claimed) == {later.id, unknown.id}
+    assert store.get(soon.id).phase is Phase.PENDING  # type: ignore[union-attr]
+    # Without a margin the claim is what it always was.
+    assert store.claim_for_launch([soon.id]) == {soon.id: 1}
+
+
+def test_claims_give_each_row_to_one_claimer(store_url: str) -> None:
+    """Two reconcilers claiming the same rows at once (a failover overlap) never both get one:
+    UPDATE ... RETURNING on SQLite and PostgreSQL, SELECT ... FOR UPDATE SKIP LOCKED on MariaDB."""
+    engine = create_store_engine(store_url)
+    migrate(engine)
+    store = TaskStore(engine)
+    tasks = [new_task() for _ in range(200)]
+    store.add(tasks)
+    ids = [t.id for t in tasks]
+    results: list[dict[str, int]] = []
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(4)
+
+    def claim(order: list[str]) -> None:
+        try:
+            barrier.wait(timeout=30)
+            for start in range(0, len(order), 20):
+                results.append(TaskStore(engine).claim_for_launch(order[start : start + 20]))
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=claim, args=(o,)) for o in (ids, ids[::-1], ids, ids[::-1])]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+    claimed = [record_id for result in results for record_id in result]
+    assert sorted(claimed) == sorted(ids), "every row claimed exactly once"
+    assert {attempt for result in results for attempt in result.values()} == {1}
+    assert {r.phase for r in store.open_tasks(backend=Backend.ECS)} == {Phase.LAUNCHING}
+    engine.dispose()
+
+
+def test_timestamps_keep_their_microseconds(store: TaskStore) -> None:
+    """MySQL's DATETIME keeps whole seconds unless told otherwise (migration 0002 tells it)."""
+    at = datetime(2026, 3, 4, 5, 6, 7, 891011, tzinfo=UTC)
+    t = new_task()
+    store.clock = lambda: at
+    store.add([NewTask(**{**t.__dict__, "token_expires_at": at})])
+    record = store.get(t.id)
+    assert record is not None
+    assert (record.created_at, record.token_expires_at) == (at, at)
+
+
+# ---- supersede, ownership, Airflow's verdict ---------------------------------------------
+
+
+def test_a_newer_queueing_by_another_scheduler_supersedes_and_stops_the_older_row(store: TaskStore) -> None:
+    key = TiKey("dag", "sensor", "run", -1, 1)
+    a_row = new_task(owner="A", key=key)
+    store.add([a_row])
+    b_row = new_task(owner="B", key=key)
+    store.add([b_row])
+
+    older = store.get(a_row.id)
+    assert older is not None and older.superseded_at is not None
+    assert older.desired is Desired.STOPPED, "the older queueing is no longer wanted: the reconciler stops it"
+    # Still open and unreported: scheduler A sees it on its next heartbeat and frees the slot.
+    assert older.reported_at is None
+    assert [r.id for r in store.finished_unreported(owner="A", backend=Backend.ECS)] == [a_row.id]
+    assert store.finished_unreported(owner="B", backend=Backend.ECS) == []
+    newer = store.get(b_row.id)
+    assert newer is not None and newer.superseded_at is None and newer.desired is Desired.RUNNING
+
+
+def test_a_newer_queueing_by_the_same_scheduler_needs_no_report(store: TaskStore) -> None:
+    key = TiKey("dag", "sensor", "run", -1, 1)
+    first, second = new_task(key=key), new_task(key=key)
+    store.add([first])
+    store.add([second])
+    older = store.get(first.id)
+    assert older is not None and older.superseded_at is not None and older.reported_at is not None
+    assert store.finished_unreported(owner="1", backend=Backend.ECS) == []
+
+
+def test_mark_reported_marks_only_rows_the_caller_still_owns(store: TaskStore) -> None:
+    """A slow scheduler A read a finished row; scheduler B adopted it before A marked it."""
+    t = new_task(owner="A")
+    store.add([t])
+    store.transition(t.id, expect_phases=[Phase.PENDING], phase=Phase.SUCCEEDED)
+    assert [r.id for r in store.finished_unreported(owner="A", backend=Backend.ECS)] == [t.id]
+    store.adopt(owner="B", backend=Backend.ECS, ids={t.id}, keys=set())
+
+    assert store.mark_reported([Report(t.id)], owner="A") == set()
+    assert [r.id for r in store.finished_unreported(owner="B", backend=Backend.ECS)] == [t.id]
+    assert store.mark_reported([Report(t.id)], owner="B") == {t.id}
+    assert store.mark_reported([Report(t.id)], owner="B") == set(), "marked once"
+
+
+def test_mark_reported_records_airflows_verdict_and_the_true_outcome(store: TaskStore) -> None:
+    from aws_reconciler.store.queries import TaskQueries
+
+    cleared, ok, still_open = new_task(), new_task(), new_task()
+    store.add([cleared, ok, still_open])
+    for t in (cleared, ok):
+        store.transition(t.id, expect_phases=[Phase.PENDING], phase=Phase.SUCCEEDED)
+    marked = store.mark_reported(
+        [
+            Report(cleared.id, ti_state="restarting", phase=Phase.REVOKED, status_reason="stopped by Airflow"),
+            Report(ok.id, ti_state="success"),
+            # A correction never touches an open row: the reconciler owns it.
+            Report(still_open.id, phase=Phase.FAILED, status_reason="x"),
+        ],
+        owner="1",
+    )
+    assert marked == {cleared.id, ok.id}
+    revoked = store.get(cleared.id)
+    assert revoked is not None
+    assert (revoked.phase, revoked.ti_state, revoked.status_reason) == (
+        Phase.REVOKED,
+        "restarting",
+        "stopped by Airflow",
+    )
+    assert store.get(ok.id).phase is Phase.SUCCEEDED  # type: ignore[union-attr]
+    assert store.get(still_open.id).phase is Phase.PENDING  # type: ignore[union-attr]
+    counts = TaskQueries(store.engine).counts()
+    assert counts[("ecs", "revoked")] == 1 and counts[("ecs", "succeeded")] == 1
+
+
+def test_add_is_idempotent_and_returns_ids_stored_for_another_task(store: TaskStore) -> None:
+    t = new_task()
+    assert store.add([t]) == []
+    # The same insert again (its first commit's answer was lost): nothing new, nothing lost.
+    assert store.add([t]) == []
+    assert [r.id for r in store.open_tasks(backend=Backend.ECS)] == [t.id]
+    other = NewTask(**{**new_task().__dict__, "id": t.id})
+    fresh = new_task()
+    assert store.add([other, fresh]) == [t.id]
+    assert {r.id for r in store.open_tasks(backend=Backend.ECS)} == {t.id, fresh.id}
+    assert store.get(t.id).key == t.key  # type: ignore[union-attr]
+
+
+def test_recent_failures_put_unfinished_rows_last_on_every_database(store: TaskStore) -> None:
+    from aws_reconciler.store.queries import TaskQueries
+
+    old, new = new_task(), new_task()
+    store.add([old, new])
+    store.transition(
+        old.id, expect_phases=[Phase.PENDING], phase=Phase.FAILED, finished_at=datetime.now(UTC) - timedelta(hours=1)
+    )
+    store.transition(new.id, expect_phases=[Phase.PENDING], phase=Phase.FAILED)
+    assert [r.id for r in TaskQueries(store.engine).recent_failures(5)] == [new.id, old.id]
+
+
+# ---- MySQL / MariaDB -------------------------------------------------------------------------
+
+
+def test_a_mariadb_store_created_by_release_0001_is_upgraded_to_microseconds(mariadb_url: str) -> None:
+    """0001 as first shipped created whole-second DATETIME columns on MySQL; 0002 widens them and
+    replaces the indexes MySQL could not make partial."""
+    from alembic import command
+
+    from aws_reconciler.store.migrate import _config
+
+    engine = create_store_engine(mariadb_url)
+    config = _config()
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "0001")
+    with engine.begin() as conn:
+        for column in ("created_at", "updated_at"):
+            conn.exec_driver_sql(f"ALTER TABLE aws_reconciler_task MODIFY {column} DATETIME NOT NULL")
+        conn.exec_driver_sql("ALTER TABLE aws_reconciler_lease MODIFY expires_at DATETIME NOT NULL")
+    assert migrate(engine) == ("0001", head_revision())
+
+    inspector = sa.inspect(engine)
+    types = {c["name"]: c["type"] for c in inspector.get_columns("aws_reconciler_task")}
+    assert all(getattr(types[c], "fsp", None) == 6 for c in ("created_at", "updated_at", "token_expires_at"))
+    indexes = {ix["name"]: ix["column_names"] for ix in inspector.get_indexes("aws_reconciler_task")}
+    assert indexes["ix_aws_reconciler_task_unreported"] == ["owner", "backend", "reported_at"]
+    assert indexes["ix_aws_reconciler_task_open"] == ["backend", "finished_at", "phase"]
+    test_timestamps_keep_their_microseconds(TaskStore(engine))
+    engine.dispose()

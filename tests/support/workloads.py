@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ def make_workload(
     record_id: str | None = None,
     try_number: int = 1,
     executor_config: dict[str, Any] | None = None,
+    token: str = TOKEN,
 ) -> ExecuteTask:
     """An ExecuteTask as the 3.3 scheduler hands it over, with its pre-assigned record id."""
     ti = TaskInstanceDTO(
@@ -42,12 +44,20 @@ def make_workload(
         executor_config=executor_config,
     )
     return ExecuteTask(
-        token=TOKEN,
+        token=token,
         ti=ti,
         dag_rel_path=Path("example_dag.py"),
         bundle_info=BundleInfo(name="dags-folder", version=None),
         log_path="x.log",
     )
+
+
+def jwt_expiring_at(exp: datetime) -> str:
+    """A workload token shaped like the scheduler's (HS512 JWT, scope ``workload``) expiring at ``exp``."""
+    import jwt
+
+    claims = {"sub": str(uuid.uuid4()), "scope": "workload", "iat": int(exp.timestamp()) - 600}
+    return jwt.encode({**claims, "exp": int(exp.timestamp())}, "tests-" + "0123456789abcdef" * 4, algorithm="HS512")
 
 
 def rid(workload: ExecuteTask) -> str:
