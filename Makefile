@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DEMO_STAMP := $(VENV)/.installed-demo
 PYTEST_ARGS ?=
 
 .PHONY: help venv test lint typecheck unit demo bench clean
@@ -33,7 +34,20 @@ unit: $(STAMP)
 
 test: lint typecheck unit
 
-demo: $(STAMP)
+# The demo needs Airflow, the executors and the sandbox, not the test tools: a lighter first run.
+# A venv that `make test` built already has all of it.
+$(DEMO_STAMP): pyproject.toml sandbox/pyproject.toml
+	@if [ -f $(STAMP) ] && [ $(STAMP) -nt pyproject.toml ] && [ $(STAMP) -nt sandbox/pyproject.toml ]; then \
+	  touch $@; \
+	else \
+	  echo "first run: installing Airflow 3.3, the executors and the sandbox into $(VENV) (a few minutes; ~600 MB)"; \
+	  $(PYTHON) -m venv $(VENV) && \
+	  $(BIN)/pip install --quiet --upgrade pip && \
+	  $(BIN)/pip install --progress-bar on -e ".[demo]" -e ./sandbox && \
+	  touch $@; \
+	fi
+
+demo: $(DEMO_STAMP)
 	$(BIN)/python -m aws_reconciler_sandbox.demo
 
 BENCH_VENV ?= .venv-bench

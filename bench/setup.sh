@@ -10,14 +10,14 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${1:-$ROOT/.venv-bench}"
 PYTHON="${PYTHON:-python3}"
 STAMP="$VENV/.bench-installed"
-WANT="$(cat "$ROOT/pyproject.toml" "$ROOT/bench/requirements.txt" | sha256sum | cut -d' ' -f1)"
+WANT="$(cat "$ROOT/pyproject.toml" "$ROOT/sandbox/pyproject.toml" "$ROOT/bench/requirements.txt" | sha256sum | cut -d' ' -f1)"
 
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" && -x "$VENV/bin/python" ]]; then
     exit 0
 fi
 "$PYTHON" -m venv "$VENV"
 "$VENV/bin/pip" install --quiet --upgrade pip
-"$VENV/bin/pip" install --quiet -e "$ROOT[test]" -r "$ROOT/bench/requirements.txt"
+"$VENV/bin/pip" install --quiet -e "$ROOT[test]" -e "$ROOT/sandbox" -r "$ROOT/bench/requirements.txt"
 "$VENV/bin/pip" check
 echo "$WANT" > "$STAMP"
 echo "bench virtualenv ready: $VENV"

@@ -81,7 +81,8 @@ def pyproject_pins() -> dict[str, str]:
 
     data = tomllib.loads((REPO / "pyproject.toml").read_text())
     pins: dict[str, str] = {}
-    for requirement in data["project"]["optional-dependencies"]["test"]:
+    extras = data["project"]["optional-dependencies"]
+    for requirement in [*extras["demo"], *extras["test"]]:
         name, _, version = requirement.partition("==")
         pins[re.sub(r"\[.*\]", "", name).strip().lower()] = version.strip()
     return pins
