@@ -29,8 +29,8 @@ from aws_reconciler.config import Settings
 from aws_reconciler.store import TaskStore, create_store_engine, migrate
 from aws_reconciler_sandbox import SandboxServer, bootstrap
 from support.awscalls import record_api_calls
-from support.conftests import root_conftest
 from support.scenario import FakeClock
+from support.stores import make_settings as shared_settings
 
 #: What bootstrap(batch=True) creates, for tests that need no sandbox.
 BATCH_ENV = {
@@ -45,7 +45,7 @@ SettingsFactory = Callable[..., Settings]
 @pytest.fixture
 def make_settings(request: pytest.FixtureRequest) -> SettingsFactory:
     """``make_settings(store_url, **env)``: the shared builder (ECS configured) plus Batch."""
-    base: SettingsFactory = root_conftest(request.config).make_settings
+    base: SettingsFactory = shared_settings
 
     def factory(store_url: str, **env: str) -> Settings:
         return base(store_url, **{**BATCH_ENV, **env})

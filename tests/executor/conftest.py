@@ -27,7 +27,7 @@ from moto import mock_aws  # noqa: E402
 from aws_reconciler.config import Settings  # noqa: E402
 from aws_reconciler.executor import EcsExecutor  # noqa: E402
 from support.awscalls import record_api_calls  # noqa: E402
-from support.conftests import root_conftest  # noqa: E402
+from support.stores import make_settings as shared_settings  # noqa: E402
 
 SettingsFactory = Callable[..., Settings]
 
@@ -35,7 +35,7 @@ SettingsFactory = Callable[..., Settings]
 @pytest.fixture
 def make_settings(request: pytest.FixtureRequest) -> SettingsFactory:
     """The shared ``make_settings(store_url, **env)`` of ``tests/conftest.py``."""
-    factory: SettingsFactory = root_conftest(request.config).make_settings
+    factory: SettingsFactory = shared_settings
     return factory
 
 

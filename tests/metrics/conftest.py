@@ -16,7 +16,7 @@ from aws_reconciler.config import Settings
 from aws_reconciler.store import create_store_engine, migrate
 from aws_reconciler_sandbox import SandboxServer, bootstrap
 from aws_reconciler_sandbox.runner import RunnerOptions
-from support.conftests import root_conftest
+from support.stores import make_settings
 
 REGION = "us-east-1"
 
@@ -47,7 +47,6 @@ def aws_env(sandbox: SandboxServer) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def settings_for(request: pytest.FixtureRequest, aws_env: dict[str, str]) -> SettingsFactory:
     """``settings_for(store_url, **env)``: the sandbox's ECS settings, fast loop timings, ``env``."""
-    make_settings = root_conftest(request.config).make_settings
     airflow_env = {k: v for k, v in aws_env.items() if k.startswith("AIRFLOW__")}
 
     def factory(store_url: str, **env: str) -> Settings:

@@ -33,10 +33,20 @@ from aws_reconciler.reconciler.factory import build_backend, engine_settings
 from aws_reconciler.reconciler.leader import LeaderElector
 from aws_reconciler.reconciler.result import Result
 from aws_reconciler.reconciler.runner import Runner
-from aws_reconciler.store import LeaseStore, NewTask, TaskRecord, TaskStore, Waker, create_store_engine, migrate
+from aws_reconciler.store import (
+    LeaseStore,
+    NewTask,
+    TaskRecord,
+    TaskStore,
+    Waker,
+    create_store_engine,
+    database_now,
+    migrate,
+)
+from aws_reconciler.store.lease import Fence
 from aws_reconciler_sandbox import FAKE_CREDENTIALS, SandboxServer, bootstrap
-from support.conftests import root_conftest
 from support.scenario import Crash, FakeClock
+from support.stores import make_settings
 
 REGION = "us-east-1"
 DEPLOYMENT = "airflow"
@@ -73,6 +83,7 @@ class Harness:
         *,
         backend: Any = None,
         is_leader: Callable[[], bool] = lambda: True,
+        fence: Callable[[], Fence | None] | None = None,
         rng: Callable[[], float] = lambda: 0.0,
     ) -> Engine:
         """A fresh engine on the shared store and clock (closed at teardown)."""
@@ -81,6 +92,7 @@ class Harness:
             backend=backend if backend is not None else self.backend(),
             settings=engine_settings(self.settings),
             is_leader=is_leader,
+            fence=fence,
             clock=self.clock,
             rng=rng,
         )
@@ -181,7 +193,6 @@ def make_harness(
     request: pytest.FixtureRequest, store_url: str, aws: dict[str, str], sandbox: SandboxServer
 ) -> Iterator[HarnessFactory]:
     """``make_harness(**env)``: settings = bootstrap output + ``env``; a migrated store (SQLite/PostgreSQL)."""
-    make_settings = root_conftest(request.config).make_settings
     built: list[Harness] = []
 
     def factory(**env: str) -> Harness:
@@ -1044,6 +1055,34 @@ def test_a_leader_whose_renewals_stall_stops_acting_before_its_lease_can_expire(
     assert cycle(engine).stats.launched == 2
 
 
+def test_a_paused_ex_leader_writes_nothing_after_a_takeover(make_harness: HarnessFactory) -> None:
+    """The leader was paused past its lease and another replica took over. By its own monotonic
+    clock it still leads, but no store write it fences with its lease generation lands: no launch
+    is claimed (so none is sent) and nothing it observes is recorded."""
+    h = make_harness()
+    a = _elector(h, monotonic=lambda: 1000.0)
+    assert a.try_once()
+    engine = h.engine(is_leader=a.is_leader, fence=a.fence)
+    [running] = h.add()
+    assert cycle(engine).stats.launched == 1, "fenced writes of the leader land"
+    arn = h.row(running).external_id
+    assert arn
+    h.sandbox.set_task_state(task_arn=arn, last_status="RUNNING")
+    pending = h.add(2)
+
+    with h.db.connect() as conn:
+        past_expiry = database_now(conn) + timedelta(seconds=60)
+    leases = LeaseStore(h.db)
+    assert leases.acquire_or_renew(name=f"reconciler-{DEPLOYMENT}", holder="b", duration=15, now=past_expiry).held
+    assert a.is_leader()
+
+    stats = cycle(engine).stats
+    assert (stats.launched, stats.finished) == (0, 0)
+    assert h.calls("RunTask") == 1
+    assert all((h.row(r).phase, h.row(r).attempt) == (Phase.PENDING, 0) for r in pending)
+    assert h.row(running).phase is Phase.PROVISIONING
+
+
 def test_standby_runner_does_not_reconcile_while_another_replica_holds_the_lease(
     make_harness: HarnessFactory,
 ) -> None:
@@ -1090,3 +1129,265 @@ def test_request_stop_lets_no_new_launch_start(make_harness: HarnessFactory) -> 
         assert all((h.row(r).phase, h.row(r).attempt) == (Phase.PENDING, 0) for r in ids)
     finally:
         runner.waker.close()
+
+
+# ---- 12. AWS as it really behaves: eventual consistency, budgets, hung calls, restarts --------
+
+
+class _Lagging:
+    """An ECS client to which the tasks in ``hidden`` do not exist yet: DescribeTasks answers
+    MISSING for them and ListTasks omits them, as ECS does for a while after RunTask."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self.hidden: set[str] = set()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def describe_tasks(self, **kwargs: Any) -> Any:
+        response = self._client.describe_tasks(**kwargs)
+        tasks = [t for t in response.get("tasks") or [] if t["taskArn"] not in self.hidden]
+        missing = [{"arn": arn, "reason": "MISSING"} for arn in kwargs["tasks"] if arn in self.hidden]
+        return {**response, "tasks": tasks, "failures": [*(response.get("failures") or []), *missing]}
+
+    def list_tasks(self, **kwargs: Any) -> Any:
+        response = self._client.list_tasks(**kwargs)
+        return {**response, "taskArns": [a for a in response.get("taskArns") or [] if a not in self.hidden]}
+
+
+def test_a_task_missing_right_after_its_launch_is_not_taken_for_gone(make_harness: HarnessFactory) -> None:
+    """ECS answers MISSING (and ListTasks omits the task) for a while after RunTask. Within
+    missing_grace of the launch the row stays open and its task is never stopped as an orphan;
+    once AWS shows the task the row follows it. A task still unknown after the grace is gone."""
+    h = make_harness(
+        AIRFLOW__AWS_RECONCILER__RESYNC_INTERVAL="1",
+        AIRFLOW__AWS_RECONCILER__ORPHAN_GRACE="10",
+        AIRFLOW__AWS_RECONCILER__MISSING_GRACE="60",
+    )
+    client = _Lagging(h.client())
+    engine = h.engine(backend=h.backend(client=client))
+    ids = h.add(2)
+    assert cycle(engine).stats.launched == 2
+    arns = [h.row(r).external_id or "" for r in ids]
+    client.hidden.update(arns)
+
+    for _ in range(3):  # 45 s of MISSING, with a discovery every cycle
+        h.clock.advance(15)
+        stats = cycle(engine).stats
+        assert (stats.failed, stats.orphans_stopped) == (0, 0)
+        assert [h.row(r).phase for r in ids] == [Phase.PROVISIONING] * 2
+    assert h.calls("StopTask") == 0
+
+    client.hidden.clear()
+    for arn in arns:
+        h.sandbox.set_task_state(task_arn=arn, last_status="RUNNING")
+    cycle(engine)
+    assert [h.row(r).phase for r in ids] == [Phase.RUNNING] * 2
+
+    client.hidden.add(arns[0])  # now it really is gone: its launch is 46 s old, then 61 s
+    h.clock.advance(1)
+    cycle(engine)
+    assert h.row(ids[0]).phase is Phase.RUNNING
+    h.clock.advance(15)
+    assert cycle(engine).stats.failed == 1
+    row = h.row(ids[0])
+    assert row.phase is Phase.FAILED
+    assert row.status_reason and "MISSING" in row.status_reason
+
+
+def test_an_orphans_grace_counts_from_its_creation_across_restarts(make_harness: HarnessFactory) -> None:
+    """Every restart used to give an orphan a fresh grace. The grace counts from the task's own
+    createdAt: a reconciler that starts after the grace has passed stops the orphan at its first
+    discovery; one that starts earlier waits only for the rest."""
+    h = make_harness(AIRFLOW__AWS_RECONCILER__ORPHAN_GRACE="120")
+    orphan = h.start_foreign_task(started_by=DEPLOYMENT, tags={DEPLOYMENT_TAG: DEPLOYMENT, ID_TAG: "lost"})
+
+    h.clock.advance(60)
+    assert cycle(h.engine()).stats.orphans_stopped == 0  # process 1, 60 s into the grace
+    h.clock.advance(65)
+    assert cycle(h.engine()).stats.orphans_stopped == 1  # process 2, its first discovery
+    assert h.task(orphan)["desiredStatus"] == "STOPPED"
+
+
+def test_a_stop_aws_refuses_is_one_warning_and_is_sent_again(
+    make_harness: HarnessFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A throttled StopTask for a revoked row is one WARNING line naming the task and AWS's error
+    (no ERROR, no traceback), the row stays as it was, and the next cycle sends the stop again."""
+    h = make_harness()
+    engine = h.engine()
+    [record_id] = h.add()
+    cycle(engine)
+    arn = h.row(record_id).external_id
+    assert arn
+    h.store.revoke(ids=[record_id])
+    h.sandbox.inject_error(operation="StopTask", code="ThrottlingException", message="Rate exceeded")
+
+    caplog.clear()
+    with caplog.at_level("INFO", logger="aws_reconciler"):
+        stats = cycle(engine).stats
+    assert (stats.stopped, stats.row_errors) == (0, 0)
+    assert [r.levelname for r in caplog.records if r.levelno >= 30] == ["WARNING"]
+    [warning] = [r for r in caplog.records if r.levelno >= 30]
+    assert arn in warning.getMessage() and record_id in warning.getMessage()
+    assert "ThrottlingException" in warning.getMessage()
+    assert warning.exc_info is None
+    assert h.row(record_id).phase is Phase.PROVISIONING
+
+    assert cycle(engine).stats.stopped == 1
+    assert h.row(record_id).phase is Phase.STOPPING
+    assert h.calls("StopTask") == 2
+
+
+def test_a_launch_burst_is_spread_over_cycles_that_keep_observing(make_harness: HarnessFactory) -> None:
+    """30 due rows, while Fargate's bucket lets 7 out per interval (burst 5, 10/s, 0.2 s): each cycle
+    launches no more than that, asks to be run again at once, and still records what it observes
+    (a task that stopped is finished in the first cycle, not after the burst)."""
+    h = make_harness(
+        AIRFLOW__AWS_RECONCILER__RECONCILE_INTERVAL="0.2",
+        AIRFLOW__AWS_RECONCILER__FARGATE_LAUNCH_BURST="5",
+        AIRFLOW__AWS_RECONCILER__FARGATE_LAUNCH_RATE="10",
+    )
+    engine = h.engine()
+    [earlier] = h.add()
+    cycle(engine)
+    arn = h.row(earlier).external_id
+    assert arn
+    h.sandbox.set_task_state(task_arn=arn, last_status="STOPPED", exit_code=0)
+    burst = h.add(30)
+
+    first = cycle(engine)
+    assert first.stats.finished == 1
+    assert 1 <= first.stats.launched <= 7
+    assert first.stats.deferred == 30 - first.stats.launched - first.stats.in_flight
+    assert first.requeue_after == 0
+    for _ in range(20):
+        if all(h.row(r).phase is Phase.PROVISIONING for r in burst):
+            break
+        assert cycle(engine).stats.launched <= 7
+    assert all(h.row(r).phase is Phase.PROVISIONING for r in burst)
+    assert h.calls("RunTask") == 31
+
+
+def test_the_next_cycle_is_wanted_when_the_soonest_row_is_due(make_harness: HarnessFactory) -> None:
+    """A capacity failure backs a row off for 2 s (full jitter): the cycle asks to come back then,
+    not after the 5 s interval, and not sooner."""
+    h = make_harness(AIRFLOW__AWS_RECONCILER__RECONCILE_INTERVAL="5", AIRFLOW__AWS_RECONCILER__BACKOFF_BASE="2")
+    engine = h.engine(rng=lambda: 1.0)
+    h.add()
+    h.sandbox.fail_run_task(reason="RESOURCE:MEMORY")
+    assert cycle(engine).requeue_after == 2
+    h.clock.advance(2)
+    assert cycle(engine).requeue_after == 5
+
+
+class _HangingClient:
+    """An ECS client whose RunTask for the commands in ``hang`` blocks until ``release`` is set."""
+
+    def __init__(self, client: Any, *, hang: str) -> None:
+        self._client = client
+        self.hang = hang
+        self.release = threading.Event()
+        self.hung = threading.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def run_task(self, **kwargs: Any) -> Any:
+        if self.hang in str(kwargs.get("overrides")):
+            self.hung.set()
+            self.release.wait(timeout=60)
+        return self._client.run_task(**kwargs)
+
+
+def test_a_hung_launch_does_not_hold_up_the_next_pass(make_harness: HarnessFactory) -> None:
+    """A RunTask that hangs (until the client's timeout, on AWS) keeps only its own row waiting: the
+    cycle ends after one interval, and the next ones record a finished task and stop a revoked one
+    while the call is still in flight; its outcome is collected when it arrives."""
+    h = make_harness(AIRFLOW__AWS_RECONCILER__RECONCILE_INTERVAL="0.3")
+    client = _HangingClient(h.client(), hang="hangs-here")
+    engine = h.engine(backend=h.backend(client=client))
+    done, revoked = h.add(2)
+    cycle(engine)
+    [hanging] = h.add(commands=[["airflow", "tasks", "run", "hangs-here"]])
+    try:
+        stats = cycle(engine).stats
+        assert client.hung.is_set() and stats.in_flight == 1
+        assert h.row(hanging).phase is Phase.LAUNCHING
+
+        done_arn = h.row(done).external_id
+        assert done_arn
+        h.sandbox.set_task_state(task_arn=done_arn, last_status="STOPPED", exit_code=0)
+        h.store.revoke(ids=[revoked])
+        stats = cycle(engine).stats
+        assert (stats.finished, stats.stopped, stats.in_flight) == (1, 1, 1)
+        assert not client.release.is_set(), "the pass waited for the hung call"
+        assert h.row(hanging).phase is Phase.LAUNCHING
+    finally:
+        client.release.set()
+    for _ in range(50):
+        if cycle(engine).stats.launched:
+            break
+    row = h.row(hanging)
+    assert (row.phase, row.attempt) == (Phase.PROVISIONING, 1)
+    assert h.calls("RunTask") == 3
+
+
+def test_ambiguous_launch_failures_back_off_longer_each_time(make_harness: HarnessFactory) -> None:
+    """Three 5xx in a row keep attempt 1 (the same clientToken), and each retry waits at least twice
+    as long as the one before: a 5xx outage is not retried every second forever."""
+    h = make_harness(AIRFLOW__AWS_RECONCILER__BACKOFF_BASE="2")
+    engine = h.engine(rng=lambda: 0.0)
+    [record_id] = h.add()
+    h.sandbox.inject_error(operation="RunTask", code="ServerException", message="boom", status=500, times=3)
+    delays = []
+    for _ in range(3):
+        cycle(engine)
+        row = h.row(record_id)
+        assert (row.phase, row.attempt) == (Phase.LAUNCHING, 1)
+        assert row.next_attempt_at
+        delays.append((row.next_attempt_at - h.clock()).total_seconds())
+        h.clock.set(row.next_attempt_at)
+    assert delays == [1, 2, 4]
+    assert cycle(engine).stats.launched == 1
+
+
+def test_a_row_superseded_by_a_newer_queueing_is_stopped_and_ends_revoked(make_harness: HarnessFactory) -> None:
+    """The scheduler queued the same try again (a reschedule's next poke) while the previous
+    queueing's task still runs: that task is stopped, its row ends revoked ("superseded"), and only
+    the new row is launched."""
+    h = make_harness()
+    engine = h.engine()
+    [old] = h.add()
+    cycle(engine)
+    arn = h.row(old).external_id
+    assert arn
+    h.sandbox.set_task_state(task_arn=arn, last_status="RUNNING")
+    cycle(engine)
+    key = h.row(old).key
+    spec = h.store.specs([old])[old]
+    new = str(uuid.uuid4())
+    h.store.add(
+        [
+            NewTask(
+                id=new,
+                backend=Backend.ECS,
+                owner="scheduler-1",
+                key=key,
+                queue="default",
+                target=spec["cluster"],
+                spec=spec,
+            )
+        ]
+    )
+
+    stats = cycle(engine).stats
+    assert (stats.stopped, stats.launched) == (1, 1)
+    assert "superseded" in (h.task(arn)["stoppedReason"] or "")
+    h.sandbox.set_task_state(task_arn=arn, last_status="STOPPED", exit_code=0)
+    cycle(engine)
+    row = h.row(old)
+    assert row.phase is Phase.REVOKED
+    assert row.status_reason and row.status_reason.startswith("superseded")
+    assert h.row(new).phase is Phase.PROVISIONING
