@@ -10,6 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from aws_reconciler.store import TaskStore, create_store_engine, migrate
+from support.awscalls import AwsCalls, record_api_calls
 from support.stores import (
     make_settings,
     mariadb_server_url,
@@ -18,7 +19,7 @@ from support.stores import (
     require_postgres,
 )
 
-__all__ = ["make_settings"]
+__all__ = ["AwsCalls", "make_settings"]
 
 
 @pytest.fixture
@@ -98,3 +99,11 @@ def _airflow_metadata_for_airflow_tests(request: pytest.FixtureRequest) -> None:
     """Tests marked ``airflow`` run against an Airflow database with its schema in place."""
     if request.node.get_closest_marker("airflow") is not None:
         request.getfixturevalue("airflow_metadata_db")
+
+
+@pytest.fixture
+def aws_calls(monkeypatch: pytest.MonkeyPatch) -> AwsCalls:
+    """Count every API call of every boto3/botocore client made in the test."""
+    recorder = AwsCalls()
+    record_api_calls(monkeypatch, recorder.calls)
+    return recorder

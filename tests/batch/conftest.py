@@ -20,7 +20,6 @@ if "AIRFLOW_HOME" not in os.environ or "AIRFLOW__API_AUTH__JWT_SECRET" not in os
     os.environ.setdefault("AIRFLOW__API_AUTH__JWT_SECRET", "batch-tests-" + "0123456789abcdef" * 4)
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 
 import pytest
 from batch_support import REGION, Harness
@@ -28,7 +27,6 @@ from batch_support import REGION, Harness
 from aws_reconciler.config import Settings
 from aws_reconciler.store import TaskStore, create_store_engine, migrate
 from aws_reconciler_sandbox import SandboxServer, bootstrap
-from support.awscalls import record_api_calls
 from support.scenario import FakeClock
 from support.stores import make_settings as shared_settings
 
@@ -95,33 +93,3 @@ def make_harness(
     yield factory
     for harness in built:
         harness.close()
-
-
-@dataclass
-class AwsCalls:
-    """Every botocore API call made in the test, as (service, operation)."""
-
-    calls: list[tuple[str, str]] = field(default_factory=list)
-
-    def assert_none(self) -> None:
-        """No AWS call so far, and the counter demonstrably works in this very test (a counter that
-        silently stopped seeing calls would make every zero-call test pass)."""
-        assert self.calls == [], f"unexpected AWS calls: {self.calls}"
-        from moto import mock_aws
-
-        with mock_aws():
-            import boto3
-
-            boto3.client(
-                "batch", region_name=REGION, aws_access_key_id="testing", aws_secret_access_key="testing"
-            ).describe_job_queues()
-        assert self.calls == [("batch", "DescribeJobQueues")], "the AWS call counter missed a real boto3 call"
-        self.calls.clear()
-
-
-@pytest.fixture
-def aws_calls(monkeypatch: pytest.MonkeyPatch) -> AwsCalls:
-    """Count every API call of every boto3/botocore client (the single choke point of all of them)."""
-    recorder = AwsCalls()
-    record_api_calls(monkeypatch, recorder.calls)
-    return recorder

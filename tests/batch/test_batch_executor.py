@@ -21,7 +21,8 @@ from aws_reconciler.store import TaskRecord, TaskStore
 from support.workloads import RUN_ID, TOKEN, FakeTI, make_workload, rid
 
 if TYPE_CHECKING:
-    from conftest import AwsCalls, SettingsFactory
+    from conftest import SettingsFactory
+    from support.awscalls import AwsCalls
 
 pytestmark = pytest.mark.airflow
 

@@ -18,15 +18,11 @@ os.environ["AIRFLOW_HOME"] = _AIRFLOW_HOME
 os.environ["AIRFLOW__API_AUTH__JWT_SECRET"] = "executor-tests-" + "0123456789abcdef" * 4
 
 from collections.abc import Callable, Iterator  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
 
-import boto3  # noqa: E402
 import pytest  # noqa: E402
-from moto import mock_aws  # noqa: E402
 
 from aws_reconciler.config import Settings  # noqa: E402
 from aws_reconciler.executor import EcsExecutor  # noqa: E402
-from support.awscalls import record_api_calls  # noqa: E402
 from support.stores import make_settings as shared_settings  # noqa: E402
 
 SettingsFactory = Callable[..., Settings]
@@ -64,32 +60,3 @@ def new_executor(store_url: str, make_settings: SettingsFactory) -> Iterator[Exe
     for executor in created:
         if executor._store is not None:
             executor._store.engine.dispose()
-
-
-@dataclass
-class AwsCalls:
-    """Every botocore API call made in the test, as (service, operation)."""
-
-    calls: list[tuple[str, str]] = field(default_factory=list)
-
-    def assert_none(self) -> None:
-        """No AWS call so far, and the counter demonstrably works in this very test.
-
-        Without the second half, a counter that silently stopped seeing calls (a botocore
-        refactor, a patch applied to the wrong object) would make every zero-call test pass.
-        """
-        assert self.calls == [], f"unexpected AWS calls: {self.calls}"
-        with mock_aws():
-            boto3.client(
-                "ecs", region_name="us-east-1", aws_access_key_id="testing", aws_secret_access_key="testing"
-            ).list_clusters()
-        assert self.calls == [("ecs", "ListClusters")], "the AWS call counter missed a real boto3 call"
-        self.calls.clear()
-
-
-@pytest.fixture
-def aws_calls(monkeypatch: pytest.MonkeyPatch) -> AwsCalls:
-    """Count every API call of every boto3/botocore client (the single choke point of all of them)."""
-    recorder = AwsCalls()
-    record_api_calls(monkeypatch, recorder.calls)
-    return recorder

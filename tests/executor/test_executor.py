@@ -30,7 +30,8 @@ from support.workloads import RUN_ID, TOKEN, FakeTI, jwt_expiring_at, make_workl
 
 if TYPE_CHECKING:
     # Annotations only: at run time every directory's conftest is a module named "conftest".
-    from conftest import AwsCalls, ExecutorFactory, SettingsFactory
+    from conftest import ExecutorFactory, SettingsFactory
+    from support.awscalls import AwsCalls
 
 pytestmark = pytest.mark.airflow
 
