@@ -7,11 +7,10 @@ reads the logs through its own boto3 clients (``AWS_ENDPOINT_URL`` points them a
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 from airflow.models.taskinstancekey import TaskInstanceKey
@@ -27,6 +26,7 @@ from aws_reconciler.reconciler.factory import build_backend, engine_settings
 from aws_reconciler.store import NewTask, TaskStore, create_store_engine
 from aws_reconciler_sandbox import SandboxServer, bootstrap
 from aws_reconciler_sandbox.runner import RunnerOptions
+from support.waiting import wait_for
 
 if TYPE_CHECKING:
     from conftest import SettingsFactory
@@ -52,18 +52,6 @@ class FakeTI:
     @property
     def key(self) -> TaskInstanceKey:
         return TaskInstanceKey(self.dag_id, self.task_id, self.run_id, self.try_number, self.map_index)
-
-
-def wait_for(condition: Callable[[], Any], *, timeout: float, what: str) -> Any:
-    """Poll until ``condition`` returns something truthy (returned), or fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.1)
 
 
 def command(*lines: str, sleep: float = 30) -> list[str]:

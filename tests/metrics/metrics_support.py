@@ -19,7 +19,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,18 +76,6 @@ def require_binary(name: str) -> str:
     if os.environ.get(REQUIRE_PROMTOOL) == "1":
         pytest.fail(f"{reason}, and {REQUIRE_PROMTOOL}=1 requires it")
     pytest.skip(reason)
-
-
-def wait_for(condition: Callable[[], Any], *, timeout: float, what: str, every: float = 0.1) -> Any:
-    """Poll ``condition`` until it returns something truthy (returned), or fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(every)
 
 
 def free_port() -> int:
