@@ -140,6 +140,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         )
         server.start()
         log.info("serving /metrics, /healthz and /readyz on %s:%d", host or "0.0.0.0", server.port)
+    elif not args.once:
+        log.info("no /metrics, /healthz or /readyz: [aws_reconciler] metrics_address is empty")
     try:
         runner = _build_runner_when_store_answers(settings, metrics=metrics, startup=startup, stop=stop, once=args.once)
         if runner is None:

@@ -22,6 +22,7 @@ from aws_reconciler.backends.batch.spec import job_name
 from aws_reconciler.backends.errors import Outcome
 from aws_reconciler.backends.tags import DEPLOYMENT_TAG, ID_TAG
 from aws_reconciler.model import Phase
+from aws_reconciler.reconciler.engine import Engine
 from aws_reconciler.reconciler.leader import LeaderElector
 from aws_reconciler.reconciler.result import Result
 from aws_reconciler.reconciler.runner import Runner
@@ -31,12 +32,12 @@ from support.scenario import Crash
 if TYPE_CHECKING:
     from conftest import HarnessFactory
 
-TOO_MANY = {"code": "TooManyRequestsException", "message": "Too Many Requests", "status": 429}
+TOO_MANY: dict[str, Any] = {"code": "TooManyRequestsException", "message": "Too Many Requests", "status": 429}
 
 
-def cycle(engine: Any) -> Result:
+def cycle(engine: Engine) -> Result:
     """One reconcile cycle."""
-    return engine.reconcile()  # type: ignore[no-any-return]
+    return engine.reconcile()
 
 
 def launched_job(h: Harness, record_id: str) -> str:
@@ -844,7 +845,137 @@ def test_a_replica_that_is_not_leader_submits_and_stops_nothing(make_harness: Ha
     assert (stats.launched, stats.stopped, stats.orphans_stopped) == (3, 1, 1)
 
 
-# ---- 11. queues chosen per task --------------------------------------------------------------
+# ---- 11. Batch as it really behaves: eventual consistency and duplicate jobs --------------------
+
+
+class _Lagging:
+    """A Batch client that shows a job only ``window`` seconds (on the scenario's clock) after it
+    was submitted, or never while its id is in ``hidden``: DescribeJobs leaves it out, ListJobs
+    (by name or by status) does not list it, as Batch does for a while after SubmitJob."""
+
+    def __init__(self, client: Any, *, clock: Any, window: float = 0.0) -> None:
+        self._client = client
+        self._clock = clock
+        self.window = timedelta(seconds=window)
+        self.hidden: set[str] = set()
+        self._submitted: dict[str, Any] = {}  # job name -> when submitted
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def _visible(self, job: dict[str, Any]) -> bool:
+        if job["jobId"] in self.hidden:
+            return False
+        submitted = self._submitted.get(job.get("jobName", ""))
+        return submitted is None or self._clock() >= submitted + self.window
+
+    def submit_job(self, **kwargs: Any) -> Any:
+        self._submitted.setdefault(kwargs["jobName"], self._clock())
+        return self._client.submit_job(**kwargs)
+
+    def list_jobs(self, **kwargs: Any) -> Any:
+        page = self._client.list_jobs(**kwargs)
+        return {**page, "jobSummaryList": [j for j in page.get("jobSummaryList") or [] if self._visible(j)]}
+
+    def describe_jobs(self, **kwargs: Any) -> Any:
+        answer = self._client.describe_jobs(**kwargs)
+        return {**answer, "jobs": [j for j in answer.get("jobs") or [] if self._visible(j)]}
+
+
+def test_a_job_absent_right_after_its_submit_is_not_taken_for_gone(make_harness: HarnessFactory) -> None:
+    """DescribeJobs leaves a just-submitted job out for a while. Within missing_grace of the submit
+    the row stays open and its job is never stopped as an orphan; once Batch shows it the row
+    follows it, and a job still unknown after the grace is gone."""
+    h = make_harness(
+        AIRFLOW__AWS_RECONCILER__RESYNC_INTERVAL="1",
+        AIRFLOW__AWS_RECONCILER__ORPHAN_GRACE="10",
+        AIRFLOW__AWS_RECONCILER__MISSING_GRACE="60",
+    )
+    client = _Lagging(h.client(), clock=h.clock)
+    engine = h.engine(backend=h.backend(client=client))
+    ids = h.add(2)
+    assert cycle(engine).stats.launched == 2
+    jobs = [launched_job(h, r) for r in ids]
+    client.hidden.update(jobs)
+
+    for _ in range(3):
+        h.clock.advance(15)
+        stats = cycle(engine).stats
+        assert (stats.failed, stats.orphans_stopped) == (0, 0)
+        assert [h.row(r).phase for r in ids] == [Phase.PROVISIONING] * 2
+    assert (h.calls("CancelJob"), h.calls("TerminateJob")) == (0, 0)
+
+    client.hidden.clear()
+    for job_id in jobs:
+        h.sandbox.set_job_state(job_id=job_id, status="RUNNING")
+    cycle(engine)
+    assert [h.row(r).phase for r in ids] == [Phase.RUNNING] * 2
+
+    client.hidden.add(jobs[0])
+    h.clock.advance(16)  # 61 s after the submit
+    assert cycle(engine).stats.failed == 1
+    row = h.row(ids[0])
+    assert row.phase is Phase.FAILED
+    assert row.status_reason and "no longer exists" in row.status_reason
+
+
+def test_a_lost_submit_is_looked_up_only_once_listjobs_can_list_it(make_harness: HarnessFactory) -> None:
+    """SubmitJob created the job but the answer was lost, and ListJobs lists a new job only 8 s
+    later. The retry's name lookup waits out lookup_delay (15 s), finds the job and submits
+    nothing: one job for the attempt, not two."""
+    h = make_harness(AIRFLOW__AWS_RECONCILER__RESYNC_INTERVAL="600", AIRFLOW__AWS_RECONCILER__BACKOFF_BASE="2")
+    client = _Lagging(h.client(), clock=h.clock, window=8)
+    engine = h.engine(backend=h.backend(client=client), rng=lambda: 1.0)
+    [record_id] = h.add()
+    h.sandbox.inject_error(operation="SubmitJob", code="ServerException", message="Internal", status=500, phantom=True)
+    cycle(engine)
+    row = h.row(record_id)
+    assert (row.phase, row.attempt) == (Phase.LAUNCHING, 1)
+    assert row.next_attempt_at and (row.next_attempt_at - h.clock()).total_seconds() >= 15
+
+    h.clock.advance(2)  # where the backoff alone would have retried
+    cycle(engine)
+    assert len(h.jobs_of(record_id)) == 1
+    h.clock.set(row.next_attempt_at)
+    assert cycle(engine).stats.launched == 1
+    [job] = h.jobs_of(record_id)
+    assert h.calls("SubmitJob") == 1
+    row = h.row(record_id)
+    assert (row.phase, row.attempt, row.external_id) == (Phase.PROVISIONING, 1, job["jobId"])
+
+
+def test_of_two_jobs_of_one_row_the_most_advanced_is_kept_and_the_other_stopped(make_harness: HarnessFactory) -> None:
+    """Two jobs carry one record id (a lookup that missed a lost submit): the row follows the one
+    running the task, the other (still waiting) is cancelled after the orphan grace, the running
+    one is never touched, and the row ends with its outcome."""
+    h = make_harness(AIRFLOW__AWS_RECONCILER__RESYNC_INTERVAL="1", AIRFLOW__AWS_RECONCILER__ORPHAN_GRACE="120")
+    engine = h.engine()
+    [record_id] = h.add()
+    cycle(engine)
+    waiting = launched_job(h, record_id)
+    running = h.submit_foreign_job(tags={DEPLOYMENT_TAG: DEPLOYMENT, ID_TAG: record_id}, name=job_name(record_id, 1))
+    h.sandbox.set_job_state(job_id=running, status="RUNNING")
+
+    h.clock.advance(1)
+    cycle(engine)
+    row = h.row(record_id)
+    assert (row.phase, row.external_id) == (Phase.RUNNING, running)
+    assert (h.calls("CancelJob"), h.calls("TerminateJob")) == (0, 0)
+
+    h.clock.advance(125)
+    assert cycle(engine).stats.orphans_stopped == 1
+    assert (h.calls("CancelJob"), h.calls("TerminateJob")) == (1, 0)
+    assert h.job(waiting)["status"] == "FAILED"
+    assert h.job(running)["status"] == "RUNNING"
+
+    h.sandbox.set_job_state(job_id=running, status="SUCCEEDED", exit_code=0)
+    h.clock.advance(1)
+    cycle(engine)
+    assert h.row(record_id).phase is Phase.SUCCEEDED
+    assert (h.calls("CancelJob"), h.calls("TerminateJob")) == (1, 0)
+
+
+# ---- 12. queues chosen per task --------------------------------------------------------------
 
 
 def test_a_task_may_choose_an_allowed_queue_and_the_reconciler_watches_it(make_harness: HarnessFactory) -> None:

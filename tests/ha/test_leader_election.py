@@ -19,6 +19,7 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,8 @@ from aws_reconciler.backends.ecs.spec import build_run_task_request
 from aws_reconciler.backends.tags import ID_TAG
 from aws_reconciler.config import load_settings
 from aws_reconciler.model import Backend, TiKey
-from aws_reconciler.store import NewTask, TaskStore, create_store_engine, migrate
+from aws_reconciler.store import NewTask, TaskStore, create_store_engine, database_now, migrate
+from aws_reconciler.store.tables import lease
 from aws_reconciler_sandbox import SandboxServer, bootstrap
 
 REGION = "us-east-1"
@@ -182,17 +184,19 @@ def world(sandbox: SandboxServer, pg_schema_url: str, tmp_path: Path) -> Iterato
     engine.dispose()
     replicas: list[Replica] = []
 
-    def start(name: str, *, store_url: str = pg_schema_url) -> Replica:
+    def start(
+        name: str, *, store_url: str = pg_schema_url, metrics: bool = True, lease: dict[str, str] = LEASE
+    ) -> Replica:
         port = free_port()
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")},
             **aws_env,
             "AIRFLOW_CONFIG": str(tmp_path / "absent-airflow.cfg"),
             "AIRFLOW__AWS_RECONCILER__STORE_URL": store_url,
-            "AIRFLOW__AWS_RECONCILER__METRICS_ADDRESS": f"127.0.0.1:{port}",
+            "AIRFLOW__AWS_RECONCILER__METRICS_ADDRESS": f"127.0.0.1:{port}" if metrics else "",
             "AIRFLOW__AWS_RECONCILER__RECONCILE_INTERVAL": "0.5",
             "AIRFLOW__AWS_RECONCILER_ECS__LAUNCH_TYPE": "FARGATE",
-            **{f"AIRFLOW__AWS_RECONCILER__{k}": v for k, v in LEASE.items()},
+            **{f"AIRFLOW__AWS_RECONCILER__{k}": v for k, v in lease.items()},
         }
         log = tmp_path / f"{name}.log"
         process = subprocess.Popen(
@@ -204,6 +208,8 @@ def world(sandbox: SandboxServer, pg_schema_url: str, tmp_path: Path) -> Iterato
         )
         replica = Replica(name, process, port, log)
         replicas.append(replica)
+        if not metrics:
+            return replica
         wait_for(
             lambda: replica.metric("aws_reconciler_build_info") == 1.0 or replica.process.poll() is not None,
             timeout=30,
@@ -259,10 +265,36 @@ def launched_exactly_once(sandbox: SandboxServer, ids: list[str], store_url: str
     engine = create_store_engine(store_url)
     try:
         with engine.connect() as conn:
-            rows = dict(conn.execute(sa.text("SELECT id, external_id FROM aws_reconciler_task")).all())
+            rows: dict[str, str | None] = dict(
+                conn.execute(sa.text("SELECT id, external_id FROM aws_reconciler_task")).all()
+            )
     finally:
         engine.dispose()
     return all(rows.get(i) == by_id[i][0] for i in ids)
+
+
+def lease_row(store_url: str) -> Any:
+    """The reconciler lease as stored (holder, acquired_at, renewed_at, expires_at), or None."""
+    engine = create_store_engine(store_url)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(sa.select(lease).where(lease.c.name == "reconciler-airflow")).mappings().first()
+    finally:
+        engine.dispose()
+
+
+def database_time(store_url: str) -> datetime:
+    engine = create_store_engine(store_url)
+    try:
+        with engine.connect() as conn:
+            return database_now(conn)
+    finally:
+        engine.dispose()
+
+
+def holder_pid(holder: str) -> int:
+    """The pid in a lease holder's identity (``<host>-<pid>-<random>``)."""
+    return int(holder.rsplit("-", 2)[-2])
 
 
 def duplicates(sandbox: SandboxServer) -> dict[str, int]:
@@ -288,13 +320,62 @@ def test_one_active_replica_and_failover_after_kill_9_under_load(
     wait_for(lambda: len(sandbox.tasks(cluster="airflow")) >= 60, timeout=60, what="launches to start")
     os.killpg(a.process.pid, signal.SIGKILL)
     a.process.wait(timeout=10)
-    killed_at = time.monotonic()
+    last_renewal = lease_row(pg_schema_url)
 
     wait_for(b.is_leader, timeout=15, what="the standby to take over")
-    # Within the lease duration plus one renewal period (and metrics polling slack).
-    assert time.monotonic() - killed_at < float(LEASE["LEASE_DURATION"]) + 3.0
+    taken = lease_row(pg_schema_url)
+    assert holder_pid(taken["holder"]) == b.process.pid
+    # The stated takeover bound, in the database's time: not before the dead leader's lease
+    # expired, and within one retry_period after (plus the standby's own processing).
+    waited = (taken["acquired_at"] - last_renewal["renewed_at"]).total_seconds()
+    lease_duration, retry_period = float(LEASE["LEASE_DURATION"]), float(LEASE["RETRY_PERIOD"])
+    assert lease_duration <= waited <= lease_duration + retry_period + 0.5, waited
     wait_for(lambda: launched_exactly_once(sandbox, ids, pg_schema_url), timeout=90, what="every row launched once")
     assert duplicates(sandbox) == {}
+
+
+def test_sigterm_releases_the_lease_and_the_standby_takes_over_at_once(
+    world: World, sandbox: SandboxServer, pg_schema_url: str
+) -> None:
+    """SIGTERM (a rolling update): the leader finishes its in-flight calls, releases the lease and
+    says so; the standby leads long before the lease would have expired, and no row is launched
+    twice across the handover."""
+    lease = {"LEASE_DURATION": "10", "RENEW_DEADLINE": "6", "RETRY_PERIOD": "0.5"}
+    a = world.start("a", lease=lease)
+    wait_for(a.is_leader, timeout=15, what="the first replica to lead")
+    b = world.start("b", lease=lease)
+    wait_for(b.is_standby, timeout=15, what="b standby")
+    ids = queue_rows(pg_schema_url, world.aws_env, 100)
+    wait_for(lambda: len(sandbox.tasks(cluster="airflow")) >= 20, timeout=60, what="launches to start")
+
+    signalled_at = database_time(pg_schema_url)
+    a.process.send_signal(signal.SIGTERM)
+    assert a.process.wait(timeout=30) == 0
+    assert "released the lease" in a.log.read_text()
+    wait_for(b.is_leader, timeout=15, what="the standby to take over")
+    taken = lease_row(pg_schema_url)
+    assert holder_pid(taken["holder"]) == b.process.pid
+    # a renewed at most one retry_period before the signal: its lease ran until at least then.
+    assert (taken["acquired_at"] - signalled_at).total_seconds() < float(lease["LEASE_DURATION"]) - 0.5
+    wait_for(lambda: launched_exactly_once(sandbox, ids, pg_schema_url), timeout=90, what="every row launched once")
+    assert duplicates(sandbox) == {}
+
+
+def test_replicas_without_a_metrics_address_share_a_host(world: World, pg_schema_url: str) -> None:
+    """An empty metrics_address disables the metrics server, as documented: two replicas on one
+    host run side by side (the default port was bound by both, and the second one died)."""
+    replicas = [world.start(name, metrics=False) for name in ("a", "b")]
+    for replica in replicas:
+        wait_for(
+            lambda r=replica: "metrics_address is empty" in r.log.read_text() or r.process.poll() is not None,  # type: ignore[misc]
+            timeout=30,
+            what=f"{replica.name} to start",
+        )
+    wait_for(lambda: lease_row(pg_schema_url) is not None, timeout=30, what="one replica to lead")
+    holder = holder_pid(lease_row(pg_schema_url)["holder"])
+    assert holder in {r.process.pid for r in replicas}
+    for replica in replicas:
+        assert replica.process.poll() is None, f"{replica.name} exited: {replica.log.read_text()[-2000:]}"
 
 
 def test_a_leader_cut_off_from_the_database_stops_acting(

@@ -8,6 +8,7 @@ and the store end up with. Store-touching scenarios run on SQLite and on Postgre
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -75,6 +76,7 @@ class Harness:
     def backend(self, *, client: Any = None) -> EcsBackend:
         """The factory's ECS backend, pausing only briefly (real time) after AWS throttles."""
         backend = build_backend(ECS, self.settings, client=client if client is not None else self.client())
+        assert isinstance(backend, EcsBackend)
         backend.throttle_pause = 0.01
         return backend
 
@@ -832,7 +834,7 @@ def _elector(h: Harness, *, holder: str = "replica-a", monotonic: Callable[[], f
         lease_duration=core.lease_duration,
         renew_deadline=core.renew_deadline,
         retry_period=core.retry_period,
-        **({"monotonic": monotonic} if monotonic else {}),
+        monotonic=monotonic or time.monotonic,
     )
 
 

@@ -68,6 +68,8 @@ class Tally:
 
     counts: dict[str, int] = field(default_factory=dict)
     stopped_orphans: list[str] = field(default_factory=list)
+    # When the retries scheduled by this cycle's launches are due.
+    retries_due: list[datetime] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, name: str, n: int = 1) -> None:
@@ -333,6 +335,7 @@ class Effector:
             case Effect.RETRY:
                 assert t.retry is not None
                 self.metrics.launch_retries.labels(kind, t.retry.value).inc()
+                tally.retries_due.append(changes["next_attempt_at"])
                 if t.retry not in _GIVEN_BACK:
                     tally.add("launch_retries")
                     log.info(

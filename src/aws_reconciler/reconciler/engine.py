@@ -126,7 +126,9 @@ class Engine:
         stats = tally.stats(deferred=decided.deferred, in_flight=self.effector.in_flight())
         throttled = bool(stats.throttled) or any(e.outcome is Outcome.THROTTLED for e in errors)
         return Result(
-            requeue_after=requeue_after(decided, throttled=throttled, settings=self.settings),
+            requeue_after=requeue_after(
+                decided, throttled=throttled, settings=self.settings, now=self.clock(), retries_due=tally.retries_due
+            ),
             stats=stats,
             errors=tuple(errors),
         )

@@ -208,10 +208,21 @@ def plan(
     )
 
 
-def requeue_after(plan: Plan, *, throttled: bool, settings: EngineSettings) -> float:
-    """When the next cycle is wanted once ``plan`` ran: after AWS throttled us, not sooner than
+def requeue_after(
+    plan: Plan,
+    *,
+    throttled: bool,
+    settings: EngineSettings,
+    now: datetime | None = None,
+    retries_due: Collection[datetime] = (),
+) -> float:
+    """When the next cycle is wanted once ``plan`` ran: no later than the soonest retry its
+    launches scheduled (``retries_due``, seen at ``now``); after AWS throttled us, not sooner than
     ``backoff_base`` (hammering a throttled API only prolongs the throttling)."""
-    return max(plan.requeue_after, settings.backoff_base) if throttled else plan.requeue_after
+    wanted = plan.requeue_after
+    if retries_due and now is not None:
+        wanted = min(wanted, max(0.0, (min(retries_due) - now).total_seconds()))
+    return max(wanted, settings.backoff_base) if throttled else wanted
 
 
 # ---- the outcome of one launch ----------------------------------------------------------------
