@@ -8,7 +8,7 @@ import uuid
 from typing import TYPE_CHECKING
 
 import pytest
-from metrics_support import add_rows, exported_series_names, require_binary, task_command, wait_for
+from metrics_support import add_rows, exported_series_names, require_binary, task_command
 from prometheus_client.parser import text_string_to_metric_families
 
 from aws_reconciler.backends.tags import DEPLOYMENT_TAG, ID_TAG
@@ -17,6 +17,7 @@ from aws_reconciler.model import Phase
 from aws_reconciler.reconciler.factory import build_runner
 from aws_reconciler.store import TaskStore, create_store_engine
 from aws_reconciler_sandbox import SandboxServer
+from support.waiting import wait_for
 
 if TYPE_CHECKING:
     from conftest import ReplicaFactory, SettingsFactory

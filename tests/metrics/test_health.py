@@ -11,10 +11,11 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from metrics_support import Replica, free_port, wait_for
+from metrics_support import Replica, free_port
 
 from aws_reconciler.store import create_store_engine, migrate
 from aws_reconciler_sandbox import SandboxServer
+from support.waiting import wait_for
 
 if TYPE_CHECKING:
     from conftest import ReplicaFactory, SettingsFactory

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 import sqlalchemy as sa
-from metrics_support import add_rows, task_command, wait_for
+from metrics_support import add_rows, task_command
 from prometheus_client.parser import text_string_to_metric_families
 
 from aws_reconciler import cli
@@ -20,6 +20,7 @@ from aws_reconciler.config import load_settings, redact_url
 from aws_reconciler.model import Backend, Phase, TiKey
 from aws_reconciler.store import NewTask, TaskStore, create_store_engine, migrate
 from aws_reconciler_sandbox import SandboxServer
+from support.waiting import wait_for
 
 if TYPE_CHECKING:
     from conftest import ReplicaFactory, SettingsFactory
