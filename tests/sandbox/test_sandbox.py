@@ -436,6 +436,42 @@ def test_http_control_api(sandbox: SandboxServer, ecs: Any, env: dict[str, str])
     assert make_client(sandbox, "ecs").list_clusters()["clusterArns"] == []
 
 
+def test_the_control_api_is_declared_once(sandbox: SandboxServer) -> None:
+    """The routes and the client come from the ``@operation`` methods of ``Sandbox``; the docs list them."""
+    import inspect
+    import urllib.error
+    import urllib.request
+    from pathlib import Path
+
+    from aws_reconciler_sandbox.app import OPERATIONS
+
+    control = SandboxControlClient(sandbox.endpoint_url)
+    docs = (Path(__file__).parents[2] / "docs" / "sandbox.md").read_text()
+    assert len(OPERATIONS) >= 17
+    for path, op in OPERATIONS.items():
+        assert f"`{path}`" in docs, f"docs/sandbox.md does not list {path}"
+        if op.name == "health":
+            continue  # the client's own: True or False, never an error
+        method = getattr(control, op.name)
+        assert inspect.signature(method) == inspect.signature(getattr(sandbox, op.name)), op.name
+        assert method.__doc__ == inspect.getdoc(getattr(sandbox, op.name))
+    with pytest.raises(TypeError):
+        control.fail_run_task(reasons="RESOURCE:CPU")  # refused before anything is sent
+    with pytest.raises(AttributeError):
+        control.start  # noqa: B018 (the server's lifecycle is no control operation)
+    assert control.pending_faults() == sandbox.pending_faults()
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    for url, verb, status in (
+        ("/_sandbox/nothing", "GET", 404),
+        ("/_sandbox/reset", "GET", 405),
+        ("/_sandbox/fail-run-task", "POST", 400),
+    ):
+        data = b'{"unknown": 1}' if verb == "POST" else None
+        with pytest.raises(urllib.error.HTTPError) as exc:
+            opener.open(urllib.request.Request(f"{sandbox.endpoint_url}{url}", data=data, method=verb))
+        assert exc.value.code == status
+
+
 # ---------------------------------------------------------------------------- lifecycle, bootstrap
 
 

@@ -1,9 +1,11 @@
 """Embedded fake AWS for the demo and the tests: moto behind a lock, with fidelity shims.
 
 ``SandboxServer`` serves it over HTTP on 127.0.0.1; ``bootstrap`` creates the resources the
-executor needs there; ``SandboxControlClient`` drives a sandbox running in another process.
-``SandboxServer(run_tasks=True)`` also runs each ECS task's and Batch job's container command as a
-local process (``RunnerOptions`` tunes it); ``run_sandbox`` is the ``aws-reconciler sandbox`` command.
+executor needs there; ``SandboxControlClient`` drives a sandbox running in another process with
+the same control operations as ``SandboxServer`` (a ``Sandbox``). ``SandboxServer(run_tasks=True)``
+also runs each ECS task's and Batch job's container command as a local process (``RunnerOptions``
+tunes it); ``RealismSettings`` and the profiles make it as unkind as AWS; ``run_sandbox`` is the
+``aws-reconciler sandbox`` command.
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .app import Sandbox
     from .cli import add_sandbox_parser, run_sandbox
-    from .control import SandboxControl, SandboxControlClient, SandboxControlError
+    from .control import SandboxControlClient, SandboxControlError
+    from .realism import PROFILES, RealismSettings
     from .resources import bootstrap
     from .runner import RunnerOptions
     from .server import FAKE_CREDENTIALS, SandboxServer
@@ -22,8 +26,10 @@ if TYPE_CHECKING:
 # parser, and that must not import moto.
 _HOMES = {
     "FAKE_CREDENTIALS": "server",
+    "PROFILES": "realism",
+    "RealismSettings": "realism",
     "RunnerOptions": "runner",
-    "SandboxControl": "control",
+    "Sandbox": "app",
     "SandboxControlClient": "control",
     "SandboxControlError": "control",
     "SandboxServer": "server",
@@ -42,8 +48,10 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "FAKE_CREDENTIALS",
+    "PROFILES",
+    "RealismSettings",
     "RunnerOptions",
-    "SandboxControl",
+    "Sandbox",
     "SandboxControlClient",
     "SandboxControlError",
     "SandboxServer",

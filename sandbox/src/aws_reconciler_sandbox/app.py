@@ -1,4 +1,5 @@
-"""The sandbox's WSGI application: control API, call counting, faults, realism and shims over moto."""
+"""The sandbox: its state and control operations (``Sandbox``), and the WSGI application serving
+AWS requests through its shims and ``/_sandbox`` requests through its operations (``SandboxApp``)."""
 
 from __future__ import annotations
 
@@ -15,15 +16,14 @@ from moto.server import DomainDispatcherApplication, create_backend_app
 
 from .awsproto import AwsRequest, RawResponse, error_response, parse_request, read_body
 from .batch import BatchShim
-from .batchrunner import BatchJobRunner
-from .control import CONTROL_PREFIX, handle_control
+from .control import CONTROL_PREFIX, operation, operations_of, serve_control
 from .ecs import EcsShim
-from .faults import DEFAULT_START_FAILURE, CallCounter, Decision, FaultPlan
+from .faults import DEFAULT_START_FAILURE, CallCounter, Decision, FaultPlan, InjectedError
 from .motoenv import MOTO_LOCK, reset_moto
-from .realism import Call, Realism, RealismSettings
+from .realism import PROFILES, Call, Clock, Realism, RealismSettings
 from .runner import TaskRunner
 
-__all__ = ["SandboxApp"]
+__all__ = ["OPERATIONS", "Sandbox", "SandboxApp"]
 
 log = logging.getLogger(__name__)
 
@@ -45,39 +45,239 @@ def _status_line(status: int) -> str:
         return f"{status} Unknown"
 
 
-class SandboxApp:
-    """WSGI application serving moto with the sandbox in front of it.
+def _realism_settings(realism: RealismSettings | str | None) -> RealismSettings | None:
+    if isinstance(realism, str):
+        if realism not in PROFILES:
+            raise ValueError(f"realism profile must be one of {', '.join(PROFILES)}, not {realism!r}")
+        return PROFILES[realism]
+    return realism
 
-    Every AWS request is handled entirely under ``MOTO_LOCK`` (moto's backends are not
-    thread-safe), including reading moto's response body, which Flask may produce lazily.
-    Requests under ``/_sandbox`` are the control API; anything else moto understands
-    (``/moto-api/...``) passes through.
 
-    The control methods here are what ``SandboxServer`` exposes to Python callers and what the
-    HTTP control API calls, so both always behave the same.
+class Sandbox:
+    """What the fake AWS holds in front of moto (shims, planned faults, realism, call counts, the
+    task runner), and every control operation on it.
+
+    The ``@operation`` methods are the control API's one declaration (see ``control.py``):
+    tests call them on ``SandboxServer``; ``SandboxApp`` serves them under ``/_sandbox``;
+    ``SandboxControlClient`` calls them over HTTP.
     """
 
-    def __init__(self, realism: Realism | None = None, *, sleep: Sleep | None = None) -> None:
-        self._moto = DomainDispatcherApplication(create_backend_app)
+    def __init__(self, *, realism: RealismSettings | str | None = None, clock: Clock | None = None) -> None:
         self.faults = FaultPlan()
-        self.realism = realism if realism is not None else Realism()
+        self.realism = Realism(_realism_settings(realism), clock=clock)
         self.counter = CallCounter()
         self.ecs = EcsShim(self.faults, self.realism)
         self.batch = BatchShim(self.realism)
+        #: The task runner, while one runs (``SandboxServer(run_tasks=True)``).
+        self.runner: TaskRunner | None = None
+
+    @operation("GET", "health")
+    def health(self) -> dict[str, str]:
+        """``{"status": "ok"}`` while the sandbox serves."""
+        return {"status": "ok"}
+
+    @operation("POST", "fail-run-task")
+    def fail_run_task(self, *, reason: str = "RESOURCE:MEMORY", times: int | None = 1) -> None:
+        """The next ``times`` RunTask calls launch nothing and return ``failures: [{reason}]``."""
+        self.faults.fail_run_task(reason=reason, times=times)
+
+    @operation("POST", "inject-error")
+    def inject_error(
+        self,
+        *,
+        operation: str,
+        code: str,
+        message: str,
+        status: int = 400,
+        times: int | None = 1,
+        phantom: bool = False,
+    ) -> None:
+        """The next ``times`` calls of ``operation`` ("RunTask" or "ecs:RunTask") fail with ``code``.
+
+        ``times=None`` fails every call until ``clear_faults``/``reset``. With ``phantom`` the
+        call is executed anyway and only its answer is replaced by the error.
+        """
+        self.faults.inject_error(InjectedError(operation, code, message, status, times, phantom))
+
+    @operation("GET", "faults")
+    def pending_faults(self) -> dict[str, Any]:
+        """Planned faults not yet consumed."""
+        return self.faults.pending()
+
+    @operation("POST", "clear-faults")
+    def clear_faults(self) -> None:
+        """Drop every planned error, RunTask failure, start failure and RUNNABLE hold."""
+        self.faults.clear()
+
+    @operation("POST", "fail-next-start")
+    def fail_next_start(self, *, reason: str = DEFAULT_START_FAILURE, times: int | None = 1) -> None:
+        """The next ``times`` tasks or jobs launched fail to start: an ECS task goes PROVISIONING ->
+        STOPPED (``TaskFailedToStart``, ``stoppedReason`` = ``reason``, no containers), a Batch job
+        FAILED ("Task failed to start", ``container.reason`` = ``reason``).
+
+        Only a task runner starts anything, so without one this raises ``RuntimeError`` rather
+        than plan a failure nothing would ever consume.
+        """
+        self._need_runner("fail_next_start")
+        self.faults.fail_next_start(reason=reason, times=times)
+
+    @operation("POST", "hold-runnable")
+    def hold_runnable(self, *, times: int | None = 1) -> None:
+        """The next ``times`` Batch jobs stay RUNNABLE (no capacity) until ``set_job_state`` moves them.
+
+        Needs the task runner (without it every job waits in RUNNABLE anyway): ``RuntimeError``.
+        """
+        self._need_runner("hold_runnable")
+        self.faults.hold_runnable(times=times)
+
+    def _need_runner(self, what: str) -> None:
+        if self.runner is None:
+            raise RuntimeError(f"{what} needs the task runner: start the sandbox with run_tasks=True")
+
+    @operation("GET", "processes")
+    def task_processes(self) -> dict[str, int]:
+        """Task ARN or Batch job id -> pid (also the process group id) of every process the task
+        runner started and has not reaped yet."""
+        return self.runner.processes() if self.runner is not None else {}
+
+    @operation("POST", "task-state")
+    def set_task_state(
+        self,
+        *,
+        task_arn: str,
+        last_status: str,
+        stop_code: str | None = None,
+        stopped_reason: str | None = None,
+        exit_code: int | None = None,
+        container_reason: str | None = None,
+        empty_containers: bool = False,
+    ) -> dict[str, Any]:
+        """Move an ECS task (ARN or id) to ``last_status``, stamping the times AWS would; returns
+        its snapshot (as ``tasks`` shows it).
+
+        Entering DEACTIVATING..STOPPED sets ``desiredStatus`` STOPPED. Timestamps are set once, on
+        the first entry into the phase: ``startedAt`` (and the image pull times) at RUNNING,
+        ``stoppingAt`` at the stopping phase, ``stoppedAt``/``executionStoppedAt`` at STOPPED.
+        A task that reaches STOPPED without a stop code gets ``EssentialContainerExited``.
+        ``empty_containers`` removes the containers, as AWS reports tasks that failed to start.
+        ``KeyError`` for an unknown task, ``ValueError`` for an unknown status.
+        """
+        with MOTO_LOCK:
+            return self.ecs.apply_task_state(
+                self.ecs.find(task_arn),
+                last_status=last_status,
+                stop_code=stop_code,
+                stopped_reason=stopped_reason,
+                exit_code=exit_code,
+                container_reason=container_reason,
+                empty_containers=empty_containers,
+            )
+
+    @operation("GET", "tasks")
+    def tasks(self, *, cluster: str | None = None) -> list[dict[str, Any]]:
+        """Snapshot of every ECS task (optionally of one cluster, by name or ARN), oldest first per
+        cluster: arn, cluster, startedBy, tags, clientToken, overrides, statuses, times, containers."""
+        return self.ecs.tasks(cluster=cluster)
+
+    @operation("POST", "job-state")
+    def set_job_state(
+        self,
+        *,
+        job_id: str,
+        status: str,
+        status_reason: str | None = None,
+        exit_code: int | None = None,
+        container_reason: str | None = None,
+    ) -> dict[str, Any]:
+        """Move a Batch job to ``status`` with AWS's fields (times, attempts, exit code); returns the
+        job as DescribeJobs shows it. See ``BatchShim.apply_job_state`` for the rules.
+        ``KeyError`` for an unknown job, ``ValueError`` for an unknown status or a finished job."""
+        with MOTO_LOCK:
+            return self.batch.apply_job_state(
+                self.batch.find(job_id),
+                status=status,
+                status_reason=status_reason,
+                exit_code=exit_code,
+                container_reason=container_reason,
+            )
+
+    @operation("GET", "jobs")
+    def jobs(self, *, queue: str | None = None) -> list[dict[str, Any]]:
+        """Snapshot of every Batch job (optionally of one job queue, by name or ARN): its DescribeJobs
+        description plus ``request`` (as submitted), oldest first."""
+        return self.batch.jobs(queue=queue)
+
+    @operation("POST", "configure-realism")
+    def configure_realism(self, *, profile: str | None = None, **changes: Any) -> dict[str, Any]:
+        """Put a realism profile (``kind``, ``realistic``) and/or changed settings in force; the
+        settings are ``RealismSettings``' fields (``faults`` as ``OPERATION:KIND=PERCENT`` strings).
+
+        Without ``profile`` the changes apply to the settings in force. Returns ``realism_state``.
+        """
+        base = _realism_settings(profile) if profile is not None else self.realism.settings
+        assert base is not None
+        self.realism.configure(base.changed(**changes))
+        return self.realism_state()
+
+    @operation("GET", "realism")
+    def realism_state(self) -> dict[str, Any]:
+        """The realism settings in force and how often each behaviour struck (``"<kind> <where>"``)."""
+        return self.realism.state()
+
+    @operation("GET", "calls")
+    def calls(self) -> dict[str, int]:
+        """Requests received, keyed ``service:Operation`` (``ecs:RunTask``, ``logs:GetLogEvents``)."""
+        return self.counter.snapshot()
+
+    @operation("POST", "reset-calls")
+    def reset_calls(self) -> None:
+        """Start counting requests from zero."""
+        self.counter.reset()
+
+    @operation("POST", "reset")
+    def reset(self) -> None:
+        """Forget everything: moto's backends, shim state, planned faults, call counts and what the
+        realism policy drew (its settings stay)."""
+        with MOTO_LOCK:
+            reset_moto()
+            self.reset_state()
+
+    def reset_state(self) -> None:
+        """Forget what the sandbox holds beside moto (after moto's own reset)."""
+        self.ecs.reset()
+        self.batch.reset()
+        self.faults.clear()
+        self.counter.reset()
+        self.realism.reset()
+
+
+#: The control API: every ``@operation`` of ``Sandbox``, by path.
+OPERATIONS = operations_of(Sandbox)
+
+
+class SandboxApp:
+    """WSGI application serving moto with the sandbox in front of it.
+
+    Every AWS request is executed under ``MOTO_LOCK`` (moto's backends are not thread-safe),
+    including reading moto's response body, which Flask may produce lazily; the waits the
+    planned faults and the realism policy ask for happen outside it. Requests under
+    ``/_sandbox`` are the control API; anything else moto understands (``/moto-api/...``)
+    passes through.
+    """
+
+    def __init__(self, sandbox: Sandbox, *, sleep: Sleep | None = None) -> None:
+        self._moto = DomainDispatcherApplication(create_backend_app)
+        self.sandbox = sandbox
         # Latency and held answers wait on this, so that stopping the server ends every wait.
         self._closing = threading.Event()
         self._sleep: Sleep = sleep if sleep is not None else self._closing.wait
-        #: The task runner, when the server runs one (``SandboxServer(run_tasks=True)``).
-        self.runner: TaskRunner | None = None
-        #: Its Batch twin, started and stopped with it.
-        self.batch_runner: BatchJobRunner | None = None
 
     # ------------------------------------------------------------------ WSGI
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
         if path == CONTROL_PREFIX or path.startswith(CONTROL_PREFIX + "/"):
-            response = handle_control(self, environ)
+            response = serve_control(self.sandbox, OPERATIONS, environ)
         else:
             response = self._serve_aws(environ)
         # The body may have been rewritten, so moto's length no longer holds.
@@ -97,9 +297,9 @@ class SandboxApp:
                     passed = self._forward(environ, body)
                     if environ.get("PATH_INFO") == "/moto-api/reset" and passed.status == 200:
                         # moto's own reset must not leave tokens pointing at vanished tasks.
-                        self._reset_shims()
+                        self.sandbox.reset_state()
                     return passed
-            self.counter.add(request.key)
+            self.sandbox.counter.add(request.key)
             decision = self._decide(request)
             # Every wait happens outside the lock: a slow call must not hold up the others.
             if decision.delay > 0:
@@ -129,27 +329,26 @@ class SandboxApp:
 
     def _decide(self, request: AwsRequest) -> Decision:
         """A planned error first (tests want exactly what they asked for), else the realism policy."""
-        planned = self.faults.take_error(request.service, request.operation)
+        planned = self.sandbox.faults.take_error(request.service, request.operation)
         if planned is not None:
             return planned.decision()
-        if not self.realism.settings.active:
+        realism = self.sandbox.realism
+        if not realism.settings.active:
             return Decision()
         try:
             params = request.json() if request.protocol in ("json", "rest-json") else {}
         except ValueError:
             params = {}
-        return self.realism.decide(
-            Call.of(request.service, request.operation, request.account_id, request.region, params)
-        )
+        return realism.decide(Call.of(request.service, request.operation, request.account_id, request.region, params))
 
     def _serve_api(self, request: AwsRequest, environ: dict[str, Any], body: bytes) -> RawResponse:
         def forward(new_body: bytes | None = None) -> RawResponse:
             return self._forward(environ, body if new_body is None else new_body)
 
         if request.service == "ecs":
-            return self.ecs.handle(request, forward)
+            return self.sandbox.ecs.handle(request, forward)
         if request.service == "batch":
-            return self.batch.handle(request, forward)
+            return self.sandbox.batch.handle(request, forward)
         return forward()
 
     def close(self) -> None:
@@ -183,151 +382,6 @@ class SandboxApp:
             if close is not None:
                 close()
         return RawResponse(int(str(captured["status"]).split(" ", 1)[0]), captured["headers"], b"".join(chunks))
-
-    # ------------------------------------------------------------------ control
-
-    def fail_run_task(self, *, reason: str = "RESOURCE:MEMORY", times: int | None = 1) -> None:
-        """The next ``times`` RunTask calls launch nothing and return ``failures: [{reason}]``."""
-        self.faults.fail_run_task(reason=reason, times=times)
-
-    def configure_realism(self, *, profile: str | None = None, **changes: Any) -> dict[str, Any]:
-        """Put a realism profile (``kind``, ``realistic``) and/or changed settings in force.
-
-        Without ``profile`` the changes apply to the settings in force. Returns ``realism()``.
-        """
-        from .realism import PROFILES
-
-        if profile is not None and profile not in PROFILES:
-            raise ValueError(f"profile must be one of {', '.join(PROFILES)}, not {profile!r}")
-        base: RealismSettings = PROFILES[profile] if profile is not None else self.realism.settings
-        self.realism.configure(base.changed(**changes))
-        return self.realism_state()
-
-    def realism_state(self) -> dict[str, Any]:
-        """The realism settings in force and how often each behaviour struck."""
-        return self.realism.state()
-
-    def inject_error(
-        self,
-        *,
-        operation: str,
-        code: str,
-        message: str,
-        status: int = 400,
-        times: int | None = 1,
-        phantom: bool = False,
-    ) -> None:
-        """The next ``times`` calls of ``operation`` ("RunTask" or "ecs:RunTask") fail with ``code``.
-
-        ``times=None`` fails every call until ``clear_faults``/``reset``. With ``phantom`` the
-        call is executed anyway and only its answer is replaced by the error.
-        """
-        self.faults.inject_error(
-            operation=operation, code=code, message=message, status=status, times=times, phantom=phantom
-        )
-
-    def clear_faults(self) -> None:
-        """Drop every planned error and RunTask failure."""
-        self.faults.clear()
-
-    def pending_faults(self) -> dict[str, Any]:
-        """Planned faults not yet consumed."""
-        return self.faults.pending()
-
-    def fail_next_start(self, *, reason: str = DEFAULT_START_FAILURE, times: int | None = 1) -> None:
-        """The next ``times`` tasks launched fail to start (``TaskFailedToStart``, no containers).
-
-        Only a task runner starts tasks, so without one this raises ``RuntimeError`` rather than
-        plan a failure nothing would ever consume.
-        """
-        if self.runner is None:
-            raise RuntimeError("fail_next_start needs the task runner: start the sandbox with run_tasks=True")
-        self.faults.fail_next_start(reason=reason, times=times)
-
-    def hold_runnable(self, *, times: int | None = 1) -> None:
-        """The next ``times`` Batch jobs stay RUNNABLE (no capacity) until ``set_job_state`` moves them.
-
-        Needs the task runner (without it every job waits in RUNNABLE anyway): ``RuntimeError``.
-        """
-        if self.batch_runner is None:
-            raise RuntimeError("hold_runnable needs the task runner: start the sandbox with run_tasks=True")
-        self.faults.hold_runnable(times=times)
-
-    def task_processes(self) -> dict[str, int]:
-        """Task ARN or Batch job id -> pid of every process the runners started and have not reaped yet."""
-        processes = self.runner.processes() if self.runner is not None else {}
-        if self.batch_runner is not None:
-            processes.update(self.batch_runner.processes())
-        return processes
-
-    def set_job_state(
-        self,
-        *,
-        job_id: str,
-        status: str,
-        status_reason: str | None = None,
-        exit_code: int | None = None,
-        container_reason: str | None = None,
-    ) -> dict[str, Any]:
-        """Move a Batch job to ``status``; see ``BatchShim.apply_job_state``. Returns the job."""
-        return self.batch.set_job_state(
-            job_id=job_id,
-            status=status,
-            status_reason=status_reason,
-            exit_code=exit_code,
-            container_reason=container_reason,
-        )
-
-    def jobs(self, *, queue: str | None = None) -> list[dict[str, Any]]:
-        """Snapshot of every Batch job (optionally of one job queue, by name or ARN)."""
-        return self.batch.jobs(queue=queue)
-
-    def set_task_state(
-        self,
-        *,
-        task_arn: str,
-        last_status: str,
-        stop_code: str | None = None,
-        stopped_reason: str | None = None,
-        exit_code: int | None = None,
-        container_reason: str | None = None,
-        empty_containers: bool = False,
-    ) -> dict[str, Any]:
-        """Move an ECS task to ``last_status``; see ``EcsShim.set_task_state``. Returns the task."""
-        return self.ecs.set_task_state(
-            task_arn=task_arn,
-            last_status=last_status,
-            stop_code=stop_code,
-            stopped_reason=stopped_reason,
-            exit_code=exit_code,
-            container_reason=container_reason,
-            empty_containers=empty_containers,
-        )
-
-    def tasks(self, *, cluster: str | None = None) -> list[dict[str, Any]]:
-        """Snapshot of every ECS task (optionally of one cluster, by name or ARN)."""
-        return self.ecs.tasks(cluster=cluster)
-
-    def calls(self) -> dict[str, int]:
-        """Requests received so far, keyed ``service:Operation`` (e.g. ``ecs:RunTask``)."""
-        return self.counter.snapshot()
-
-    def reset_calls(self) -> None:
-        """Start counting requests from zero."""
-        self.counter.reset()
-
-    def reset(self) -> None:
-        """Forget everything: moto's backends, shim state, planned faults and call counts."""
-        with MOTO_LOCK:
-            reset_moto()
-            self._reset_shims()
-
-    def _reset_shims(self) -> None:
-        self.ecs.reset()
-        self.batch.reset()
-        self.faults.clear()
-        self.counter.reset()
-        self.realism.reset()
 
 
 def _drop_connection(environ: dict[str, Any]) -> None:

@@ -157,7 +157,7 @@ class JobListener(Protocol):
         (SIGTERM, later FAILED); False makes the shim fail it at once."""
         return False
 
-    def jobs_reset(self) -> None:
+    def forget_all(self) -> None:
         """Every job is gone (sandbox or moto reset)."""
 
 
@@ -199,7 +199,7 @@ class BatchShim:
         with MOTO_LOCK:
             self._jobs.clear()
             if self.listener is not None:
-                self.listener.jobs_reset()
+                self.listener.forget_all()
 
     # ------------------------------------------------------------------ requests
 
@@ -484,29 +484,6 @@ class BatchShim:
             raise KeyError(f"no such job: {job_id}")
         return job
 
-    def set_job_state(
-        self,
-        *,
-        job_id: str,
-        status: str,
-        status_reason: str | None = None,
-        exit_code: int | None = None,
-        container_reason: str | None = None,
-    ) -> dict[str, Any]:
-        """Move a job to ``status`` with the fields AWS would set; returns its description.
-
-        ``KeyError`` for an unknown job, ``ValueError`` for an unknown status or a finished job.
-        See ``apply_job_state``.
-        """
-        with MOTO_LOCK:
-            return self.apply_job_state(
-                self.find(job_id),
-                status=status,
-                status_reason=status_reason,
-                exit_code=exit_code,
-                container_reason=container_reason,
-            )
-
     def apply_job_state(
         self,
         job: BatchJob,
@@ -516,7 +493,9 @@ class BatchShim:
         exit_code: int | None = None,
         container_reason: str | None = None,
     ) -> dict[str, Any]:
-        """``set_job_state`` on a job in hand; the caller holds ``MOTO_LOCK``.
+        """Move a job to ``status`` with the fields AWS would set; returns its description. The
+        caller holds ``MOTO_LOCK`` and the job (``find``). ``ValueError`` for an unknown status or
+        a finished job.
 
         STARTING gives the job an ECS task, RUNNING its ``startedAt`` and log stream (once). A
         finished job gets ``stoppedAt`` and an attempt, when a task was started for it or a

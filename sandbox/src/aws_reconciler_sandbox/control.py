@@ -1,158 +1,114 @@
-"""The sandbox control API: one interface, reachable in-process and over HTTP under ``/_sandbox``.
+"""The sandbox control API, declared once: the ``@operation`` methods of ``app.Sandbox``.
 
-Tests in the pytest process call the methods of ``SandboxServer`` directly. A sandbox running in
-another process (``aws-reconciler sandbox``) is driven with ``SandboxControlClient``, which has the
-same methods and talks to these routes (JSON in, JSON out; arguments use the Python names):
+A method marked ``@operation("POST", "inject-error")`` is the declaration of that operation: its
+name, HTTP method, path under ``/_sandbox/`` and, from its signature, its arguments (keyword
+only, the Python names). From that one declaration:
 
-    GET  /_sandbox/health                      -> {"status": "ok"}
-    POST /_sandbox/fail-run-task   {reason?, times?}
-    POST /_sandbox/inject-error    {operation, code, message, status?, times?, phantom?}
-    GET  /_sandbox/faults                      -> planned faults not yet consumed
-    POST /_sandbox/clear-faults
-    POST /_sandbox/task-state      {task_arn, last_status, stop_code?, stopped_reason?,
-                                    exit_code?, container_reason?, empty_containers?} -> task
-    GET  /_sandbox/tasks[?cluster=NAME]        -> [task, ...]
-    POST /_sandbox/fail-next-start {reason?, times?}   (task runner only)
-    GET  /_sandbox/processes                   -> {task ARN or job id: pid, ...} (task runner only)
-    POST /_sandbox/job-state       {job_id, status, status_reason?, exit_code?,
-                                    container_reason?} -> job (Batch)
-    GET  /_sandbox/jobs[?queue=NAME]           -> [job, ...] (Batch)
-    POST /_sandbox/hold-runnable   {times?}    (task runner only; Batch)
-    GET  /_sandbox/realism                     -> {"settings": {...}, "injected": {...}}
-    POST /_sandbox/configure-realism {profile?, <setting>?...} -> the same
-    GET  /_sandbox/calls                       -> {"ecs:RunTask": 3, ...}
-    POST /_sandbox/reset-calls
-    POST /_sandbox/reset
+- in-process callers (the tests) call the method on ``SandboxServer``, which is a ``Sandbox``;
+- ``serve_control`` routes ``/_sandbox/<path>`` to it (GET takes the arguments as query
+  parameters, POST as a JSON object; the answer is ``{"result": ...}``);
+- ``SandboxControlClient`` offers every operation as a method of the same name and arguments,
+  for a sandbox in another process (``aws-reconciler sandbox``).
 
-Errors: 400 ``{"error": ...}`` for bad arguments, 404 for an unknown task or route, 405 for a wrong
-method, 409 for a request the sandbox's configuration cannot serve (``fail-next-start`` or
-``hold-runnable`` without the task runner).
+``docs/sandbox.md`` lists the operations. Errors: 400 ``{"error": ...}`` for bad arguments, 404
+for an unknown task, job or route, 405 for a wrong method, 409 for a request the sandbox's
+configuration cannot serve (``fail-next-start`` or ``hold-runnable`` without the task runner).
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import urllib.error
 import urllib.request
-from collections.abc import Callable
-from typing import Any, Protocol
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlencode
 
 from .awsproto import RawResponse, read_body
 
-__all__ = ["CONTROL_PREFIX", "SandboxControl", "SandboxControlClient", "SandboxControlError", "handle_control"]
+__all__ = [
+    "CONTROL_PREFIX",
+    "Operation",
+    "SandboxControlClient",
+    "SandboxControlError",
+    "operation",
+    "operations_of",
+    "serve_control",
+]
 
 CONTROL_PREFIX = "/_sandbox"
+_MARK = "__sandbox_operation__"
+F = TypeVar("F", bound=Callable[..., Any])
 
 
-class SandboxControl(Protocol):
-    """What can be done to a running sandbox; implemented in-process and over HTTP."""
+@dataclass(frozen=True)
+class Operation:
+    """One control operation: the method ``name``, served as ``http_method /_sandbox/path``."""
 
-    def fail_run_task(self, *, reason: str = "RESOURCE:MEMORY", times: int | None = 1) -> None: ...
+    name: str
+    http_method: str
+    path: str
+    signature: inspect.Signature  # without ``self``
+    doc: str
 
-    def inject_error(
-        self,
-        *,
-        operation: str,
-        code: str,
-        message: str,
-        status: int = 400,
-        times: int | None = 1,
-        phantom: bool = False,
-    ) -> None: ...
 
-    def clear_faults(self) -> None: ...
+def operation(http_method: str, path: str) -> Callable[[F], F]:
+    """Declare the decorated method a control operation served as ``http_method /_sandbox/path``."""
+    if http_method not in ("GET", "POST"):
+        raise ValueError(f"control operation {path}: method must be GET or POST")
 
-    def pending_faults(self) -> dict[str, Any]: ...
+    def mark(method: F) -> F:
+        setattr(method, _MARK, (http_method, path))
+        return method
 
-    def set_task_state(
-        self,
-        *,
-        task_arn: str,
-        last_status: str,
-        stop_code: str | None = None,
-        stopped_reason: str | None = None,
-        exit_code: int | None = None,
-        container_reason: str | None = None,
-        empty_containers: bool = False,
-    ) -> dict[str, Any]: ...
+    return mark
 
-    def tasks(self, *, cluster: str | None = None) -> list[dict[str, Any]]: ...
 
-    def fail_next_start(self, *, reason: str = ..., times: int | None = 1) -> None: ...
-
-    def task_processes(self) -> dict[str, int]: ...
-
-    def set_job_state(
-        self,
-        *,
-        job_id: str,
-        status: str,
-        status_reason: str | None = None,
-        exit_code: int | None = None,
-        container_reason: str | None = None,
-    ) -> dict[str, Any]: ...
-
-    def jobs(self, *, queue: str | None = None) -> list[dict[str, Any]]: ...
-
-    def hold_runnable(self, *, times: int | None = 1) -> None: ...
-
-    def configure_realism(self, *, profile: str | None = None, **changes: Any) -> dict[str, Any]: ...
-
-    def realism_state(self) -> dict[str, Any]: ...
-
-    def calls(self) -> dict[str, int]: ...
-
-    def reset_calls(self) -> None: ...
-
-    def reset(self) -> None: ...
+def operations_of(cls: type) -> dict[str, Operation]:
+    """Every operation ``cls`` declares, by path."""
+    found: dict[str, Operation] = {}
+    for name, member in inspect.getmembers(cls, inspect.isfunction):
+        mark = getattr(member, _MARK, None)
+        if mark is None:
+            continue
+        http_method, path = mark
+        signature = inspect.signature(member)
+        params = list(signature.parameters.values())[1:]  # without self
+        if any(p.kind not in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.VAR_KEYWORD) for p in params):
+            raise TypeError(f"control operation {name}: arguments must be keyword-only")
+        if path in found:
+            raise TypeError(f"control operations {found[path].name} and {name} share the path {path!r}")
+        found[path] = Operation(
+            name, http_method, path, signature.replace(parameters=params), inspect.getdoc(member) or ""
+        )
+    return found
 
 
 def _json(status: int, payload: Any) -> RawResponse:
     return RawResponse(status, [("Content-Type", "application/json")], json.dumps(payload).encode())
 
 
-# route -> (HTTP method, handler(control, args) -> JSON-able result)
-_Route = tuple[str, Callable[[SandboxControl, dict[str, Any]], Any]]
-_ROUTES: dict[str, _Route] = {
-    "health": ("GET", lambda c, a: {"status": "ok"}),
-    "fail-run-task": ("POST", lambda c, a: c.fail_run_task(**a)),
-    "inject-error": ("POST", lambda c, a: c.inject_error(**a)),
-    "faults": ("GET", lambda c, a: c.pending_faults()),
-    "clear-faults": ("POST", lambda c, a: c.clear_faults()),
-    "task-state": ("POST", lambda c, a: c.set_task_state(**a)),
-    "tasks": ("GET", lambda c, a: c.tasks(**a)),
-    "fail-next-start": ("POST", lambda c, a: c.fail_next_start(**a)),
-    "processes": ("GET", lambda c, a: c.task_processes()),
-    "job-state": ("POST", lambda c, a: c.set_job_state(**a)),
-    "jobs": ("GET", lambda c, a: c.jobs(**a)),
-    "hold-runnable": ("POST", lambda c, a: c.hold_runnable(**a)),
-    "realism": ("GET", lambda c, a: c.realism_state()),
-    "configure-realism": ("POST", lambda c, a: c.configure_realism(**a)),
-    "calls": ("GET", lambda c, a: c.calls()),
-    "reset-calls": ("POST", lambda c, a: c.reset_calls()),
-    "reset": ("POST", lambda c, a: c.reset()),
-}
-
-
-def handle_control(control: SandboxControl, environ: dict[str, Any]) -> RawResponse:
-    """Serve one control request."""
-    name = environ.get("PATH_INFO", "")[len(CONTROL_PREFIX) :].strip("/")
-    route = _ROUTES.get(name)
-    if route is None:
-        return _json(404, {"error": f"unknown control endpoint {name!r}", "endpoints": sorted(_ROUTES)})
-    method, handler = route
-    if environ.get("REQUEST_METHOD", "GET") != method:
-        return _json(405, {"error": f"{CONTROL_PREFIX}/{name} takes {method}"})
+def serve_control(target: object, operations: Mapping[str, Operation], environ: dict[str, Any]) -> RawResponse:
+    """Serve one ``/_sandbox/...`` request by calling the operation's method on ``target``."""
+    path = environ.get("PATH_INFO", "")[len(CONTROL_PREFIX) :].strip("/")
+    op = operations.get(path)
+    if op is None:
+        return _json(404, {"error": f"unknown control endpoint {path!r}", "endpoints": sorted(operations)})
+    if environ.get("REQUEST_METHOD", "GET") != op.http_method:
+        return _json(405, {"error": f"{CONTROL_PREFIX}/{path} takes {op.http_method}"})
     try:
-        if method == "GET":
+        if op.http_method == "GET":
             args: Any = {k: v[-1] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
         else:
             body = read_body(environ)
             args = json.loads(body) if body.strip() else {}
         if not isinstance(args, dict):
             raise ValueError("the request body must be a JSON object")
-        result = handler(control, args)
+        op.signature.bind(**args)  # a clear TypeError for unknown or missing arguments
+        result = getattr(target, op.name)(**args)
     except KeyError as exc:
         return _json(404, {"error": str(exc.args[0]) if exc.args else "not found"})
     except (TypeError, ValueError) as exc:  # bad or missing arguments, unknown status names
@@ -171,10 +127,20 @@ class SandboxControlError(RuntimeError):
         self.message = message
 
 
-class SandboxControlClient:
-    """Drives a sandbox over HTTP; the same methods as ``SandboxServer``.
+@functools.cache
+def _operations_by_name() -> dict[str, Operation]:
+    from .app import OPERATIONS  # here: the client must not import moto until it is used
 
-    ``endpoint_url`` is the sandbox's endpoint (what ``AWS_ENDPOINT_URL`` is set to).
+    return {op.name: op for op in OPERATIONS.values()}
+
+
+class SandboxControlClient:
+    """Drives a sandbox over HTTP: every control operation of ``Sandbox`` is a method of the same
+    name and keyword arguments here (``client.inject_error(operation="RunTask", ...)``).
+
+    ``endpoint_url`` is the sandbox's endpoint (what ``AWS_ENDPOINT_URL`` is set to). Arguments
+    are checked against the declaration before anything is sent (``TypeError``); an error
+    answer raises ``SandboxControlError``.
     """
 
     def __init__(self, endpoint_url: str, *, timeout: float = 30.0) -> None:
@@ -183,15 +149,45 @@ class SandboxControlClient:
         # The sandbox is local: never send control calls through an HTTP proxy from the env.
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
-    def _call(self, method: str, name: str, args: dict[str, Any] | None = None) -> Any:
-        url = f"{self.endpoint_url}{CONTROL_PREFIX}/{name}"
+    def health(self) -> bool:
+        """True when the sandbox answers."""
+        try:
+            return bool(self._call("GET", "health", {}))
+        except (OSError, SandboxControlError):
+            return False
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        op = _operations_by_name().get(name)
+        if op is None:
+            raise AttributeError(f"{type(self).__name__} has no control operation {name!r}")
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            bound = op.signature.bind(*args, **kwargs)
+            sent: dict[str, Any] = {}
+            for param, value in bound.arguments.items():
+                if op.signature.parameters[param].kind is inspect.Parameter.VAR_KEYWORD:
+                    sent.update(value)
+                else:
+                    sent[param] = value
+            return self._call(op.http_method, op.path, sent)
+
+        call.__name__ = call.__qualname__ = name
+        call.__doc__ = op.doc
+        call.__signature__ = op.signature  # type: ignore[attr-defined]
+        return call
+
+    def __dir__(self) -> list[str]:
+        return sorted({*super().__dir__(), *_operations_by_name()})
+
+    def _call(self, method: str, path: str, args: dict[str, Any]) -> Any:
+        url = f"{self.endpoint_url}{CONTROL_PREFIX}/{path}"
         data: bytes | None = None
         if method == "GET":
-            query = {k: v for k, v in (args or {}).items() if v is not None}
+            query = {k: v for k, v in args.items() if v is not None}
             if query:
                 url = f"{url}?{urlencode(query)}"
         else:
-            data = json.dumps(args or {}).encode()
+            data = json.dumps(args).encode()
         request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
         try:
             with self._opener.open(request, timeout=self.timeout) as response:
@@ -202,141 +198,3 @@ class SandboxControlClient:
             except ValueError:
                 message = str(exc.reason)
             raise SandboxControlError(exc.code, str(message)) from None
-
-    def health(self) -> bool:
-        """True when the sandbox answers."""
-        try:
-            return bool(self._call("GET", "health"))
-        except (OSError, SandboxControlError):
-            return False
-
-    def fail_run_task(self, *, reason: str = "RESOURCE:MEMORY", times: int | None = 1) -> None:
-        """See ``SandboxApp.fail_run_task``."""
-        self._call("POST", "fail-run-task", {"reason": reason, "times": times})
-
-    def inject_error(
-        self,
-        *,
-        operation: str,
-        code: str,
-        message: str,
-        status: int = 400,
-        times: int | None = 1,
-        phantom: bool = False,
-    ) -> None:
-        """See ``SandboxApp.inject_error``."""
-        self._call(
-            "POST",
-            "inject-error",
-            {
-                "operation": operation,
-                "code": code,
-                "message": message,
-                "status": status,
-                "times": times,
-                "phantom": phantom,
-            },
-        )
-
-    def clear_faults(self) -> None:
-        """See ``SandboxApp.clear_faults``."""
-        self._call("POST", "clear-faults")
-
-    def pending_faults(self) -> dict[str, Any]:
-        """See ``SandboxApp.pending_faults``."""
-        return dict(self._call("GET", "faults"))
-
-    def set_task_state(
-        self,
-        *,
-        task_arn: str,
-        last_status: str,
-        stop_code: str | None = None,
-        stopped_reason: str | None = None,
-        exit_code: int | None = None,
-        container_reason: str | None = None,
-        empty_containers: bool = False,
-    ) -> dict[str, Any]:
-        """See ``EcsShim.set_task_state``."""
-        return dict(
-            self._call(
-                "POST",
-                "task-state",
-                {
-                    "task_arn": task_arn,
-                    "last_status": last_status,
-                    "stop_code": stop_code,
-                    "stopped_reason": stopped_reason,
-                    "exit_code": exit_code,
-                    "container_reason": container_reason,
-                    "empty_containers": empty_containers,
-                },
-            )
-        )
-
-    def tasks(self, *, cluster: str | None = None) -> list[dict[str, Any]]:
-        """See ``SandboxApp.tasks``."""
-        return list(self._call("GET", "tasks", {"cluster": cluster}))
-
-    def fail_next_start(self, *, reason: str | None = None, times: int | None = 1) -> None:
-        """See ``SandboxServer.fail_next_start`` (the sandbox's default reason when ``reason`` is None)."""
-        args: dict[str, Any] = {"times": times}
-        if reason is not None:
-            args["reason"] = reason
-        self._call("POST", "fail-next-start", args)
-
-    def task_processes(self) -> dict[str, int]:
-        """See ``SandboxServer.task_processes``."""
-        return {str(k): int(v) for k, v in self._call("GET", "processes").items()}
-
-    def set_job_state(
-        self,
-        *,
-        job_id: str,
-        status: str,
-        status_reason: str | None = None,
-        exit_code: int | None = None,
-        container_reason: str | None = None,
-    ) -> dict[str, Any]:
-        """See ``SandboxServer.set_job_state``."""
-        return dict(
-            self._call(
-                "POST",
-                "job-state",
-                {
-                    "job_id": job_id,
-                    "status": status,
-                    "status_reason": status_reason,
-                    "exit_code": exit_code,
-                    "container_reason": container_reason,
-                },
-            )
-        )
-
-    def jobs(self, *, queue: str | None = None) -> list[dict[str, Any]]:
-        """See ``SandboxServer.jobs``."""
-        return list(self._call("GET", "jobs", {"queue": queue}))
-
-    def hold_runnable(self, *, times: int | None = 1) -> None:
-        """See ``SandboxServer.hold_runnable``."""
-        self._call("POST", "hold-runnable", {"times": times})
-
-    def configure_realism(self, *, profile: str | None = None, **changes: Any) -> dict[str, Any]:
-        """See ``SandboxApp.configure_realism``."""
-        return dict(self._call("POST", "configure-realism", {"profile": profile, **changes}))
-
-    def realism_state(self) -> dict[str, Any]:
-        """See ``SandboxApp.realism_state``."""
-        return dict(self._call("GET", "realism"))
-
-    def calls(self) -> dict[str, int]:
-        """See ``SandboxApp.calls``."""
-        return dict(self._call("GET", "calls"))
-
-    def reset_calls(self) -> None:
-        """See ``SandboxApp.reset_calls``."""
-        self._call("POST", "reset-calls")
-
-    def reset(self) -> None:
-        """See ``SandboxApp.reset``."""
-        self._call("POST", "reset")

@@ -136,7 +136,7 @@ class TaskListener(Protocol):
         have moved the task to STOPPED); False makes the shim stop the task at once itself."""
         return False
 
-    def tasks_reset(self) -> None:
+    def forget_all(self) -> None:
         """Every task is gone (sandbox or moto reset): forget them and end their processes."""
 
 
@@ -169,7 +169,7 @@ class EcsShim:
             self._token_of_task.clear()
             self._visible_at.clear()
             if self.listener is not None:
-                self.listener.tasks_reset()
+                self.listener.forget_all()
 
     # ------------------------------------------------------------------ request handling
 
@@ -464,7 +464,8 @@ class EcsShim:
 
     # ------------------------------------------------------------------ control
 
-    def _find(self, task_arn: str) -> Any:
+    def find(self, task_arn: str) -> Any:
+        """The task with this ARN or id (the caller holds ``MOTO_LOCK``); ``KeyError`` if none."""
         for _account, _region, backend in iter_ecs_backends():
             for cluster_tasks in backend.tasks.values():
                 task = cluster_tasks.get(task_arn)
@@ -478,39 +479,6 @@ class EcsShim:
                         return task
         raise KeyError(f"no such task: {task_arn}")
 
-    def set_task_state(
-        self,
-        *,
-        task_arn: str,
-        last_status: str,
-        stop_code: str | None = None,
-        stopped_reason: str | None = None,
-        exit_code: int | None = None,
-        container_reason: str | None = None,
-        empty_containers: bool = False,
-    ) -> dict[str, Any]:
-        """Move a task to ``last_status``, stamping the times AWS would. Returns its snapshot.
-
-        Entering DEACTIVATING..STOPPED sets ``desiredStatus`` STOPPED. Timestamps are set once, on
-        the first entry into the phase: ``startedAt`` (and the image pull times) at RUNNING,
-        ``stoppingAt`` at the stopping phase, ``stoppedAt``/``executionStoppedAt`` at STOPPED.
-        A task that reaches STOPPED without a stop code gets ``EssentialContainerExited``.
-        ``empty_containers`` removes the containers, as AWS reports tasks that failed to start.
-        Raises ``KeyError`` for an unknown task and ``ValueError`` for an unknown status.
-        """
-        if last_status not in LAST_STATUSES:
-            raise ValueError(f"last_status must be one of {', '.join(LAST_STATUSES)}")
-        with MOTO_LOCK:
-            return self.apply_task_state(
-                self._find(task_arn),
-                last_status=last_status,
-                stop_code=stop_code,
-                stopped_reason=stopped_reason,
-                exit_code=exit_code,
-                container_reason=container_reason,
-                empty_containers=empty_containers,
-            )
-
     def apply_task_state(
         self,
         task: Any,
@@ -522,10 +490,9 @@ class EcsShim:
         container_reason: str | None = None,
         empty_containers: bool = False,
     ) -> dict[str, Any]:
-        """``set_task_state`` on a task object already in hand; the caller holds ``MOTO_LOCK``.
-
-        For the task runner, which holds the objects and must not pay ``set_task_state``'s scan
-        of every task in the sandbox for each transition.
+        """Move a task to ``last_status`` with AWS's times (see ``Sandbox.set_task_state``); returns
+        its snapshot. The caller holds ``MOTO_LOCK`` and the task object (``find``), as the task
+        runner does for every transition.
         """
         if last_status not in LAST_STATUSES:
             raise ValueError(f"last_status must be one of {', '.join(LAST_STATUSES)}")

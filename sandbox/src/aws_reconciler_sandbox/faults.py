@@ -43,6 +43,11 @@ class Decision:
             raise ValueError("a request that is not executed needs an error to answer or a reset")
 
 
+def _check_times(times: int | None) -> None:
+    if times is not None and times < 1:
+        raise ValueError("times must be >= 1, or None for 'until cleared'")
+
+
 @dataclass
 class InjectedError:
     """One planned error answer for an operation.
@@ -59,6 +64,13 @@ class InjectedError:
     status: int = 400
     remaining: int | None = 1
     phantom: bool = False
+
+    def __post_init__(self) -> None:
+        _check_times(self.remaining)
+        if not self.operation or not self.code:
+            raise ValueError("operation and code are required")
+        if not 400 <= self.status <= 599:
+            raise ValueError("status must be an HTTP error status (400-599)")
 
     def decision(self) -> Decision:
         """This error as a ``Decision``: answered instead of the response, executed if phantom."""
@@ -77,11 +89,6 @@ class _PlannedFailure:
     remaining: int | None
 
 
-def _check_times(times: int | None) -> None:
-    if times is not None and times < 1:
-        raise ValueError("times must be >= 1, or None for 'until cleared'")
-
-
 class FaultPlan:
     """Planned faults, consumed first-in first-out as matching requests arrive. Thread-safe."""
 
@@ -92,24 +99,10 @@ class FaultPlan:
         self._start_failures: list[_PlannedFailure] = []
         self._runnable_holds: list[_PlannedFailure] = []
 
-    def inject_error(
-        self,
-        *,
-        operation: str,
-        code: str,
-        message: str,
-        status: int = 400,
-        times: int | None = 1,
-        phantom: bool = False,
-    ) -> None:
-        """Answer the next ``times`` requests of ``operation`` with an AWS error."""
-        _check_times(times)
-        if not operation or not code:
-            raise ValueError("operation and code are required")
-        if not 400 <= status <= 599:
-            raise ValueError("status must be an HTTP error status (400-599)")
+    def inject_error(self, error: InjectedError) -> None:
+        """Answer the next ``error.remaining`` requests of ``error.operation`` with ``error``."""
         with self._lock:
-            self._errors.append(InjectedError(operation, code, message, status, times, phantom))
+            self._errors.append(error)
 
     def fail_run_task(self, *, reason: str = "RESOURCE:MEMORY", times: int | None = 1) -> None:
         """Make the next ``times`` RunTask calls launch nothing and report ``failures``."""

@@ -1,26 +1,27 @@
-"""The sandbox's task runner: every ECS task becomes a local process with AWS's lifecycle and logs.
+"""The sandbox's task runner: every ECS task and Batch job becomes a local process with AWS's lifecycle.
 
-A task launched with RunTask goes PROVISIONING -> PENDING -> RUNNING; at RUNNING the command of
-its essential container starts as a local process in its own process group. When the process
-ends the task is STOPPED with ``stopCode`` EssentialContainerExited and the container's exit code.
-StopTask sends SIGTERM to the group and SIGKILL after the container's ``stopTimeout``; a task
-stopped before it started stops at once. A task can fail before it starts, as on AWS: an image
-whose name contains ``does-not-exist``, a planned ``fail_next_start``, a missing log group, a
-command that cannot be executed. Output goes, line by line, to the CloudWatch Logs stream the
-``awslogs`` driver would write (``<awslogs-stream-prefix>/<container>/<task id>``).
+One supervisor (``TaskRunner``) owns every process, whatever service launched it: it times the
+transitions before the start, spawns the container's command in its own process group, pumps
+its output line by line into CloudWatch Logs, sends SIGTERM and then SIGKILL when a stop is
+asked for, notices the exit and, when the sandbox stops, ends whatever is left. What differs
+between ECS tasks and Batch jobs (their statuses, the fields AWS sets, the variables the agent
+puts into a container) is a ``Driver``: ``ecsrunner.EcsTasks`` and ``batchrunner.BatchJobs``.
 
-Threading: one supervisor thread owns every process and multiplexes all output pipes with one
-selector (a few hundred tasks cost a few hundred file descriptors, not threads). It changes moto
-state only under ``MOTO_LOCK``, and never holds the lock while it waits: spawning, reading and
-waiting happen outside it. The shim calls the ``TaskListener`` methods from request threads,
-under the same lock, which therefore also guards the runner's table of tasks.
+A workload fails before it starts as on AWS: an image whose name contains ``does-not-exist``, a
+planned ``fail_next_start``, a start failure drawn by the realism policy, a missing log group, a
+command that cannot be executed.
+
+Threading: one supervisor thread multiplexes all output pipes and a wake-up pipe with one
+selector (a few hundred processes cost a few hundred file descriptors, not threads). It changes
+moto state only under ``MOTO_LOCK`` and never holds the lock while it waits: spawning, reading
+and waiting happen outside it. The shims call the drivers' listener methods from request
+threads, under the same lock, which therefore also guards the runner's table of workloads.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
-import enum
 import logging
 import os
 import selectors
@@ -28,41 +29,42 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar, Protocol
 
-from .ecs import EcsShim
 from .faults import DEFAULT_START_FAILURE, FaultPlan
 from .motoenv import MOTO_LOCK
 from .procs import ContainerProcess
 from .realism import Realism
-from .supervise import (
-    LogPump,
-    host_environment,
-    kill_all,
-    logs_backend,
-    raise_fd_limit,
-    spawn_container,
-    terminate_processes,
-)
-from .taskspec import ContainerPlan, LogTarget, container_env, local_argv, plan_container, pull_failure
+from .taskspec import ContainerPlan, LogTarget, container_env, local_argv, pull_failure
 
-__all__ = ["DEFAULT_START_FAILURE", "RunnerOptions", "TaskRunner"]
+__all__ = ["DEFAULT_START_FAILURE", "Driver", "Ending", "RunnerOptions", "ShimDriver", "TaskRunner", "Workload"]
 
 log = logging.getLogger(__name__)
+
+MAX_EVENTS_PER_PUT = 10_000  # PutLogEvents' limit
+_WANTED_FDS = 4096
+HOST_AWS_IDENTITY = frozenset({"AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE"})
+#: The wording of a Fargate task (or Batch job) whose log group does not exist.
+MISSING_LOG_GROUP = (
+    "ResourceInitializationError: failed to validate logger args: create stream has been retried 1 times: "
+    "failed to create Cloudwatch log stream: ResourceNotFoundException: The specified log group does not exist. "
+    ": exit status 1"
+)
 
 
 @dataclass
 class RunnerOptions:
     """How the task runner behaves. All durations are seconds.
 
-    ``provisioning_delay``/``pending_delay``: how long a task stays PROVISIONING and PENDING.
-    ``poll_interval``: the supervisor's tick (state changes are seen within one tick).
-    ``extra_env``: added to every task's environment (below the task definition's and overrides').
-    ``default_stop_timeout``: SIGTERM-to-SIGKILL grace of StopTask when the container sets no
-    ``stopTimeout`` (ECS's default is 30). ``python``: replaces a leading ``python``/``python3``
-    of container commands. ``shutdown_timeout``: SIGTERM-to-SIGKILL grace when the sandbox stops.
+    ``provisioning_delay``/``pending_delay``: how long a task stays PROVISIONING and PENDING (a
+    Batch job RUNNABLE and STARTING). ``poll_interval``: the supervisor's tick (state changes
+    are seen within one tick). ``extra_env``: added to every process's environment (below the
+    definition's and the overrides'). ``default_stop_timeout``: SIGTERM-to-SIGKILL grace of
+    StopTask/TerminateJob when the container sets no ``stopTimeout`` (ECS's default is 30).
+    ``python``: replaces a leading ``python``/``python3`` of container commands.
+    ``shutdown_timeout``: SIGTERM-to-SIGKILL grace when the sandbox stops.
     """
 
     provisioning_delay: float = 0.5
@@ -74,55 +76,238 @@ class RunnerOptions:
     shutdown_timeout: float = 5.0
 
 
-class _Phase(enum.Enum):
-    PROVISIONING = "PROVISIONING"
-    PENDING = "PENDING"
-    STARTING = "STARTING"  # the process is being spawned, outside the lock
-    RUNNING = "RUNNING"
-    STOPPING = "STOPPING"  # SIGTERM sent
-
-
 @dataclass(eq=False)
-class _Entry:
-    """A task the runner drives. Guarded by ``MOTO_LOCK``."""
+class Workload:
+    """One ECS task or Batch job the runner drives. Guarded by ``MOTO_LOCK``.
 
-    task: Any
-    backend: Any
-    plan: ContainerPlan | None
-    failure: str | None  # the stoppedReason, when the task is going to fail to start
-    phase: _Phase
-    due: float  # monotonic time of the next timed transition
+    ``key`` is the task ARN or the job id; ``failure`` the reason it will fail to start, decided
+    when it was created so that planned failures apply to exactly the next launches; ``due`` the
+    monotonic time of its next timed transition. Drivers subclass it with their own object.
+    """
+
+    key: str
+    driver: Driver
+    failure: str | None
+    due: float
+    plan: ContainerPlan | None = None
     env: dict[str, str] = field(default_factory=dict)
     argv: list[str] = field(default_factory=list)
+    spawning: bool = False  # the process is being started, outside the lock
+    running: bool = False
     kill_at: float | None = None
     killed: bool = False
 
-    @property
-    def arn(self) -> str:
-        return str(self.task.task_arn)
+
+@dataclass(frozen=True)
+class Ending:
+    """How a workload ends: after its process exited (``exit_code``), stopped before it started
+    (nothing set), failing to start (``failure``; ``placement`` when no container was ever
+    created), or because the sandbox stops (``shutdown``)."""
+
+    exit_code: int | None = None
+    failure: str | None = None
+    placement: bool = False
+    shutdown: bool = False
 
 
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
+class Driver(Protocol):
+    """What is particular to one service. Every method is called under ``MOTO_LOCK``."""
+
+    #: Where a command is set, for the message of a container that has none.
+    command_home: ClassVar[str]
+
+    def attach(self, runner: TaskRunner) -> None:
+        """Take the lifecycle over from the shim (install the listener)."""
+
+    def detach(self, runner: TaskRunner) -> None:
+        """Hand the lifecycle back to the shim."""
+
+    def finished(self, work: Any) -> bool:
+        """Whether it ended from outside (``set_task_state``, CancelJob...)."""
+
+    def stop_wanted(self, work: Any) -> bool:
+        """Whether a stop was asked for (StopTask, TerminateJob)."""
+
+    def advance(self, work: Any, now: float) -> bool:
+        """Make the transition that is due before the start; True when the process is to start now
+        (or ``work.failure`` to strike)."""
+
+    def plan(self, work: Any) -> ContainerPlan:
+        """The container to run."""
+
+    def agent_env(self, work: Any) -> dict[str, str]:
+        """What the agent puts into the container's environment (region, ids...)."""
+
+    def started(self, work: Any) -> None:
+        """The process runs: show it (RUNNING)."""
+
+    def stopping(self, work: Any) -> None:
+        """SIGTERM was sent: show it (ECS: STOPPING)."""
+
+    def end(self, work: Any, ending: Ending) -> None:
+        """Show the end (STOPPED, SUCCEEDED, FAILED) with AWS's fields."""
 
 
-class TaskRunner:
-    """Runs the sandbox's ECS tasks as local processes (see the module docstring).
+class ShimDriver:
+    """What the drivers share: the shim whose listener they are, and how a start failure is decided."""
 
-    ``SandboxServer(run_tasks=True)`` creates, starts and stops it; it is not meant to be used
-    alone. ``endpoint_url`` is the sandbox's, put into each task's environment so that the AWS
-    SDKs in the task reach the sandbox.
-    """
+    command_home: ClassVar[str]
 
-    def __init__(
-        self, shim: EcsShim, faults: FaultPlan, options: RunnerOptions, *, endpoint_url: str, realism: Realism
-    ) -> None:
-        self.options = options
-        self.endpoint_url = endpoint_url
+    def __init__(self, shim: Any, faults: FaultPlan, realism: Realism) -> None:
         self._shim = shim
         self._faults = faults
         self._realism = realism
-        self._entries: dict[str, _Entry] = {}  # under MOTO_LOCK
+        self._runner: TaskRunner | None = None
+
+    @property
+    def runner(self) -> TaskRunner:
+        """The runner it is attached to."""
+        assert self._runner is not None, "the driver is not attached to a runner"
+        return self._runner
+
+    def attach(self, runner: TaskRunner) -> None:
+        """Become the shim's listener."""
+        self._runner = runner
+        self._shim.listener = self
+
+    def detach(self, runner: TaskRunner) -> None:
+        """Stop being the shim's listener."""
+        if self._shim.listener is self:
+            self._shim.listener = None
+        self._runner = None
+
+    def forget_all(self) -> None:
+        """Every task or job is gone (reset): forget them; their processes are killed on the next tick."""
+        if self._runner is not None:
+            self._runner.forget(self)
+
+    def start_failure(self, image: str, service: str) -> str | None:
+        """Decided at creation, so that planned failures apply to exactly the next launches: an image
+        that cannot be pulled, then a planned failure, then one the realism policy draws."""
+        return pull_failure(image) or self._faults.take_start_failure() or self._realism.start_failure(service)
+
+
+def raise_fd_limit() -> None:
+    """Let a few hundred processes have an output pipe each, where the hard limit allows it."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        wanted = _WANTED_FDS if hard == resource.RLIM_INFINITY else min(_WANTED_FDS, hard)
+        if soft != resource.RLIM_INFINITY and soft < wanted:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    except (ImportError, ValueError, OSError):  # not fatal: fewer concurrent processes, that is all
+        pass
+
+
+def host_environment(python: str) -> dict[str, str]:
+    """The environment a container process starts from, below the agent's and the workload's variables."""
+    # Never hand the host's own AWS identity to a task.
+    base = {k: v for k, v in os.environ.items() if k not in HOST_AWS_IDENTITY}
+    # Output reaches CloudWatch as it is printed, not when a 4 KiB block buffer fills.
+    base.setdefault("PYTHONUNBUFFERED", "1")
+    # So that an "airflow" command finds the console scripts beside the interpreter.
+    bindir = os.path.dirname(python)
+    if bindir and bindir not in base.get("PATH", "").split(os.pathsep):
+        base["PATH"] = os.pathsep.join(p for p in (bindir, base.get("PATH", "")) if p)
+    return base
+
+
+def spawn_container(
+    argv: Sequence[str], env: Mapping[str, str], log_target: LogTarget | None
+) -> tuple[ContainerProcess | None, str | None]:
+    """Start the process (outside the lock); returns it or the reason it could not start."""
+    try:
+        return ContainerProcess.spawn(argv, env, log_target=log_target), None
+    except OSError as exc:
+        # Docker's wording, so that the reconciler sees a container that never started.
+        return None, (
+            "CannotStartContainerError: failed to create the container process: "
+            f"exec: {argv[0]!r}: {exc.strerror or exc}"
+        )
+
+
+def logs_backend(target: LogTarget) -> Any:
+    """moto's CloudWatch Logs backend of the target's account and region (under ``MOTO_LOCK``)."""
+    from moto.backends import get_backend
+
+    return get_backend("logs")[target.account_id][target.region]
+
+
+def create_log_stream(target: LogTarget) -> str | None:
+    """Create the stream as the awslogs driver does (under ``MOTO_LOCK``); the failure if it cannot."""
+    logs = logs_backend(target)
+    if target.group not in logs.groups:
+        if not target.create_group:
+            return MISSING_LOG_GROUP
+        logs.create_log_group(target.group, {})
+    logs.ensure_log_stream(target.group, target.stream)
+    return None
+
+
+class LogPump:
+    """Moves the processes' output lines into their CloudWatch Logs streams (under ``MOTO_LOCK``)."""
+
+    def __init__(self) -> None:
+        self._errors: set[tuple[str, str]] = set()
+
+    def flush(self, procs: Iterable[ContainerProcess]) -> None:
+        """Write every line read so far; a stream that cannot be written is warned about once."""
+        for proc in procs:
+            lines = proc.take_lines()
+            target = proc.log_target
+            if not lines or target is None:
+                continue
+            events = [{"timestamp": ts, "message": text} for ts, text in lines]
+            try:
+                logs = logs_backend(target)
+                for start in range(0, len(events), MAX_EVENTS_PER_PUT):
+                    logs.put_log_events(target.group, target.stream, events[start : start + MAX_EVENTS_PER_PUT])
+            except Exception as exc:  # e.g. the group was deleted: the lines are lost, as on AWS
+                if (target.group, target.stream) not in self._errors:
+                    self._errors.add((target.group, target.stream))
+                    log.warning("sandbox: cannot write to %s %s: %s", target.group, target.stream, exc)
+
+
+def terminate_processes(
+    procs: Iterable[ContainerProcess],
+    grace: float,
+    *,
+    before_finish: Callable[[ContainerProcess], None] | None = None,
+) -> None:
+    """SIGTERM every process group, SIGKILL what is left after ``grace`` seconds, reap all.
+
+    Waits without the lock; the caller must own the processes (the supervisor has exited).
+    """
+    procs = list(procs)
+    for proc in procs:
+        proc.signal_group(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while True:
+        for proc in procs:
+            proc.read_available()  # a process blocked on a full pipe could not exit
+        if all(proc.has_exited() for proc in procs) or time.monotonic() >= deadline:
+            break
+        time.sleep(0.02)
+    for proc in procs:
+        if before_finish is not None:
+            before_finish(proc)
+        proc.finish()  # SIGKILLs the group if it is still there, then reaps
+
+
+class TaskRunner:
+    """Runs the sandbox's ECS tasks and Batch jobs as local processes (see the module docstring).
+
+    ``SandboxServer(run_tasks=True)`` creates, starts and stops it with one driver per service;
+    it is not meant to be used alone. ``endpoint_url`` is the sandbox's, put into each process's
+    environment so that the AWS SDKs in it reach the sandbox.
+    """
+
+    def __init__(self, options: RunnerOptions, drivers: Sequence[Driver], *, endpoint_url: str) -> None:
+        self.options = options
+        self.endpoint_url = endpoint_url
+        self._drivers = tuple(drivers)
+        self._work: dict[str, Workload] = {}  # under MOTO_LOCK
         self._pids: dict[str, int] = {}  # under MOTO_LOCK: processes started and not yet reaped
         self._procs: dict[str, ContainerProcess] = {}  # the supervisor thread's (then stop()'s) only
         self._selector: selectors.BaseSelector | None = None
@@ -135,7 +320,7 @@ class TaskRunner:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
-        """Take over the task lifecycle from the shim and start the supervisor thread."""
+        """Take over the lifecycle from the shims and start the supervisor thread."""
         if self._thread is not None:
             raise RuntimeError("the task runner is already started")
         raise_fd_limit()
@@ -146,25 +331,25 @@ class TaskRunner:
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         self._closing.clear()
         with MOTO_LOCK:
-            self._shim.immediate_stop = False
-            self._shim.listener = self
+            for driver in self._drivers:
+                driver.attach(self)
         self._thread = threading.Thread(target=self._run, name="aws-reconciler-sandbox-runner", daemon=True)
         self._thread.start()
-        # Tasks run in sessions of their own, so nothing else would end them if the interpreter
-        # exited without stop(): make sure they die with it.
+        # Processes run in sessions of their own, so nothing else would end them if the
+        # interpreter exited without stop(): make sure they die with it.
         atexit.register(self._kill_all_now)
 
     def stop(self) -> None:
-        """Stop every task process (SIGTERM, SIGKILL after ``shutdown_timeout``) and the thread.
+        """Stop every process (SIGTERM, SIGKILL after ``shutdown_timeout``) and the thread.
 
-        Safe to call more than once. Tasks still tracked end STOPPED with ``stopCode``
-        TerminationNotice. Hands StopTask back to the shim.
+        Safe to call more than once. Workloads still tracked end as their driver says (ECS:
+        STOPPED with ``TerminationNotice``; Batch: FAILED). Hands the lifecycle back to the shims.
         """
         thread = self._thread
         if thread is None:
             return
         self._closing.set()
-        self._wake()
+        self.wake()
         thread.join()
         self._thread = None
         atexit.unregister(self._kill_all_now)
@@ -172,10 +357,9 @@ class TaskRunner:
             self._terminate_all()
         finally:
             with MOTO_LOCK:
-                if self._shim.listener is self:
-                    self._shim.listener = None
-                    self._shim.immediate_stop = True
-                self._entries.clear()
+                for driver in self._drivers:
+                    driver.detach(self)
+                self._work.clear()
                 self._pids.clear()
             if self._selector is not None:
                 self._selector.close()
@@ -191,58 +375,38 @@ class TaskRunner:
         return self._thread is not None and self._thread.is_alive()
 
     def processes(self) -> dict[str, int]:
-        """Task ARN -> pid (= process group id) of every task process started and not yet reaped."""
+        """Task ARN or job id -> pid (= process group id) of every process started and not yet reaped."""
         with MOTO_LOCK:
             return dict(self._pids)
 
-    # ------------------------------------------------------------------ TaskListener (under MOTO_LOCK)
+    # ------------------------------------------------------------------ for the drivers (under MOTO_LOCK)
 
-    def task_created(self, backend: Any, task: Any) -> None:
-        """Track a task RunTask just launched; decide now whether it will fail to start.
+    def track(self, work: Workload) -> None:
+        """Drive ``work`` from now on."""
+        self._work[work.key] = work
+        self.wake()
 
-        Deciding at launch makes ``fail_next_start`` apply to exactly the next launches.
-        """
-        plan: ContainerPlan | None = None
-        failure: str | None = None
-        try:
-            plan = plan_container(backend, task)
-        except Exception as exc:  # e.g. a definition moto cannot find any more
-            failure = f"ResourceInitializationError: the sandbox cannot read the task definition: {exc}"
-        if plan is not None:
-            failure = (
-                pull_failure(plan.image) or self._faults.take_start_failure() or self._realism.start_failure("ecs")
-            )
-        self._entries[task.task_arn] = _Entry(
-            task=task,
-            backend=backend,
-            plan=plan,
-            failure=failure,
-            phase=_Phase.PROVISIONING,
-            due=time.monotonic() + self.options.provisioning_delay,
-        )
-        self._wake()
+    def get(self, key: str) -> Workload | None:
+        """The workload with this key, if the runner drives it."""
+        return self._work.get(key)
 
-    def stop_requested(self, backend: Any, task: Any) -> bool:
-        """StopTask: a task without a process stops now; a running one on the next tick."""
-        entry = self._entries.get(task.task_arn)
-        if entry is None:
-            return False  # not ours (launched before the runner started): the shim stops it
-        if entry.phase in (_Phase.PROVISIONING, _Phase.PENDING):
-            self._stop_unstarted(entry)
-        else:
-            self._wake()
-        return True
+    def end_unstarted(self, work: Workload) -> None:
+        """A stop before the process started: it ends now, without a process."""
+        self._work.pop(work.key, None)
+        work.driver.end(work, Ending())
 
-    def tasks_reset(self) -> None:
-        """Every task is gone: forget them; their processes are killed on the next tick."""
-        self._entries.clear()
-        self._wake()
+    def forget(self, driver: object) -> None:
+        """Every workload of ``driver`` is gone (reset): their processes are killed on the next tick."""
+        for key in [key for key, work in self._work.items() if work.driver is driver]:
+            del self._work[key]
+        self.wake()
 
-    # ------------------------------------------------------------------ supervisor thread
-
-    def _wake(self) -> None:
+    def wake(self) -> None:
+        """Make the supervisor tick now."""
         with contextlib.suppress(OSError):  # BlockingIOError: a wake-up is pending anyway
             os.write(self._wake_w, b"\0")
+
+    # ------------------------------------------------------------------ supervisor thread
 
     def _run(self) -> None:
         while not self._closing.is_set():
@@ -262,28 +426,31 @@ class TaskRunner:
                 # End of output (the pipe's writers are gone); the exit is noticed below.
                 self._unwatch(key.data)
 
-        exited = [(arn, proc) for arn, proc in self._procs.items() if proc.has_exited()]
-        for _arn, proc in exited:
+        exited = [(name, proc) for name, proc in self._procs.items() if proc.has_exited()]
+        for _name, proc in exited:
             self._unwatch(proc)
             proc.finish()  # kills the rest of the group, reads the last output, reaps: no waiting
 
         with MOTO_LOCK:
-            self._flush_logs()
-            for arn, proc in exited:
-                del self._procs[arn]
-                self._pids.pop(arn, None)
-                self._on_exit(arn, proc)
+            self._log_pump.flush(self._procs.values())
+            for name, proc in exited:
+                del self._procs[name]
+                self._pids.pop(name, None)
+                work = self._work.pop(name, None)
+                if work is not None and not work.driver.finished(work):
+                    work.driver.end(work, Ending(exit_code=proc.finish()))
             to_start = self._advance(time.monotonic())
 
         if to_start:
-            spawned = [(entry, self._spawn(entry)) for entry in to_start]  # outside the lock
-            with MOTO_LOCK:
-                for entry, (started, error) in spawned:
-                    self._commit_start(entry, started, error)
+            spawned = [(work, spawn_container(work.argv, work.env, self._log_of(work))) for work in to_start]
+            with MOTO_LOCK:  # the spawning happened outside it
+                for work, (started, error) in spawned:
+                    self._commit_start(work, started, error)
 
-    def _watch(self, arn: str, proc: ContainerProcess) -> None:
+    def _watch(self, key: str, proc: ContainerProcess) -> None:
         assert self._selector is not None
-        self._procs[arn] = proc
+        self._procs[key] = proc
+        self._pids[key] = proc.pid
         if proc.fd is not None:
             self._selector.register(proc.fd, selectors.EVENT_READ, proc)
 
@@ -292,196 +459,120 @@ class TaskRunner:
             with contextlib.suppress(KeyError, ValueError):
                 self._selector.unregister(proc.fd)
 
+    @staticmethod
+    def _log_of(work: Workload) -> LogTarget | None:
+        return work.plan.log if work.plan is not None else None
+
     # ------------------------------------------------------------------ state machine (under MOTO_LOCK)
 
-    def _advance(self, now: float) -> list[_Entry]:
-        """Make every due transition; return the tasks whose process is to be started."""
-        for arn, orphan in self._procs.items():
-            if arn not in self._entries:
-                # Its task is gone (reset) or was stopped from outside (set_task_state).
+    def _advance(self, now: float) -> list[Workload]:
+        """Make every due transition; return the workloads whose process is to be started."""
+        for key, orphan in self._procs.items():
+            if key not in self._work:
+                # Its task or job is gone (reset) or was ended from outside.
                 orphan.signal_group(signal.SIGKILL)
-        to_start: list[_Entry] = []
-        for entry in list(self._entries.values()):
+        to_start: list[Workload] = []
+        for work in list(self._work.values()):
             try:
-                if self._step(entry, now):
-                    to_start.append(entry)
-            except Exception as exc:  # one broken task must not stall the others
-                log.exception("sandbox task runner: task %s", entry.arn)
-                self._entries.pop(entry.arn, None)
+                if self._step(work, now):
+                    to_start.append(work)
+            except Exception as exc:  # one broken workload must not stall the others
+                log.exception("sandbox task runner: %s", work.key)
+                self._work.pop(work.key, None)
                 with contextlib.suppress(Exception):
-                    self._finish(entry, stop_code="TaskFailedToStart", stopped_reason=f"sandbox: {exc}")
+                    work.driver.end(work, Ending(failure=f"sandbox: {exc}", placement=True))
         return to_start
 
-    def _step(self, entry: _Entry, now: float) -> bool:
-        """Advance one task; True when its process is to be started now."""
-        task = entry.task
-        if task.last_status == "STOPPED":  # someone else stopped it (set_task_state)
-            self._entries.pop(entry.arn, None)
+    def _step(self, work: Workload, now: float) -> bool:
+        """Advance one workload; True when its process is to be started now."""
+        driver = work.driver
+        if driver.finished(work):
+            self._work.pop(work.key, None)
             return False
-        if entry.phase in (_Phase.PROVISIONING, _Phase.PENDING) and task.desired_status == "STOPPED":
-            self._stop_unstarted(entry)  # normally done at once by stop_requested
+        if work.spawning:
             return False
-        if entry.phase is _Phase.PROVISIONING and now >= entry.due:
-            if entry.failure is not None:
-                # As a task that never got capacity or an image: no containers are reported.
-                self._fail_to_start(entry, entry.failure, empty_containers=True)
-                return False
-            utc = _utcnow()
-            task.pull_started_at = getattr(task, "pull_started_at", None) or utc
-            task.connectivity = "CONNECTED"  # the ENI is attached before the image is pulled
-            task.connectivity_at = getattr(task, "connectivity_at", None) or utc
-            self._shim.apply_task_state(task, last_status="PENDING")
-            entry.phase = _Phase.PENDING
-            entry.due = now + self.options.pending_delay
-        elif entry.phase is _Phase.PENDING and now >= entry.due:
-            return self._prepare_start(entry)
-        elif entry.phase is _Phase.RUNNING and task.desired_status == "STOPPED":
-            proc = self._procs.get(entry.arn)
+        if work.running:
+            if driver.stop_wanted(work):
+                self._stop_process(work, now)
+            return False
+        if driver.stop_wanted(work):
+            self.end_unstarted(work)  # usually done at once by the driver's listener
+            return False
+        if now < work.due or not driver.advance(work, now):
+            return False
+        return self._prepare_start(work)
+
+    def _stop_process(self, work: Workload, now: float) -> None:
+        proc = self._procs.get(work.key)
+        if work.kill_at is None:
             if proc is not None:
                 proc.signal_group(signal.SIGTERM)
-            stop_timeout = entry.plan.stop_timeout if entry.plan else None
-            entry.kill_at = now + (stop_timeout if stop_timeout is not None else self.options.default_stop_timeout)
-            entry.phase = _Phase.STOPPING
-            self._shim.apply_task_state(task, last_status="STOPPING")
-        elif entry.phase is _Phase.STOPPING and not entry.killed and entry.kill_at is not None and now >= entry.kill_at:
-            proc = self._procs.get(entry.arn)
+            stop_timeout = work.plan.stop_timeout if work.plan is not None else None
+            work.kill_at = now + (stop_timeout if stop_timeout is not None else self.options.default_stop_timeout)
+            work.driver.stopping(work)
+        elif not work.killed and now >= work.kill_at:
             if proc is not None:
                 proc.signal_group(signal.SIGKILL)
-            entry.killed = True
-        return False
+            work.killed = True
 
-    def _prepare_start(self, entry: _Entry) -> bool:
+    def _fail_to_start(self, work: Workload, reason: str, *, placement: bool) -> None:
+        self._work.pop(work.key, None)
+        work.driver.end(work, Ending(failure=reason, placement=placement))
+
+    def _prepare_start(self, work: Workload) -> bool:
         """Everything the start needs from moto (log stream, environment), read under the lock."""
-        plan = entry.plan
-        assert plan is not None  # a task without a plan has a failure and never gets here
+        if work.failure is not None:
+            # As a workload that never got capacity or an image: no container ever existed.
+            self._fail_to_start(work, work.failure, placement=True)
+            return False
+        driver = work.driver
+        plan = driver.plan(work)
         if not plan.argv:
             reason = (
                 "CannotStartContainerError: the sandbox runs a container's command as a local process, "
-                f"and container {plan.name!r} has no command (set it in the task definition or in "
-                "overrides.containerOverrides)"
+                f"and container {plan.name!r} has no command (set it in {driver.command_home})"
             )
-            self._fail_to_start(entry, reason, container_reason=reason)
+            self._fail_to_start(work, reason, placement=False)
             return False
         if plan.log is not None:
-            failure = self._create_log_stream(plan.log)
+            failure = create_log_stream(plan.log)
             if failure is not None:
-                self._fail_to_start(entry, failure, empty_containers=True)
+                self._fail_to_start(work, failure, placement=True)
                 return False
-        task = entry.task
         agent = {
-            # What the ECS agent puts into every container on Fargate...
-            "AWS_REGION": task.region_name,
-            "AWS_DEFAULT_REGION": task.region_name,
-            "AWS_EXECUTION_ENV": f"AWS_ECS_{task.launch_type or 'EC2'}",
-            # ...and, in place of the task role's credentials, what makes the SDKs in the task
-            # talk to this sandbox rather than to AWS with whatever the host has.
+            **driver.agent_env(work),
+            # In place of the task role's credentials, what makes the SDKs in the container talk
+            # to this sandbox rather than to AWS with whatever the host has.
             "AWS_ENDPOINT_URL": self.endpoint_url,
             "AWS_ACCESS_KEY_ID": "testing",
             "AWS_SECRET_ACCESS_KEY": "testing",
         }
-        base = host_environment(self.options.python)
-        entry.env = container_env(plan, base=base, agent=agent, extra=self.options.extra_env)
-        entry.argv = local_argv(plan.argv, self.options.python)
-        entry.phase = _Phase.STARTING
+        work.plan = plan
+        work.env = container_env(
+            plan, base=host_environment(self.options.python), agent=agent, extra=self.options.extra_env
+        )
+        work.argv = local_argv(plan.argv, self.options.python)
+        work.spawning = True
         return True
 
-    def _spawn(self, entry: _Entry) -> tuple[ContainerProcess | None, str | None]:
-        """Start the process (outside the lock); returns it or the reason it could not start."""
-        return spawn_container(entry.argv, entry.env, entry.plan.log if entry.plan is not None else None)
-
-    def _commit_start(self, entry: _Entry, proc: ContainerProcess | None, error: str | None) -> None:
+    def _commit_start(self, work: Workload, proc: ContainerProcess | None, error: str | None) -> None:
+        work.spawning = False
         if proc is not None:
-            self._watch(entry.arn, proc)
-            self._pids[entry.arn] = proc.pid
-        if self._entries.get(entry.arn) is not entry:
-            return  # reset or stopped from outside meanwhile: _advance kills the process
-        if error is not None or proc is None:
-            self._fail_to_start(entry, error or "CannotStartContainerError", container_reason=error)
+            self._watch(work.key, proc)
+        if self._work.get(work.key) is not work or work.driver.finished(work):
+            return  # reset or ended from outside meanwhile: _advance kills the process
+        if proc is None:
+            self._fail_to_start(work, error or "CannotStartContainerError", placement=False)
             return
-        entry.phase = _Phase.RUNNING
-        entry.task.pull_stopped_at = getattr(entry.task, "pull_stopped_at", None) or _utcnow()
-        self._shim.apply_task_state(entry.task, last_status="RUNNING")
-        # A StopTask that came while the process was being spawned is acted on by the next tick.
-        if entry.task.desired_status == "STOPPED":
-            self._wake()
-
-    def _on_exit(self, arn: str, proc: ContainerProcess) -> None:
-        entry = self._entries.pop(arn, None)
-        if entry is None or entry.task.last_status == "STOPPED":
-            return  # an orphan, or stopped from outside: its state is someone else's
-        # stopCode stays UserInitiated after a StopTask; otherwise the shim fills in
-        # EssentialContainerExited and "Essential container in task exited".
-        self._finish(entry, exit_code=proc.finish())
-
-    def _stop_unstarted(self, entry: _Entry) -> None:
-        self._entries.pop(entry.arn, None)
-        self._finish(entry)
-
-    def _fail_to_start(
-        self, entry: _Entry, reason: str, *, empty_containers: bool = False, container_reason: str | None = None
-    ) -> None:
-        self._entries.pop(entry.arn, None)
-        self._finish(
-            entry,
-            stop_code="TaskFailedToStart",
-            stopped_reason=reason,
-            empty_containers=empty_containers,
-            container_reason=container_reason,
-        )
-
-    def _finish(
-        self,
-        entry: _Entry,
-        *,
-        stop_code: str | None = None,
-        stopped_reason: str | None = None,
-        exit_code: int | None = None,
-        empty_containers: bool = False,
-        container_reason: str | None = None,
-    ) -> None:
-        """Move the task to STOPPED and give back what it held."""
-        task = entry.task
-        if getattr(task, "container_instance_arn", None):
-            # An EC2 task holds CPU and memory of its container instance; moto's stop_task
-            # returns them (it also overwrites the reason, which is put back).
-            reason = task.stopped_reason
-            with contextlib.suppress(Exception):
-                entry.backend.stop_task(task.cluster_name, task.task_arn, reason or "")
-            task.stopped_reason = reason
-        self._shim.apply_task_state(
-            task,
-            last_status="STOPPED",
-            stop_code=stop_code,
-            stopped_reason=stopped_reason,
-            exit_code=exit_code,
-            empty_containers=empty_containers,
-            container_reason=container_reason,
-        )
-
-    # ------------------------------------------------------------------ logs (under MOTO_LOCK)
-
-    def _create_log_stream(self, target: LogTarget) -> str | None:
-        """Create the task's log stream as the awslogs driver does; the failure reason if it cannot."""
-        logs = logs_backend(target)
-        if target.group not in logs.groups:
-            if not target.create_group:
-                # The wording of a Fargate task whose log group does not exist.
-                return (
-                    "ResourceInitializationError: failed to validate logger args: create stream has been "
-                    "retried 1 times: failed to create Cloudwatch log stream: ResourceNotFoundException: "
-                    "The specified log group does not exist. : exit status 1"
-                )
-            logs.create_log_group(target.group, {})
-        logs.ensure_log_stream(target.group, target.stream)
-        return None
-
-    def _flush_logs(self) -> None:
-        self._log_pump.flush(self._procs.values())
+        work.running = True
+        work.driver.started(work)
+        if work.driver.stop_wanted(work):
+            self.wake()  # a stop that came while the process was being spawned: the next tick acts
 
     # ------------------------------------------------------------------ shutdown
 
     def _terminate_all(self) -> None:
-        """SIGTERM every task's process group, SIGKILL what is left after the grace, reap all.
+        """SIGTERM every process group, SIGKILL what is left after the grace, reap all.
 
         Runs in the thread calling ``stop`` once the supervisor has exited, so it owns the
         processes; it waits without the lock.
@@ -489,22 +580,19 @@ class TaskRunner:
         procs = dict(self._procs)
         terminate_processes(procs.values(), self.options.shutdown_timeout, before_finish=self._unwatch)
         with MOTO_LOCK:
-            self._flush_logs()
-            for arn, proc in procs.items():
-                entry = self._entries.pop(arn, None)
-                if entry is not None and entry.task.last_status != "STOPPED":
-                    self._finish(entry, exit_code=proc.finish(), **self._terminated())
-            for entry in list(self._entries.values()):
-                if entry.task.last_status != "STOPPED":
-                    self._finish(entry, **self._terminated())
-            self._entries.clear()
+            self._log_pump.flush(procs.values())
+            for key, proc in procs.items():
+                work = self._work.pop(key, None)
+                if work is not None and not work.driver.finished(work):
+                    work.driver.end(work, Ending(exit_code=proc.finish(), shutdown=True))
+            for work in list(self._work.values()):
+                if not work.driver.finished(work):
+                    work.driver.end(work, Ending(shutdown=True))
+            self._work.clear()
             self._procs.clear()
             self._pids.clear()
 
-    @staticmethod
-    def _terminated() -> dict[str, Any]:
-        return {"stop_code": "TerminationNotice", "stopped_reason": "The sandbox's task runner was stopped"}
-
     def _kill_all_now(self) -> None:
-        """At interpreter exit without ``stop()``: SIGKILL every task's process group."""
-        kill_all(self._procs.values())
+        """At interpreter exit without ``stop()``: SIGKILL every process group."""
+        for proc in list(self._procs.values()):
+            proc.signal_group(signal.SIGKILL)

@@ -10,10 +10,10 @@ from typing import Any, ClassVar
 from moto.server import MotoRequestHandler
 from werkzeug.serving import BaseWSGIServer, make_server
 
-from .app import SandboxApp, Sleep
-from .batchrunner import BatchJobRunner
-from .faults import DEFAULT_START_FAILURE
-from .realism import PROFILES, Clock, Realism, RealismSettings
+from .app import Sandbox, SandboxApp, Sleep
+from .batchrunner import BatchJobs
+from .ecsrunner import EcsTasks
+from .realism import Clock, RealismSettings
 from .runner import RunnerOptions, TaskRunner
 
 __all__ = ["FAKE_CREDENTIALS", "SandboxServer"]
@@ -34,7 +34,7 @@ class _QuietRequestHandler(MotoRequestHandler):
         self.close_connection = True
 
 
-class SandboxServer:
+class SandboxServer(Sandbox):
     """An embedded fake AWS (moto plus fidelity shims) on ``http://127.0.0.1:<port>``.
 
     Usage::
@@ -47,12 +47,13 @@ class SandboxServer:
     ``start`` refuses a second one instead of letting two share (and reset) each other's state.
     ``start`` resets all state, so nothing leaks from an earlier sandbox; ``stop`` restores moto's
     global settings so later plain ``mock_aws`` users in the process see moto's defaults.
-    The control methods are also served over HTTP (see ``control.py``).
+    It is a ``Sandbox``: the control operations are its methods, also served over HTTP (see
+    ``control.py``).
 
     ``run_tasks=True`` starts the task runner (``runner.py``, tuned by ``runner``): every ECS
     task then runs its container command as a local process and walks PROVISIONING..STOPPED by
-    itself, its output going to CloudWatch Logs; so does every Batch job (``batchrunner.py``,
-    SUBMITTED..SUCCEEDED/FAILED). Off by default: tasks stay PROVISIONING and jobs RUNNABLE until
+    itself, its output going to CloudWatch Logs; so does every Batch job
+    (SUBMITTED..SUCCEEDED/FAILED). Off by default: tasks stay PROVISIONING and jobs RUNNABLE until
     ``set_task_state`` / ``set_job_state`` move them, and StopTask / TerminateJob stop them at once.
 
     ``realism`` (a profile name or ``RealismSettings``; default ``kind``, as kind as moto) makes
@@ -76,22 +77,14 @@ class SandboxServer:
         clock: Clock | None = None,
         sleep: Sleep | None = None,
     ) -> None:
+        super().__init__(realism=realism, clock=clock)
         self.host = host
         self.port = port
         self.region = region
         self.run_tasks = run_tasks
         #: Used when ``run_tasks``; may be changed before ``start`` (e.g. ``extra_env``).
         self.runner_options = runner if runner is not None else RunnerOptions()
-        #: The running task runner, when ``run_tasks`` and started.
-        self.task_runner: TaskRunner | None = None
-        #: The running Batch job runner, started and stopped with the task runner.
-        self.batch_runner: BatchJobRunner | None = None
-        if isinstance(realism, str):
-            if realism not in PROFILES:
-                raise ValueError(f"realism profile must be one of {', '.join(PROFILES)}, not {realism!r}")
-            realism = PROFILES[realism]
-        self.realism = Realism(realism, clock=clock)
-        self.app = SandboxApp(self.realism, sleep=sleep)
+        self.app = SandboxApp(self, sleep=sleep)
         self._server: BaseWSGIServer | None = None
         self._thread: threading.Thread | None = None
         self._restore_moto: Callable[[], None] | None = None
@@ -110,7 +103,7 @@ class SandboxServer:
             SandboxServer._active = self
         try:
             self._restore_moto = configure_moto()
-            self.app.reset()
+            self.reset()
             self.app.open()
             # Bound here, in the caller's thread: when start() returns, connections are accepted.
             self._server = make_server(
@@ -126,24 +119,12 @@ class SandboxServer:
             )
             self._thread.start()
             if self.run_tasks:
-                self.task_runner = TaskRunner(
-                    self.app.ecs,
-                    self.app.faults,
+                self.runner = TaskRunner(
                     self.runner_options,
+                    [EcsTasks(self.ecs, self.faults, self.realism), BatchJobs(self.batch, self.faults, self.realism)],
                     endpoint_url=self._local_url(),
-                    realism=self.realism,
                 )
-                self.app.runner = self.task_runner
-                self.task_runner.start()
-                self.batch_runner = BatchJobRunner(
-                    self.app.batch,
-                    self.app.faults,
-                    self.runner_options,
-                    endpoint_url=self._local_url(),
-                    realism=self.realism,
-                )
-                self.app.batch_runner = self.batch_runner
-                self.batch_runner.start()
+                self.runner.start()
         except BaseException:
             self.stop()
             raise
@@ -156,18 +137,11 @@ class SandboxServer:
         fake AWS while they shut down; every process it started is gone when this returns.
         """
         self.app.close()
-        if self.batch_runner is not None:
+        if self.runner is not None:
             try:
-                self.batch_runner.stop()
+                self.runner.stop()
             finally:
-                self.app.batch_runner = None
-                self.batch_runner = None
-        if self.task_runner is not None:
-            try:
-                self.task_runner.stop()
-            finally:
-                self.app.runner = None
-                self.task_runner = None
+                self.runner = None
         if self._server is not None:
             if self._thread is not None and self._thread.is_alive():
                 self._server.shutdown()  # waits for serve_forever, so only when it runs
@@ -232,126 +206,3 @@ class SandboxServer:
         options: dict[str, Any] = {"region_name": self.region, "endpoint_url": self.endpoint_url, **FAKE_CREDENTIALS}
         options.update(kwargs)
         return boto3.client(service_name, **options)
-
-    # ------------------------------------------------------------------ control (see SandboxApp)
-
-    def fail_run_task(self, *, reason: str = "RESOURCE:MEMORY", times: int | None = 1) -> None:
-        """The next ``times`` RunTask calls launch nothing and return ``failures: [{reason}]``."""
-        self.app.fail_run_task(reason=reason, times=times)
-
-    def configure_realism(self, *, profile: str | None = None, **changes: Any) -> dict[str, Any]:
-        """Put a realism profile and/or changed settings in force; see ``SandboxApp.configure_realism``."""
-        return self.app.configure_realism(profile=profile, **changes)
-
-    def realism_state(self) -> dict[str, Any]:
-        """The realism settings in force and how often each behaviour struck."""
-        return self.app.realism_state()
-
-    def inject_error(
-        self,
-        *,
-        operation: str,
-        code: str,
-        message: str,
-        status: int = 400,
-        times: int | None = 1,
-        phantom: bool = False,
-    ) -> None:
-        """The next ``times`` calls of ``operation`` ("RunTask" or "ecs:RunTask") fail with ``code``.
-
-        ``times=None``: every call until ``clear_faults``. ``phantom``: executed, answer replaced.
-        """
-        self.app.inject_error(
-            operation=operation, code=code, message=message, status=status, times=times, phantom=phantom
-        )
-
-    def clear_faults(self) -> None:
-        """Drop every planned error and RunTask failure."""
-        self.app.clear_faults()
-
-    def pending_faults(self) -> dict[str, Any]:
-        """Planned faults not yet consumed."""
-        return self.app.pending_faults()
-
-    def fail_next_start(self, *, reason: str = DEFAULT_START_FAILURE, times: int | None = 1) -> None:
-        """The next ``times`` tasks launched fail to start: PROVISIONING -> STOPPED, ``stopCode``
-        TaskFailedToStart, ``stoppedReason`` = ``reason``, no containers, no process.
-
-        Needs the task runner (``run_tasks=True``); ``RuntimeError`` otherwise. ``times=None``:
-        every launch until ``clear_faults``.
-        """
-        self.app.fail_next_start(reason=reason, times=times)
-
-    def task_processes(self) -> dict[str, int]:
-        """Task ARN (or Batch job id) -> pid (also the process group id) of every process alive or unreaped."""
-        return self.app.task_processes()
-
-    def hold_runnable(self, *, times: int | None = 1) -> None:
-        """The next ``times`` Batch jobs stay RUNNABLE, as in a queue without capacity, until
-        ``set_job_state`` moves them. Needs the task runner; ``RuntimeError`` otherwise."""
-        self.app.hold_runnable(times=times)
-
-    def set_job_state(
-        self,
-        *,
-        job_id: str,
-        status: str,
-        status_reason: str | None = None,
-        exit_code: int | None = None,
-        container_reason: str | None = None,
-    ) -> dict[str, Any]:
-        """Move a Batch job to ``status`` with AWS's fields (times, attempts, exit code); returns
-        the job as DescribeJobs shows it. See ``BatchShim.apply_job_state`` for the rules.
-        ``KeyError`` for an unknown job, ``ValueError`` for an unknown status or a finished job."""
-        return self.app.set_job_state(
-            job_id=job_id,
-            status=status,
-            status_reason=status_reason,
-            exit_code=exit_code,
-            container_reason=container_reason,
-        )
-
-    def jobs(self, *, queue: str | None = None) -> list[dict[str, Any]]:
-        """Snapshot of every Batch job: its DescribeJobs description plus ``request`` (as submitted)."""
-        return self.app.jobs(queue=queue)
-
-    def set_task_state(
-        self,
-        *,
-        task_arn: str,
-        last_status: str,
-        stop_code: str | None = None,
-        stopped_reason: str | None = None,
-        exit_code: int | None = None,
-        container_reason: str | None = None,
-        empty_containers: bool = False,
-    ) -> dict[str, Any]:
-        """Move an ECS task to ``last_status`` with AWS's timestamps; returns the task snapshot.
-
-        See ``EcsShim.set_task_state`` for the rules. Raises ``KeyError`` for an unknown task.
-        """
-        return self.app.set_task_state(
-            task_arn=task_arn,
-            last_status=last_status,
-            stop_code=stop_code,
-            stopped_reason=stopped_reason,
-            exit_code=exit_code,
-            container_reason=container_reason,
-            empty_containers=empty_containers,
-        )
-
-    def tasks(self, *, cluster: str | None = None) -> list[dict[str, Any]]:
-        """Snapshot of every ECS task: arn, cluster, startedBy, tags, clientToken, overrides, status..."""
-        return self.app.tasks(cluster=cluster)
-
-    def calls(self) -> dict[str, int]:
-        """Requests received, keyed ``service:Operation`` (``ecs:RunTask``, ``logs:GetLogEvents``)."""
-        return self.app.calls()
-
-    def reset_calls(self) -> None:
-        """Start counting requests from zero."""
-        self.app.reset_calls()
-
-    def reset(self) -> None:
-        """Forget everything: moto's backends, shim state, planned faults and call counts."""
-        self.app.reset()
