@@ -37,7 +37,22 @@ class Phase(StrEnum):
     @property
     def terminal(self) -> bool:
         """No further work happens on AWS for a row in this phase."""
-        return self in (Phase.SUCCEEDED, Phase.FAILED, Phase.REVOKED)
+        return self in TERMINAL
+
+    @property
+    def waiting_for_launch(self) -> bool:
+        """The row wants a launch (or may have reached AWS and must be relaunched idempotently)."""
+        return self in WAITING_FOR_LAUNCH
+
+    @property
+    def on_aws(self) -> bool:
+        """AWS has the task or job: the reconciler observes it."""
+        return self in ON_AWS
+
+
+TERMINAL = (Phase.SUCCEEDED, Phase.FAILED, Phase.REVOKED)
+WAITING_FOR_LAUNCH = (Phase.PENDING, Phase.LAUNCHING)
+ON_AWS = (Phase.PROVISIONING, Phase.RUNNING, Phase.STOPPING)
 
 
 class Desired(StrEnum):

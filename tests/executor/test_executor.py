@@ -26,6 +26,7 @@ from aws_reconciler.config import ConfigError, load_settings
 from aws_reconciler.executor import EcsExecutor
 from aws_reconciler.model import Backend, Desired, Phase, TiKey
 from aws_reconciler.store import NewTask, TaskRecord, TaskStore, check_schema
+from aws_reconciler.store.queries import TaskQueries
 from support.workloads import RUN_ID, TOKEN, FakeTI, jwt_expiring_at, make_workload, rid
 
 if TYPE_CHECKING:
@@ -332,7 +333,7 @@ def test_heartbeat_with_1000_running_rows_is_one_query_and_no_aws_call(
         executor.heartbeat()
     assert log.commits == 1, "1,000 workloads in one transaction"
     assert len(executor.running) == 1000
-    assert store.count_by_phase() == {("ecs", "pending"): 1000}
+    assert TaskQueries(store.engine).counts() == {("ecs", "pending"): 1000}
 
     # Nothing finished: the heartbeat's cost must not grow with the number of running rows.
     with sql_log(executor.store.engine) as log:

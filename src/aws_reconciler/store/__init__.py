@@ -1,6 +1,6 @@
 """The task store: tables, migrations, the task record and the lease (the only shared state)."""
 
-from .engine import create_store_engine, database_now, is_postgres
+from .engine import create_store_engine, database_now
 from .lease import LeaseState, LeaseStore
 from .migrate import SchemaNotReadyError, check_schema, migrate
 from .notify import Waker
@@ -19,6 +19,5 @@ __all__ = [
     "check_schema",
     "create_store_engine",
     "database_now",
-    "is_postgres",
     "migrate",
 ]

@@ -38,11 +38,6 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def is_postgres(engine: Engine) -> bool:
-    """True when the store runs on PostgreSQL (NOTIFY, advisory locks)."""
-    return engine.dialect.name == "postgresql"
-
-
 # The database's own clock, at call time (not the transaction's start), in UTC.
 _NOW = {
     "postgresql": "SELECT clock_timestamp()",

@@ -12,12 +12,12 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from .records import Backend, Phase, TaskRecord, TiKey
+from ..model import WAITING_FOR_LAUNCH, Backend, Phase, TiKey
+from .records import TaskRecord
 from .tables import task
 from .tasks import _LIGHT_COLUMNS, _record
 
 #: Phases of a row that is waiting for AWS to accept a launch (what "oldest pending" measures).
-WAITING_PHASES = (Phase.PENDING, Phase.LAUNCHING)
 
 
 class TaskQueries:
@@ -81,7 +81,7 @@ class TaskQueries:
                         .where(
                             task.c.backend == backend,
                             task.c.finished_at.is_(None),
-                            task.c.phase.in_([p.value for p in WAITING_PHASES]),
+                            task.c.phase.in_([p.value for p in WAITING_FOR_LAUNCH]),
                         )
                         .order_by(task.c.created_at.asc(), task.c.id.asc())
                         .limit(1)

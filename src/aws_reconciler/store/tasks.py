@@ -356,14 +356,6 @@ class TaskStore:
             row = conn.execute(sa.select(task).where(task.c.id == record_id)).mappings().first()
         return _record(row) if row else None
 
-    def ids_exist(self, ids: Collection[str]) -> set[str]:
-        """Which of these ids have a row at all (open or not)."""
-        found: set[str] = set()
-        with self.engine.connect() as conn:
-            for chunk in _chunks(list(ids)):
-                found.update(conn.execute(sa.select(task.c.id).where(task.c.id.in_(chunk))).scalars())
-        return found
-
     def transition(
         self,
         record_id: str,
@@ -410,9 +402,3 @@ class TaskStore:
                 )
             )
             return result.rowcount or 0
-
-    def count_by_phase(self) -> dict[tuple[str, str], int]:
-        """(backend, phase) -> number of rows, for status and metrics."""
-        query = sa.select(task.c.backend, task.c.phase, sa.func.count()).group_by(task.c.backend, task.c.phase)
-        with self.engine.connect() as conn:
-            return {(b, p): n for b, p, n in conn.execute(query)}
