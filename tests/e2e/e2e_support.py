@@ -20,7 +20,7 @@ from aws_reconciler_sandbox.demo.stack import (
     ADMIN_URL_ENV,
     DEFAULT_ADMIN_URL,
     DEPLOYMENT,
-    LocalStack,
+    DemoStack,
     StackOptions,
     StoreRow,
     postgres_problem,
@@ -43,14 +43,14 @@ def require_postgres() -> None:
 
 
 @contextmanager
-def running_stack(work_dir: Path, **options: Any) -> Iterator[LocalStack]:
+def running_stack(work_dir: Path, **options: Any) -> Iterator[DemoStack]:
     """A started stack on a fresh PostgreSQL database; everything stopped and dropped afterwards."""
     require_postgres()
-    with LocalStack(StackOptions(work_dir=work_dir, database="postgres", **options)) as stack:
+    with DemoStack(StackOptions(work_dir=work_dir, database="postgres", **options)) as stack:
         yield stack
 
 
-def ecs_tasks_by_record(stack: LocalStack) -> dict[str, list[dict[str, Any]]]:
+def ecs_tasks_by_record(stack: DemoStack) -> dict[str, list[dict[str, Any]]]:
     """The sandbox's ECS tasks of this deployment grouped by their ``aws-reconciler:id`` tag."""
     grouped: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for task in stack.ecs_tasks():
@@ -60,7 +60,7 @@ def ecs_tasks_by_record(stack: LocalStack) -> dict[str, list[dict[str, Any]]]:
     return dict(grouped)
 
 
-def batch_jobs_by_record(stack: LocalStack) -> dict[str, list[dict[str, Any]]]:
+def batch_jobs_by_record(stack: DemoStack) -> dict[str, list[dict[str, Any]]]:
     """The sandbox's Batch jobs of this deployment grouped by their ``aws-reconciler:id`` tag."""
     grouped: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for job in stack.batch_jobs():
@@ -70,7 +70,7 @@ def batch_jobs_by_record(stack: LocalStack) -> dict[str, list[dict[str, Any]]]:
     return dict(grouped)
 
 
-def assert_one_batch_job_per_record(stack: LocalStack, rows: Sequence[StoreRow]) -> None:
+def assert_one_batch_job_per_record(stack: DemoStack, rows: Sequence[StoreRow]) -> None:
     """Each Batch row ran as exactly one SUCCEEDED Batch job, the one its ``external_id`` names."""
     by_record = batch_jobs_by_record(stack)
     problems = []
@@ -97,7 +97,7 @@ def never_started(task: Mapping[str, Any]) -> bool:
     )
 
 
-def run_outcomes(stack: LocalStack, dag_id: str, run_id: str, expected: Mapping[str, Expectation]) -> list[TiOutcome]:
+def run_outcomes(stack: DemoStack, dag_id: str, run_id: str, expected: Mapping[str, Expectation]) -> list[TiOutcome]:
     """Every task instance of the run with its store row and the expectation it is checked against."""
     return outcomes(stack.api.task_instances(dag_id, run_id), stack.store_rows(dag_id=dag_id, run_id=run_id), expected)
 
@@ -109,7 +109,7 @@ def assert_as_expected(results: Sequence[TiOutcome], *, count: int) -> None:
     assert len(results) == count, f"expected {count} task instances, got {[r.label for r in results]}"
 
 
-def assert_one_ecs_task_per_record(stack: LocalStack, rows: Sequence[StoreRow]) -> None:
+def assert_one_ecs_task_per_record(stack: DemoStack, rows: Sequence[StoreRow]) -> None:
     """Each ECS queueing that was launched ran as exactly one ECS task carrying its record id.
 
     Several tasks per id would be legitimate only for launch attempts stopped before their
@@ -137,7 +137,7 @@ def assert_one_ecs_task_per_record(stack: LocalStack, rows: Sequence[StoreRow]) 
     assert not problems, "\n".join(problems)
 
 
-def wait_no_ecs_task_running(stack: LocalStack, timeout: float = 60.0) -> None:
+def wait_no_ecs_task_running(stack: DemoStack, timeout: float = 60.0) -> None:
     """Until every ECS task of the deployment is STOPPED (orphans are stopped after the grace)."""
 
     def all_stopped() -> bool:
@@ -146,7 +146,7 @@ def wait_no_ecs_task_running(stack: LocalStack, timeout: float = 60.0) -> None:
     stack.wait(all_stopped, "every ECS task to be STOPPED (no orphan left running)", timeout)
 
 
-def wait_rows_reported(stack: LocalStack, dag_id: str, run_id: str, timeout: float = 60.0) -> list[StoreRow]:
+def wait_rows_reported(stack: DemoStack, dag_id: str, run_id: str, timeout: float = 60.0) -> list[StoreRow]:
     """Until every row of the run is finished and reported to Airflow; returns the rows.
 
     A DAG run can succeed before its last ECS task is seen STOPPED: the task instance reports

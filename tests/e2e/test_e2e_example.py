@@ -32,7 +32,7 @@ from aws_reconciler_sandbox.demo.stack import (
     INVALID_CONFIG_DAG_ID,
     RECONCILER,
     SCHEDULER,
-    LocalStack,
+    DemoStack,
     StoreRow,
     utc_now,
 )
@@ -46,14 +46,14 @@ UNMAPPED_TIS = 6
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoStack]:
     work_dir: Path = tmp_path_factory.mktemp("e2e-stack")
     with running_stack(work_dir, wait_for_dags=(EXAMPLE_DAG_ID, INVALID_CONFIG_DAG_ID)) as started:
         yield started
 
 
 @pytest.fixture
-def healthy(stack: LocalStack) -> Iterator[LocalStack]:
+def healthy(stack: DemoStack) -> Iterator[DemoStack]:
     """The stack, with any process a test killed started again and any planned fault dropped."""
     try:
         yield stack
@@ -62,7 +62,7 @@ def healthy(stack: LocalStack) -> Iterator[LocalStack]:
         stack.sandbox.clear_faults()
 
 
-def test_example_dag_reaches_expected_states(stack: LocalStack) -> None:
+def test_example_dag_reaches_expected_states(stack: DemoStack) -> None:
     run_id = stack.api.trigger(EXAMPLE_DAG_ID)
     run = stack.api.wait_run_finished(EXAMPLE_DAG_ID, run_id, timeout=RUN_TIMEOUT)
 
@@ -95,7 +95,7 @@ def test_example_dag_reaches_expected_states(stack: LocalStack) -> None:
     wait_no_ecs_task_running(stack)
 
 
-def test_invalid_executor_config_fails_only_that_task(stack: LocalStack) -> None:
+def test_invalid_executor_config_fails_only_that_task(stack: DemoStack) -> None:
     run_id = stack.api.trigger(INVALID_CONFIG_DAG_ID)
     stack.api.wait_run_finished(INVALID_CONFIG_DAG_ID, run_id, timeout=RUN_TIMEOUT)
     wait_rows_reported(stack, INVALID_CONFIG_DAG_ID, run_id)
@@ -115,7 +115,7 @@ def test_invalid_executor_config_fails_only_that_task(stack: LocalStack) -> None
     assert "invalid executor_config key 'clientToken'" in stack.scheduler_log()
 
 
-def test_scheduler_kill9_adopts_running_task_instances(healthy: LocalStack) -> None:
+def test_scheduler_kill9_adopts_running_task_instances(healthy: DemoStack) -> None:
     stack = healthy
     # Long enough that the tasks running at the kill still run when the new scheduler declares
     # the old one dead (scheduler_health_check_threshold 15 s) and adopts (every 5 s).
@@ -170,7 +170,7 @@ def test_scheduler_kill9_adopts_running_task_instances(healthy: LocalStack) -> N
 
 
 def _wait_rows_settled(
-    stack: LocalStack, run_id: str, *, old_job: int | None, airflow_rows: dict[tuple[str, int], dict[str, Any]]
+    stack: DemoStack, run_id: str, *, old_job: int | None, airflow_rows: dict[tuple[str, int], dict[str, Any]]
 ) -> list[StoreRow]:
     """Every row finished; reported, except those of the dead scheduler whose try ended before
     anyone adopted it.
@@ -203,7 +203,7 @@ def _wait_rows_settled(
     return stack.wait(settled, "every task record to be finished and reported", 60, on_timeout=describe)
 
 
-def test_reconciler_kill9_while_launching_loses_nothing_and_duplicates_nothing(healthy: LocalStack) -> None:
+def test_reconciler_kill9_while_launching_loses_nothing_and_duplicates_nothing(healthy: DemoStack) -> None:
     stack = healthy
     sandbox = stack.sandbox
     conf = {"items": 8, "square_seconds": 2, "long_running_seconds": 20}

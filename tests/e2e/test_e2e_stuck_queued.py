@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from e2e_support import E2E_DAGS, ecs_tasks_by_record, running_stack, wait_no_ecs_task_running
 
-from aws_reconciler_sandbox.demo.stack import LocalStack
+from aws_reconciler_sandbox.demo.stack import DemoStack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -28,7 +28,7 @@ QUEUED_TIMEOUT = 15
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoStack]:
     work_dir: Path = tmp_path_factory.mktemp("e2e-stuck")
     with running_stack(
         work_dir,
@@ -43,7 +43,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
         yield started
 
 
-def test_stuck_in_queued_is_revoked_and_its_ecs_task_stopped(stack: LocalStack) -> None:
+def test_stuck_in_queued_is_revoked_and_its_ecs_task_stopped(stack: DemoStack) -> None:
     run_id = stack.api.trigger(DAG_ID)
 
     # Queued, launched, and held in PROVISIONING by the sandbox.

@@ -19,7 +19,7 @@ from .airflow_api import FINISHED_RUN_STATES
 from .stack import (
     EXAMPLE_DAG_ID,
     INVALID_CONFIG_DAG_ID,
-    LocalStack,
+    DemoStack,
     StackError,
     StackOptions,
     sigterm_as_keyboard_interrupt,
@@ -44,7 +44,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def run_demo(stack: LocalStack, *, timeout: float) -> bool:
+def run_demo(stack: DemoStack, *, timeout: float) -> bool:
     """Trigger both DAGs, follow them, print the summary; True when every TI is as expected."""
     started = time.monotonic()
     runs = {
@@ -75,7 +75,7 @@ def run_demo(stack: LocalStack, *, timeout: float) -> bool:
     return ok
 
 
-def _summarise(stack: LocalStack, dag_id: str, run_id: str, expected: Mapping[str, Expectation]) -> bool:
+def _summarise(stack: DemoStack, dag_id: str, run_id: str, expected: Mapping[str, Expectation]) -> bool:
     """Print one run's table; True when every task instance is as expected."""
     run = stack.api.dag_run(dag_id, run_id)
     results = outcomes(
@@ -105,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     _say("starting the sandbox, the database, the reconciler and Airflow (takes about a minute) ...")
     try:
-        with sigterm_as_keyboard_interrupt(), LocalStack(options) as stack:
+        with sigterm_as_keyboard_interrupt(), DemoStack(options) as stack:
             ok = run_demo(stack, timeout=args.timeout)
             if not ok:
                 stack.log(stack.describe_logs())

@@ -4,7 +4,7 @@ for the end-to-end tests.
 
 Usage::
 
-    with LocalStack(StackOptions()) as stack:
+    with DemoStack(StackOptions()) as stack:
         run_id = stack.api.trigger("aws_reconciler_example")
         stack.api.wait_run_finished("aws_reconciler_example", run_id, timeout=300)
 
@@ -162,7 +162,7 @@ class StackError(RuntimeError):
     """The stack could not start or a process died; the message lists the log files."""
 
 
-class LocalStack:
+class DemoStack:
     """Starts, inspects, breaks on purpose and stops the local stack (see the module docstring)."""
 
     def __init__(self, options: StackOptions | None = None) -> None:
@@ -191,7 +191,7 @@ class LocalStack:
 
     # ---- lifecycle --------------------------------------------------------------------------
 
-    def __enter__(self) -> LocalStack:
+    def __enter__(self) -> DemoStack:
         try:
             self.start()
         except BaseException:
@@ -209,7 +209,7 @@ class LocalStack:
                 self.log(self.describe_logs())
         self.stop()
 
-    def start(self) -> LocalStack:
+    def start(self) -> DemoStack:
         """Bring everything up, in dependency order, each step with a deadline."""
         self._started_at = time.monotonic()
         for directory in (self.airflow_home, self.log_dir):
@@ -710,7 +710,7 @@ def _read_exports(path: Path) -> dict[str, str] | None:
 
 @contextlib.contextmanager
 def sigterm_as_keyboard_interrupt() -> Iterator[None]:
-    """Treat SIGTERM like Ctrl-C while the block runs, so ``with LocalStack()`` cleans up."""
+    """Treat SIGTERM like Ctrl-C while the block runs, so ``with DemoStack()`` cleans up."""
 
     def handler(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
@@ -731,7 +731,7 @@ __all__ = [
     "EXAMPLE_DAG_ID",
     "INVALID_CONFIG_DAG_ID",
     "SHIPPED_DAGS",
-    "LocalStack",
+    "DemoStack",
     "StackError",
     "StackOptions",
     "StoreRow",
