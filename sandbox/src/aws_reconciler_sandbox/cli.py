@@ -226,7 +226,8 @@ USER_DESCRIPTION = (
     "Serve a local fake AWS (ECS, Batch, CloudWatch Logs, STS, EC2 default VPC) on this machine, create a "
     "cluster, task definition, security group, Batch job queue and job definition, print the settings to "
     "export, and run each ECS task's and Batch job's container command as a local process. No AWS account "
-    "is used. Stop with Ctrl-C."
+    "is used. With --profile realistic (or the realism flags) it is as unkind as AWS: eventual consistency, "
+    "throttling, faults, latency, capacity failures. Stop with Ctrl-C."
 )
 
 
