@@ -428,6 +428,10 @@ def test_of_two_open_rows_of_one_task_instance_only_the_newest_is_launched() -> 
     assert [r.id for r in p.launches] == ["new"]
     [t] = p.transitions
     assert (t.record_id, t.effect, t.changes["phase"]) == ("old", Effect.REVOKED, Phase.REVOKED)
+    # Queued in the same instant: the row the store flagged superseded is the older, whatever its id.
+    flagged = row("z", key=key, created_at=ago(5), superseded_at=ago(1))
+    fresh = row("a", key=key, created_at=ago(5), next_attempt_at=ago(5))
+    assert [r.id for r in decide([flagged, fresh]).launches] == ["a"]
 
 
 # ---- what a launch comes to --------------------------------------------------------------------

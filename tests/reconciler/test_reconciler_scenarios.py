@@ -1368,8 +1368,9 @@ def test_a_row_superseded_by_a_newer_queueing_is_stopped_and_ends_revoked(make_h
     h.sandbox.set_task_state(task_arn=arn, last_status="RUNNING")
     cycle(engine)
     key = h.row(old).key
-    spec = h.store.specs([old])[old]
     new = str(uuid.uuid4())
+    spec = build_run_task_request(ecs=h.settings.ecs, deployment=DEPLOYMENT, record_id=new, key=key, command=["x"])
+    h.clock.advance(30)
     h.store.add(
         [
             NewTask(

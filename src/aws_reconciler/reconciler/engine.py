@@ -25,7 +25,7 @@ from ..store.lease import Fence
 from ..store.records import TaskRecord
 from ..store.tasks import TaskStore
 from .effector import Effector, Tally
-from .plan import LAUNCH_PHASES, OBSERVED_PHASES, EngineSettings, plan, requeue_after
+from .plan import EngineSettings, plan, requeue_after
 from .result import Result
 
 __all__ = ["Engine", "EngineSettings"]
@@ -143,7 +143,7 @@ class Engine:
         oldest: datetime | None = None
         for row in rows:
             counts[row.phase] = counts.get(row.phase, 0) + 1
-            if row.phase in LAUNCH_PHASES and (oldest is None or row.created_at < oldest):
+            if row.phase.waiting_for_launch and (oldest is None or row.created_at < oldest):
                 oldest = row.created_at
         for phase, count in counts.items():
             self.metrics.tasks.labels(self._kind, phase.value).set(count)
@@ -151,7 +151,7 @@ class Engine:
         self.metrics.oldest_pending.labels(self._kind).set(age)
 
     def _observe(self, rows: list[TaskRecord]) -> Observed:
-        targets = {r.external_id: r.target for r in rows if r.external_id and r.phase in OBSERVED_PHASES}
+        targets = {r.external_id: r.target for r in rows if r.external_id and r.phase.on_aws}
         if not targets:
             return Observed({})
         observed = self.backend.observe(targets=targets)

@@ -43,9 +43,6 @@ from ..store.records import TaskRecord
 from .backoff import backoff_delay, grown_delay
 from .orphans import sweep
 
-OBSERVED_PHASES = (Phase.PROVISIONING, Phase.RUNNING, Phase.STOPPING)
-LAUNCH_PHASES = (Phase.PENDING, Phase.LAUNCHING)
-
 
 @dataclass(frozen=True)
 class EngineSettings:
@@ -360,10 +357,14 @@ class _Planner:
     def mark_superseded(self, rows: Sequence[TaskRecord]) -> None:
         """Older open rows of a TI key that was queued again: the newest queueing is the one wanted
         (its token is the live one), even where the store has not flagged the older one."""
+
+        def recency(row: TaskRecord) -> tuple[bool, datetime, str]:
+            return (row.superseded_at is None, row.created_at, row.id)
+
         newest: dict[TiKey, TaskRecord] = {}
         for row in rows:
             best = newest.get(row.key)
-            if best is None or (row.created_at, row.id) > (best.created_at, best.id):
+            if best is None or recency(row) > recency(best):
                 newest[row.key] = row
         self.superseded = {r.id for r in rows if r.superseded_at is not None or newest[r.key].id != r.id}
 
@@ -469,7 +470,7 @@ class _Planner:
     def row(self, row: TaskRecord, obs: Observation | None) -> None:
         if not self.wanted(row):
             self.unwanted(row, obs)
-        elif row.phase in LAUNCH_PHASES:
+        elif row.phase.waiting_for_launch:
             self.launch_or_expire(row)
         elif obs is not None:
             self.observed(row, obs)
