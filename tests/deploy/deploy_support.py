@@ -9,6 +9,7 @@ pinned in the ``test`` extra). A missing tool skips its tests with the reason sh
 from __future__ import annotations
 
 import copy
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -28,12 +29,32 @@ HERE = Path(__file__).resolve().parent
 RELEASE = "airflow"
 NAMESPACE = "airflow"
 
-#: Kubernetes versions every rendered manifest must be valid for (kubernetes-validate --strict).
-KUBE_VERSIONS = ("1.29.0", "1.30.0", "1.31.0", "1.32.0", "1.33.0")
+#: The annotation of Chart.yaml listing the Kubernetes minors the chart is tested for: the one
+#: place that range is written down (docs/deploy.md and the tests read it from there).
+TESTED_KUBE_ANNOTATION = "aws-reconciler/tested-kubernetes-versions"
 
-#: Named values files: defaults (none), the least a real install sets, every option on.
+
+def chart_metadata() -> dict[str, Any]:
+    """Chart.yaml."""
+    return dict(yaml.safe_load((CHART / "Chart.yaml").read_text()))
+
+
+def supported_kube_minors() -> tuple[str, ...]:
+    """``("1.29", "1.30", ...)`` from Chart.yaml's annotation."""
+    return tuple(str(chart_metadata()["annotations"][TESTED_KUBE_ANNOTATION]).split())
+
+
+#: Kubernetes versions every rendered manifest must be valid for (``helm template --kube-version``
+#: and kubernetes-validate --strict).
+KUBE_VERSIONS = tuple(f"{minor}.0" for minor in supported_kube_minors())
+
+#: The values without a default in the chart (the image, a backend): merged under every test's values.
+REQUIRED_FILE = HERE / "values-required.yaml"
+
+#: Named values files: the chart's defaults (plus what has none), the least a real install sets,
+#: every option on.
 VALUES_FILES: dict[str, tuple[Path, ...]] = {
-    "defaults": (),
+    "defaults": (REQUIRED_FILE,),
     "minimal": (HERE / "values-minimal.yaml",),
     "all": (HERE / "values-all.yaml",),
 }
@@ -68,8 +89,11 @@ class Engine(Protocol):
         """``helm lint --strict``: the problems (warnings and errors) found."""
         ...
 
-    def render(self, values: Mapping[str, Any]) -> dict[str, str]:
-        """``helm template``: template path -> rendered text (NOTES.txt included when available)."""
+    def render(self, values: Mapping[str, Any], kube_version: str | None = None) -> dict[str, str]:
+        """``helm template``: template path -> rendered text (NOTES.txt included when available).
+
+        ``kube_version`` is the cluster version rendered for (the newest tested one by default).
+        """
         ...
 
 
@@ -116,8 +140,12 @@ class HelmCli:
             return []
         return [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
 
-    def render(self, values: Mapping[str, Any]) -> dict[str, str]:
-        result = self._run("template", RELEASE, str(CHART), "--namespace", NAMESPACE, values=values)
+    def render(self, values: Mapping[str, Any], kube_version: str | None = None) -> dict[str, str]:
+        # Without --kube-version Helm 3.10 assumes Kubernetes 1.25, which Chart.yaml's kubeVersion refuses.
+        version = kube_version or KUBE_VERSIONS[-1]
+        result = self._run(
+            "template", RELEASE, str(CHART), "--namespace", NAMESPACE, "--kube-version", version, values=values
+        )
         if result.returncode != 0:
             raise RenderError(result.stderr.strip())
         return split_template_output(result.stdout)
@@ -137,7 +165,10 @@ class HelmSdk:
         problems = [f"[{m['severity']}] {m['path']}: {m['error']}" for m in report["messages"] if m["severity"] >= 2]
         return problems + list(report.get("errors") or [])
 
-    def render(self, values: Mapping[str, Any]) -> dict[str, str]:
+    def render(self, values: Mapping[str, Any], kube_version: str | None = None) -> dict[str, str]:
+        # The SDK's render neither takes a cluster version nor checks Chart.yaml's kubeVersion
+        # (the templates do not read .Capabilities): per-version renders use the Helm 3 CLI.
+        del kube_version
         if self._chart is None:
             self._chart = self.module.Chart.load(str(CHART))
         try:
@@ -273,19 +304,32 @@ def parse(texts: Mapping[str, str]) -> Rendered:
     return Rendered(objects=objects, texts=dict(texts))
 
 
-def render(engine_: Engine, values: Mapping[str, Any]) -> Rendered:
-    """Render and parse; raises :class:`RenderError` when Helm refuses."""
-    return parse(engine_.render(values))
+def required_values() -> dict[str, Any]:
+    """The values without a default in the chart (:data:`REQUIRED_FILE`)."""
+    return load_values((REQUIRED_FILE,))
 
 
-_CACHE: dict[tuple[str, str], Rendered] = {}
+def render(
+    engine_: Engine,
+    values: Mapping[str, Any],
+    *,
+    base: Mapping[str, Any] | None = None,
+    kube_version: str | None = None,
+) -> Rendered:
+    """Render ``values`` over ``base`` (default: :func:`required_values`; ``{}`` for none) and
+    parse; raises :class:`RenderError` when Helm refuses."""
+    merged = merge_values(required_values() if base is None else base, values)
+    return parse(engine_.render(merged, kube_version))
 
 
-def render_file(engine_: Engine, name: str) -> Rendered:
+_CACHE: dict[tuple[str, str, str | None], Rendered] = {}
+
+
+def render_file(engine_: Engine, name: str, kube_version: str | None = None) -> Rendered:
     """Render one of :data:`VALUES_FILES` (cached: the files never change during a run)."""
-    key = (engine_.name, name)
+    key = (engine_.name, name, kube_version)
     if key not in _CACHE:
-        _CACHE[key] = render(engine_, load_values(VALUES_FILES[name]))
+        _CACHE[key] = render(engine_, load_values(VALUES_FILES[name]), base={}, kube_version=kube_version)
     return _CACHE[key]
 
 
@@ -304,3 +348,14 @@ def env_of(container_: Manifest) -> dict[str, Manifest]:
     duplicates = sorted({n for n in names if names.count(n) > 1})
     assert not duplicates, f"duplicate env vars {duplicates}"
     return {e["name"]: e for e in container_.get("env") or []}
+
+
+@cache
+def schema_generator() -> Any:
+    """charts/aws-reconciler/generate-schema.py as a module (it is a script, not a package)."""
+    path = CHART / "generate-schema.py"
+    spec = importlib.util.spec_from_file_location("generate_schema", path)
+    assert spec is not None and spec.loader is not None, path
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,4 +1,5 @@
-"""charts/aws-reconciler: lint, render, validate for Kubernetes 1.29-1.33, and what the objects say.
+"""charts/aws-reconciler: lint, render, validate for every tested Kubernetes version, refuse bad
+values, and what the objects say.
 
 Helm 3 (CLI from tests/deploy/tools.sh) and Helm 4 (helm-python-sdk) both lint and render the
 chart; object assertions use the Helm 3 CLI when installed, else the SDK.
@@ -22,10 +23,13 @@ from deploy_support import (
     ENGINE_NAMES,
     KUBE_VERSIONS,
     NAMESPACE,
+    REPO,
+    TESTED_KUBE_ANNOTATION,
     VALUES_FILES,
     Engine,
     RenderError,
     any_engine,
+    chart_metadata,
     container,
     engine,
     env_of,
@@ -33,10 +37,12 @@ from deploy_support import (
     missing_tool,
     render,
     render_file,
+    schema_generator,
+    supported_kube_minors,
 )
 
-from aws_reconciler.config.loader import SECTIONS, load_settings
-from aws_reconciler.config.models import DEPLOYMENT_PATTERN, SECRET_OPTIONS
+from aws_reconciler.config.loader import SECTIONS, ConfigError, load_settings
+from aws_reconciler.config.models import SECRET_OPTIONS
 
 #: Custom resources kubernetes-validate has no schema for; checked by dedicated tests below.
 CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
@@ -46,6 +52,8 @@ OPTIONS: dict[str, set[str]] = {model.section: set(model.model_fields) for model
 NOT_IN_VALUES_ALL = {
     # Excludes capacity_provider_strategy, which values-all sets: test_launch_type_settings_load.
     "aws_reconciler_ecs": {"launch_type"},
+    # Refused by the chart (the store URL comes from the Secret): test_refused_options_say_what_to_do.
+    "aws_reconciler": {"store_url_cmd"},
 }
 SETTINGS_ENV = re.compile(r"^AIRFLOW__(AWS_RECONCILER(?:_[A-Z0-9]+)?)__([A-Z0-9_]+)$")
 #: Keys that would hold a secret in plain text.
@@ -96,9 +104,11 @@ def _kubernetes_validate() -> Any:
 
 @pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
 @pytest.mark.parametrize("values_name", sorted(VALUES_FILES))
-def test_rendered_objects_are_valid_kubernetes(helm: Engine, values_name: str, kube_version: str) -> None:
+def test_rendered_objects_are_valid_kubernetes(values_name: str, kube_version: str) -> None:
+    """`helm template --kube-version V` (which also checks Chart.yaml's kubeVersion admits V), then
+    kubernetes-validate --strict against V's schemas."""
     kv = _kubernetes_validate()
-    rendered = render_file(helm, values_name)
+    rendered = render_file(engine("helm3-cli"), values_name, kube_version)
     validated = set()
     for obj in rendered.objects:
         if obj["kind"] in CRD_KINDS:
@@ -109,6 +119,30 @@ def test_rendered_objects_are_valid_kubernetes(helm: Engine, values_name: str, k
             pytest.fail(f"{obj['kind']} {obj['metadata']['name']} invalid for Kubernetes {kube_version}: {exc}")
         validated.add(obj["kind"])
     assert {"Deployment", "Service", "ServiceAccount", "PodDisruptionBudget", "Job"} <= validated
+
+
+def test_kube_version_floor_is_the_first_tested_version() -> None:
+    """Chart.yaml's kubeVersion admits exactly from the first tested minor on, and the tested
+    minors are consecutive: the range users are promised is the range validated here."""
+    minors = supported_kube_minors()
+    match = re.fullmatch(r">=(\d+)\.(\d+)\.0-0", chart_metadata()["kubeVersion"])
+    assert match, f"Chart.yaml kubeVersion {chart_metadata()['kubeVersion']!r} is not of the form >=1.N.0-0"
+    assert f"{match.group(1)}.{match.group(2)}" == minors[0], f"kubeVersion floor differs from {TESTED_KUBE_ANNOTATION}"
+    numbers = [int(minor.split(".")[1]) for minor in minors]
+    assert numbers == list(range(numbers[0], numbers[0] + len(numbers))), minors
+
+
+def test_kube_version_below_the_floor_is_refused() -> None:
+    major, minor = supported_kube_minors()[0].split(".")
+    below = f"{major}.{int(minor) - 1}.0"
+    with pytest.raises(RenderError, match=re.escape(f"incompatible with Kubernetes v{below}")):
+        render(engine("helm3-cli"), {}, kube_version=below)
+
+
+def test_docs_state_the_tested_range() -> None:
+    minors = supported_kube_minors()
+    text = (REPO / "docs" / "deploy.md").read_text()
+    assert f"Kubernetes {minors[0]} to {minors[-1]}" in text, "docs/deploy.md must name the tested range"
 
 
 def test_every_manifest_names_the_release_namespace(helm: Engine) -> None:
@@ -347,6 +381,7 @@ def test_rendered_settings_load_in_the_reconciler(helm: Engine, tmp_path: Path) 
     assert settings.batch.allowed_job_queues == ["airflow-jobs-spot"]
     assert settings.batch.submit_job_kwargs == {"timeout": {"attemptDurationSeconds": 86400}}
     assert settings.batch.runnable_timeout == 1800
+    assert (settings.core.aws_call_timeout, settings.core.missing_grace, settings.batch.lookup_delay) == (6, 180, 20)
     assert environ["AIRFLOW__AWS_RECONCILER__RETENTION"] == "1209600", "whole numbers render without exponent"
 
 
@@ -381,27 +416,78 @@ def test_airflow_cfg_mounted_from_the_airflow_chart(helm: Engine) -> None:
         assert mount == {"name": "airflow-config", "mountPath": "/opt/airflow/config", "readOnly": True}
 
 
-def test_schema_types_the_options_exactly_like_the_models() -> None:
-    """Each option values.schema.json types must exist in the settings models, with the same
-    bounds, so a value the chart accepts is one the reconciler accepts (and vice versa)."""
-    schema = json.loads((CHART / "values.schema.json").read_text())
-    sections = schema["properties"]["config"]["properties"]
-    models = {model.section: model for model in SECTIONS}
+# ---- values.schema.json: generated from the settings models ---------------------------------
+
+SCHEMA_FILE = CHART / "values.schema.json"
+#: Helm 3 writes "Must not validate the schema (not)" for `not: {}`: a message that says nothing.
+UNHELPFUL = "Must not validate the schema"
+
+
+def _config_schema() -> dict[str, Any]:
+    return dict(json.loads(SCHEMA_FILE.read_text())["properties"]["config"])
+
+
+def _names(message: str, path: tuple[str | int, ...]) -> bool:
+    """Whether Helm's message names ``path`` (Helm 3 writes a.b.0.c, Helm 4 /a/b/0/c)."""
+    parts = [str(part) for part in path]
+    return ".".join(parts) in message or "/" + "/".join(parts) in message
+
+
+def _refusal(engine_name: str, values: Mapping[str, Any], base: Mapping[str, Any] | None = None) -> str:
+    """Helm's message refusing ``values`` (over the required values unless ``base``)."""
+    with pytest.raises(RenderError) as failure:
+        render(engine(engine_name), values, base=base)
+    message = str(failure.value)
+    assert UNHELPFUL not in message, message
+    # Helm 4 quotes the expected value in '...' and escapes the apostrophes in it.
+    return message.replace("\\'", "'")
+
+
+def _settings_env(config: Mapping[str, Mapping[str, Any]], tmp_path: Path) -> dict[str, str]:
+    """``config`` as the environment the chart renders for it (lists and objects as JSON)."""
+    environ = {
+        f"AIRFLOW__{section.upper()}__{option.upper()}": json.dumps(value)
+        if isinstance(value, list | dict)
+        else str(value)
+        for section, options in config.items()
+        for option, value in options.items()
+    }
+    environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{tmp_path / 'store.db'}"
+    return environ
+
+
+def test_committed_schema_is_generated_from_the_models() -> None:
+    """A new, changed or removed option (or botocore model) changes the generated part."""
+    generator = schema_generator()
+    text = SCHEMA_FILE.read_text()
+    if text != generator.render(json.loads(text)):
+        pytest.fail(
+            f"charts/aws-reconciler/values.schema.json is out of date with the settings models: run {generator.COMMAND}"
+        )
+
+
+def test_schema_names_exactly_the_options_of_the_models() -> None:
+    config = _config_schema()
+    assert config["additionalProperties"] is False
+    assert set(config["properties"]) == set(OPTIONS) | {"scheduler"}
+    for model in SECTIONS:
+        section = config["properties"][model.section]
+        assert list(section["properties"]) == list(model.model_fields), model.section
+        assert section["additionalProperties"] is False, model.section
+
+
+def test_schema_bounds_are_the_models_bounds() -> None:
+    """A value the chart accepts is one the reconciler accepts, and the reverse."""
+    sections = _config_schema()["properties"]
     checked = 0
-    for section, section_schema in sections.items():
-        if section == "scheduler":
-            continue
-        assert section in models, f"values.schema.json types section {section}, which has no settings model"
-        model = models[section]
-        for option, option_schema in section_schema.get("properties", {}).items():
-            assert option in model.model_fields, f"values.schema.json types [{section}] {option}: no such option"
-            if "not" in option_schema:  # refused here on purpose (secret, or owned by the chart)
+    for model in SECTIONS:
+        for option, field in model.model_fields.items():
+            option_schema = sections[model.section]["properties"][option]
+            if "const" in option_schema:  # refused by the chart whatever the value
                 continue
-            _assert_same_bounds(section, option, option_schema, model.model_fields[option])
+            _assert_same_bounds(model.section, option, option_schema, field)
             checked += 1
-    assert checked >= 20
-    deployment = sections["aws_reconciler"]["properties"]["deployment"]
-    assert deployment["pattern"] == DEPLOYMENT_PATTERN
+    assert checked >= 40
 
 
 def _assert_same_bounds(section: str, option: str, option_schema: Mapping[str, Any], field: Any) -> None:
@@ -425,6 +511,121 @@ def _assert_same_bounds(section: str, option: str, option_schema: Mapping[str, A
 
 
 @pytest.mark.parametrize(
+    ("section", "option"),
+    [
+        ("aws_reconciler_ecs", "clustr"),
+        ("aws_reconciler", "lease_durration"),
+        ("aws_reconciler_batch", "job_queues"),
+        ("aws_reconciler", "Bad-Option"),
+    ],
+)
+@pytest.mark.parametrize("engine_name", ENGINE_NAMES)
+def test_unknown_option_is_refused_naming_it(engine_name: str, section: str, option: str, tmp_path: Path) -> None:
+    message = _refusal(engine_name, {"config": {section: {option: "x"}}})
+    assert _names(message, ("config", section)) and option in message, message
+    # The reconciler would have refused it at start too.
+    with pytest.raises(ConfigError, match=f"unknown option \\[{section}\\] {option.lower()}"):
+        load_settings(environ=_settings_env({section: {option: "x"}}, tmp_path), cfg_path=tmp_path / "absent.cfg")
+
+
+@pytest.mark.parametrize("engine_name", ENGINE_NAMES)
+def test_unknown_section_is_refused_naming_it(engine_name: str) -> None:
+    message = _refusal(engine_name, {"config": {"aws_reconciler_esc": {"cluster": "c"}}})
+    assert _names(message, ("config",)) and "aws_reconciler_esc" in message, message
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "path", "expected"),
+    [
+        ("capacity_provider_strategy", [{"weight": 1}], (0,), "capacityProvider"),
+        ("capacity_provider_strategy", [{"capacityProvider": "FARGATE", "weight": 5000}], (0, "weight"), ""),
+        ("capacity_provider_strategy", [{"capacityProvider": "FARGATE", "wieght": 1}], (0,), "wieght"),
+        ("capacity_provider_strategy", {"capacityProvider": "FARGATE"}, (), "array"),
+        ("capacity_provider_strategy", '[{"capacityProvider": "FARGATE"}]', (), "string"),
+        ("run_task_kwargs", ["propagateTags"], (), "object"),
+        ("run_task_kwargs", {"propagateTag": "TASK_DEFINITION"}, (), "propagateTag"),
+        ("run_task_kwargs", {"propagateTags": "ALL"}, ("propagateTags",), "TASK_DEFINITION"),
+        ("run_task_kwargs", {"overrides": {"cpu": 1}}, ("overrides", "cpu"), "string"),
+        ("run_task_kwargs", {"enableExecuteCommand": "yes"}, ("enableExecuteCommand",), "boolean"),
+        ("submit_job_kwargs", "timeout=60", (), "object"),
+        ("submit_job_kwargs", {"timeout": {"attemptDurationSeconds": "1h"}}, ("timeout", "attemptDurationSeconds"), ""),
+    ],
+    ids=lambda value: json.dumps(value)[:40] if not isinstance(value, str) else value[:40],
+)
+@pytest.mark.parametrize("engine_name", ENGINE_NAMES)
+def test_json_option_of_the_wrong_shape_is_refused_naming_it(
+    engine_name: str, option: str, value: Any, path: tuple[str | int, ...], expected: str
+) -> None:
+    """The JSON options have the shape of their RunTask / SubmitJob parameters (botocore's model)."""
+    section = "aws_reconciler_batch" if option == "submit_job_kwargs" else "aws_reconciler_ecs"
+    message = _refusal(engine_name, {"config": {section: {option: value}}})
+    assert _names(message, ("config", section, option, *path)), message
+    assert expected in message, message
+
+
+def test_json_options_of_the_right_shape_reach_the_pods(helm: Engine) -> None:
+    values = {
+        "config": {
+            "aws_reconciler_ecs": {
+                "capacity_provider_strategy": [{"capacityProvider": "FARGATE_SPOT", "weight": 1, "base": 0}],
+                # A fragment merged into the request: partial objects are fine.
+                "run_task_kwargs": {"overrides": {"containerOverrides": [{"name": "base", "cpu": 512}]}},
+            },
+            "aws_reconciler_batch": {
+                "job_queue": "q",
+                "job_definition": "d",
+                "submit_job_kwargs": {"retryStrategy": {"attempts": 2}, "tags": {"team": "data"}},
+            },
+        }
+    }
+    env = env_of(container(render(helm, values).one("Deployment")["spec"]["template"]["spec"]))
+    assert json.loads(env["AIRFLOW__AWS_RECONCILER_ECS__RUN_TASK_KWARGS"]["value"]) == {
+        "overrides": {"containerOverrides": [{"name": "base", "cpu": 512}]}
+    }
+    assert json.loads(env["AIRFLOW__AWS_RECONCILER_BATCH__SUBMIT_JOB_KWARGS"]["value"])["tags"] == {"team": "data"}
+
+
+def _refused_cases() -> list[tuple[tuple[str, ...], str]]:
+    """(path under config, the text Helm must print) for every option and request key the chart refuses."""
+    generator = schema_generator()
+    cases: list[tuple[tuple[str, ...], str]] = [
+        ((section, option), f"left unset: {reason}") for (section, option), reason in generator.REFUSED.items()
+    ]
+    for option, key in (
+        ("run_task_kwargs", "count"),
+        ("run_task_kwargs", "startedBy"),
+        ("run_task_kwargs", "clientToken"),
+        ("submit_job_kwargs", "jobName"),
+        ("submit_job_kwargs", "jobQueue"),
+        ("submit_job_kwargs", "dependsOn"),
+    ):
+        section = "aws_reconciler_batch" if option == "submit_job_kwargs" else "aws_reconciler_ecs"
+        properties = _config_schema()["properties"][section]["properties"][option]["properties"]
+        cases.append(((section, option, key), str(properties[key]["const"])))
+    return cases
+
+
+@pytest.mark.parametrize(("path", "text"), _refused_cases(), ids=lambda v: ".".join(v) if isinstance(v, tuple) else "")
+@pytest.mark.parametrize("engine_name", ENGINE_NAMES)
+def test_refused_options_say_what_to_do(engine_name: str, path: tuple[str, ...], text: str) -> None:
+    value: Any = "postgresql://airflow:hunter2@db/airflow"
+    for part in reversed(path):
+        value = {part: value}
+    message = _refusal(engine_name, {"config": value})
+    assert _names(message, ("config", *path)), message
+    assert text in message, message
+    assert "hunter2" not in message, "Helm must not echo the value back"
+
+
+def test_refused_texts_name_where_to_set_it_instead() -> None:
+    reasons = schema_generator().REFUSED
+    assert "database.existingSecret" in reasons[("aws_reconciler", "store_url")]
+    assert "database.existingSecret" in reasons[("aws_reconciler", "store_url_cmd")]
+    assert "metrics.port" in reasons[("aws_reconciler", "metrics_address")]
+    assert {option for _section, option in reasons} >= SECRET_OPTIONS
+
+
+@pytest.mark.parametrize(
     ("values", "path"),
     [
         ({"replicaCount": 0}, ("replicaCount",)),
@@ -436,13 +637,11 @@ def _assert_same_bounds(section: str, option: str, option_schema: Mapping[str, A
             {"config": {"aws_reconciler": {"launch_concurrency": 1.5}}},
             ("config", "aws_reconciler", "launch_concurrency"),
         ),
-        ({"config": {"aws_reconciler": {"metrics_address": ":9999"}}}, ("config", "aws_reconciler", "metrics_address")),
         (
             {"config": {"aws_reconciler_ecs": {"launch_type": "LAMBDA"}}},
             ("config", "aws_reconciler_ecs", "launch_type"),
         ),
-        # Helm 4 reports a bad property name without its path, so the name itself is the path.
-        ({"config": {"aws_reconciler": {"Bad-Option": 1}}}, ("Bad-Option",)),
+        ({"config": {"aws_reconciler_ecs": {"subnets": 7}}}, ("config", "aws_reconciler_ecs", "subnets")),
         ({"image": {"tag": "latest"}}, ("image", "tag")),
         ({"metrics": {"port": 80}}, ("metrics", "port")),
         ({"serviceAccount": {"roleArn": "airflow-reconciler"}}, ("serviceAccount", "roleArn")),
@@ -450,36 +649,198 @@ def _assert_same_bounds(section: str, option: str, option_schema: Mapping[str, A
         ({"database": {"envVar": "DATABASE_URL"}}, ("database", "envVar")),
         ({"logLevel": "TRACE"}, ("logLevel",)),
         ({"podDisruptionBudget": {"maxUnavailable": "half"}}, ("podDisruptionBudget", "maxUnavailable")),
+        ({"livenessProbe": {"httpGet": {"path": "/", "port": 80}}}, ("livenessProbe",)),
+        ({"livenessProbe": {"successThreshold": 2}}, ("livenessProbe", "successThreshold")),
+        (
+            {"topologySpread": {"constraints": [{"maxSkew": 1, "topologyKey": "z", "whenUnsatisfiable": "Never"}]}},
+            ("topologySpread", "constraints", "0", "whenUnsatisfiable"),
+        ),
     ],
     ids=lambda value: json.dumps(value)[:60] if isinstance(value, dict) else None,
 )
 @pytest.mark.parametrize("engine_name", ENGINE_NAMES)
 def test_schema_rejects_bad_values(engine_name: str, values: dict[str, Any], path: tuple[str, ...]) -> None:
-    with pytest.raises(RenderError) as failure:
-        render(engine(engine_name), values)
-    message = str(failure.value)
-    # Helm 3 writes a.b.c, Helm 4 /a/b/c.
-    assert ".".join(path) in message or "/" + "/".join(path) in message, message
+    message = _refusal(engine_name, values)
+    assert _names(message, path), message
 
 
 @pytest.mark.parametrize(
-    ("values", "message"),
+    ("values", "text"),
     [
-        ({"config": {"aws_reconciler": {"renew_deadline": 15}}}, "renew_deadline (15) must be shorter than"),
         (
-            {"config": {"aws_reconciler": {"lease_duration": 8, "renew_deadline": 9, "retry_period": 1}}},
-            "must be shorter than lease_duration (8)",
+            {"config": {"aws_reconciler": {"deployment": "has spaces"}}},
+            "1-36 characters: letters, digits and + = . _ : / @ -, starting with a letter or digit",
         ),
-        ({"config": {"aws_reconciler": {"retry_period": 10}}}, "retry_period (10) must be shorter than"),
-        ({"podDisruptionBudget": {"minAvailable": 2}}, "must be lower than replicaCount (2)"),
-        ({"podDisruptionBudget": {"minAvailable": 1, "maxUnavailable": 1}}, "not both"),
-        ({"serviceAccount": {"create": False}}, "serviceAccount.name is required"),
+        ({"image": {"tag": "latest"}}, "a fixed version such as 0.1.0"),
     ],
 )
 @pytest.mark.parametrize("engine_name", ENGINE_NAMES)
-def test_inconsistent_values_fail_with_a_message(engine_name: str, values: dict[str, Any], message: str) -> None:
-    with pytest.raises(RenderError, match=re.escape(message)):
-        render(engine(engine_name), values)
+def test_rules_are_told_in_words(engine_name: str, values: dict[str, Any], text: str) -> None:
+    """Not a regex, and not "Must not validate the schema (not)"."""
+    message = _refusal(engine_name, values)
+    assert text in message, message
+    assert "^[" not in message, message
+
+
+# ---- what would crash-loop (or never start) is refused --------------------------------------
+
+IMAGE = {"repository": "123456789012.dkr.ecr.eu-west-1.amazonaws.com/airflow-aws-reconciler"}
+ECS = {"cluster": "airflow-tasks", "task_definition": "airflow-task", "container_name": "base"}
+BATCH = {"job_queue": "airflow-jobs", "job_definition": "airflow-job"}
+MOUNTED_CFG = {"airflowConfig": {"existingConfigMap": "airflow-config"}}
+
+
+@pytest.mark.parametrize(
+    ("values", "base", "message"),
+    [
+        # The image: none is published, so there is no default to fall back on.
+        ({}, {"config": {"aws_reconciler_ecs": ECS}}, "no image is published: build docker/reconciler.Dockerfile"),
+        ({"image": {"repository": ""}}, None, "no image is published"),
+        # Nothing to reconcile: `aws-reconciler run` exits 2.
+        ({}, {"image": IMAGE}, "no backend is configured, and the reconciler would exit at start"),
+        (
+            {"config": {"aws_reconciler_ecs": {"cluster": "c"}}},
+            {"image": IMAGE},
+            "config.aws_reconciler_ecs.cluster is set but task_definition and container_name are not",
+        ),
+        (
+            {"config": {"aws_reconciler_ecs": {"cluster": "c", "task_definition": "t"}}},
+            {"image": IMAGE},
+            "config.aws_reconciler_ecs.cluster is set but container_name is not",
+        ),
+        (
+            {"config": {"aws_reconciler_batch": {"job_queue": "q"}}},
+            None,
+            "config.aws_reconciler_batch.job_queue is set but job_definition is not",
+        ),
+        (
+            {
+                "config": {
+                    "aws_reconciler_ecs": {
+                        "launch_type": "FARGATE",
+                        "capacity_provider_strategy": [{"capacityProvider": "FARGATE"}],
+                    }
+                }
+            },
+            None,
+            "set launch_type or capacity_provider_strategy, not both",
+        ),
+        # Leader election (the settings model's rules).
+        ({"config": {"aws_reconciler": {"renew_deadline": 15}}}, None, "renew_deadline (15) must be shorter than"),
+        (
+            {"config": {"aws_reconciler": {"lease_duration": 8, "renew_deadline": 9, "retry_period": 1}}},
+            None,
+            "must be shorter than lease_duration (8)",
+        ),
+        ({"config": {"aws_reconciler": {"retry_period": 10}}}, None, "retry_period (10) must be shorter than"),
+        (
+            {"config": {"aws_reconciler": {"aws_call_timeout": 5}}},
+            None,
+            "renew_deadline (10) + aws_call_timeout (5) must be shorter than lease_duration (15)",
+        ),
+        # A PodDisruptionBudget that blocks every drain.
+        (
+            {"replicaCount": 1},
+            None,
+            "false while replicaCount is 1: a budget for a single pod either blocks every drain or protects nothing",
+        ),
+        ({"podDisruptionBudget": {"minAvailable": 2}}, None, "must be lower than replicaCount (2)"),
+        (
+            {"podDisruptionBudget": {"minAvailable": "100%"}},
+            None,
+            "minAvailable (100%) must be lower than replicaCount",
+        ),
+        (
+            {"replicaCount": 3, "podDisruptionBudget": {"minAvailable": "70%"}},
+            None,
+            "must be lower than replicaCount (3)",
+        ),
+        ({"podDisruptionBudget": {"maxUnavailable": 0}}, None, "maxUnavailable (0) allows no eviction"),
+        ({"podDisruptionBudget": {"maxUnavailable": "0%"}}, None, "maxUnavailable (0%) allows no eviction"),
+        ({"podDisruptionBudget": {"minAvailable": 1, "maxUnavailable": 1}}, None, "not both"),
+        ({"serviceAccount": {"create": False}}, None, "serviceAccount.name is required"),
+    ],
+    ids=lambda value: json.dumps(value)[:70] if isinstance(value, dict) else None,
+)
+@pytest.mark.parametrize("engine_name", ENGINE_NAMES)
+def test_values_that_would_crash_loop_fail_with_a_message(
+    engine_name: str, values: dict[str, Any], base: dict[str, Any] | None, message: str
+) -> None:
+    assert message in _refusal(engine_name, values, base)
+
+
+@pytest.mark.parametrize("engine_name", ENGINE_NAMES)
+def test_image_repository_is_required(engine_name: str) -> None:
+    message = _refusal(engine_name, {}, {"config": {"aws_reconciler_ecs": ECS}})
+    assert _names(message, ("image", "repository")), message
+    assert "the reconciler image in your registry, e.g. 123456789012.dkr.ecr" in message, message
+
+
+@pytest.mark.parametrize(
+    ("values", "base"),
+    [
+        # airflow.cfg may hold what values leave out: the reconciler reads both.
+        (MOUNTED_CFG, {"image": IMAGE}),
+        ({**MOUNTED_CFG, "config": {"aws_reconciler_ecs": {"cluster": "c"}}}, {"image": IMAGE}),
+        ({**MOUNTED_CFG, "config": {"aws_reconciler": {"renew_deadline": 12}}}, None),
+        ({"replicaCount": 1, "podDisruptionBudget": {"enabled": False}}, None),
+        ({"podDisruptionBudget": {"minAvailable": "50%"}}, None),
+        ({"podDisruptionBudget": {"maxUnavailable": "10%"}}, None),
+        ({"config": {"aws_reconciler": {"aws_call_timeout": 4.5}}}, None),
+    ],
+    ids=lambda value: json.dumps(value)[:70] if isinstance(value, dict) else None,
+)
+def test_values_next_to_those_rules_are_accepted(
+    helm: Engine, values: dict[str, Any], base: dict[str, Any] | None
+) -> None:
+    assert render(helm, values, base=base).one("Deployment")
+
+
+#: Every cross-option rule of the settings models (their model validators), with config the
+#: chart must refuse because of it; a new rule fails test_every_cross_option_rule_is_in_the_chart.
+MODEL_RULES: dict[str, list[dict[str, dict[str, Any]]]] = {
+    "CoreSettings._deadline_within_lease": [
+        {"aws_reconciler": {"renew_deadline": 15}},
+        {"aws_reconciler": {"retry_period": 10}},
+        {"aws_reconciler": {"lease_duration": 20, "renew_deadline": 12, "aws_call_timeout": 8}},
+    ],
+    "EcsSettings._consistent": [
+        {"aws_reconciler_ecs": {"cluster": "c"}},
+        {
+            "aws_reconciler_ecs": {
+                **ECS,
+                "launch_type": "FARGATE",
+                "capacity_provider_strategy": [{"capacityProvider": "F"}],
+            }
+        },
+    ],
+    "BatchSettings._consistent": [{"aws_reconciler_batch": {"job_queue": "q"}}],
+}
+
+
+def test_every_cross_option_rule_is_in_the_chart() -> None:
+    found = {
+        f"{model.__name__}.{name}" for model in SECTIONS for name in model.__pydantic_decorators__.model_validators
+    }
+    assert found == set(MODEL_RULES), (
+        "the settings models' cross-option rules changed: make templates/_helpers.tpl (aws-reconciler.validate) "
+        "refuse what they refuse and list a case in MODEL_RULES"
+    )
+
+
+@pytest.mark.parametrize(
+    ("rule", "config"),
+    [(rule, config) for rule, configs in MODEL_RULES.items() for config in configs],
+    ids=lambda value: json.dumps(value)[:70] if isinstance(value, dict) else value,
+)
+@pytest.mark.parametrize("engine_name", ENGINE_NAMES)
+def test_chart_and_models_refuse_the_same_config(
+    engine_name: str, rule: str, config: dict[str, dict[str, Any]], tmp_path: Path
+) -> None:
+    with pytest.raises(ConfigError):
+        load_settings(environ=_settings_env(config, tmp_path), cfg_path=tmp_path / "absent.cfg")
+    message = _refusal(engine_name, {"config": config}, {"image": IMAGE})
+    assert any(f"config.{section}" in message for section in config), message
 
 
 def test_lease_settings_reach_the_pods(helm: Engine) -> None:
@@ -642,15 +1003,14 @@ def test_network_policy(helm: Engine) -> None:
 # ---- NOTES.txt (rendered by the Helm 4 SDK; `helm template` skips it) -----------------------
 
 
-def _notes(values: Mapping[str, Any]) -> str:
-    notes = render(engine("helm4-sdk"), values).notes
+def _notes(values: Mapping[str, Any], base: Mapping[str, Any] | None = None) -> str:
+    notes = render(engine("helm4-sdk"), values, base=base).notes
     assert notes is not None
     return notes
 
 
-def test_notes_warn_about_missing_backend_and_role() -> None:
+def test_notes_warn_about_a_missing_role() -> None:
     notes = _notes({})
-    assert "no backend is configured" in notes
     assert "serviceAccount.roleArn is empty" in notes
     assert "aws_reconciler.executor.EcsExecutor" in notes
 
@@ -665,20 +1025,20 @@ def test_notes_without_warnings_for_a_complete_install() -> None:
 @pytest.mark.parametrize(
     ("config", "executor"),
     [
-        ({"aws_reconciler_ecs": {"cluster": "c"}}, "aws_reconciler.executor.EcsExecutor"),
-        ({"aws_reconciler_batch": {"job_queue": "q"}}, "aws_reconciler.executor.BatchExecutor"),
+        ({"aws_reconciler_ecs": ECS}, "aws_reconciler.executor.EcsExecutor"),
+        ({"aws_reconciler_batch": BATCH}, "aws_reconciler.executor.BatchExecutor"),
         (
-            {"aws_reconciler_ecs": {"cluster": "c"}, "aws_reconciler_batch": {"job_queue": "q"}},
+            {"aws_reconciler_ecs": ECS, "aws_reconciler_batch": BATCH},
             "aws_reconciler.executor.EcsExecutor,aws_reconciler.executor.BatchExecutor",
         ),
     ],
 )
 def test_notes_name_the_executors_of_the_configured_backends(config: dict[str, Any], executor: str) -> None:
-    assert f"AIRFLOW__CORE__EXECUTOR={executor}\n" in _notes({"config": config})
+    assert f"AIRFLOW__CORE__EXECUTOR={executor}\n" in _notes({"config": config}, base={"image": IMAGE})
 
 
 def test_notes_warn_about_a_single_replica() -> None:
-    assert "not highly available" in _notes({"replicaCount": 1})
+    assert "not highly available" in _notes({"replicaCount": 1, "podDisruptionBudget": {"enabled": False}})
 
 
 # ---- helpers --------------------------------------------------------------------------------

@@ -13,7 +13,16 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from deploy_support import CHART, REPO, HelmCli, cli_engine, missing_tool, split_template_output
+from deploy_support import (
+    CHART,
+    KUBE_VERSIONS,
+    REPO,
+    REQUIRED_FILE,
+    HelmCli,
+    cli_engine,
+    missing_tool,
+    split_template_output,
+)
 
 COPIES = {
     "deploy/prometheus/aws-reconciler-rules.yaml": "files/aws-reconciler-rules.yaml",
@@ -76,12 +85,17 @@ def test_packaged_chart_carries_the_copies(tmp_path: Path) -> None:
         names = set(tar.getnames())
     assert {"aws-reconciler/files/aws-reconciler-rules.yaml", "aws-reconciler/files/aws-reconciler.json"} <= names
     assert "aws-reconciler/sync-files.sh" not in names
+    assert "aws-reconciler/generate-schema.py" not in names
     rendered = subprocess.run(
         [
             helm.binary,
             "template",
             "airflow",
             str(archive),
+            "--kube-version",
+            KUBE_VERSIONS[-1],
+            "-f",
+            str(REQUIRED_FILE),
             "--set",
             "prometheusRule.enabled=true",
             "--set",

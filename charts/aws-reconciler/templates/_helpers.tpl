@@ -150,19 +150,54 @@ database URL from the existing Secret (never a literal), AWS region, airflow.cfg
 {{- end }}
 
 {{/*
-Checks the schema cannot express; each fails the install with a message naming the value.
+Checks across values that values.schema.json cannot express; each fails the install with one
+line naming the values, where the reconciler would otherwise exit at start and crash-loop.
+With airflow.cfg mounted, an option unset here may be set there: only what values set is checked.
 */}}
 {{- define "aws-reconciler.validate" -}}
+{{- $cfg := .Values.airflowConfig.existingConfigMap }}
 {{- $core := default dict .Values.config.aws_reconciler }}
-{{- /* Leader election: the same rule the settings model enforces, caught before pods crash. */}}
-{{- $lease := float64 (default 15 $core.lease_duration) }}
-{{- $renew := float64 (default 10 $core.renew_deadline) }}
-{{- $retry := float64 (default 2 $core.retry_period) }}
-{{- if not (lt $renew $lease) }}
+{{- $ecs := default dict .Values.config.aws_reconciler_ecs }}
+{{- $batch := default dict .Values.config.aws_reconciler_batch }}
+{{- $orCfg := "set it in config, or mount airflow.cfg with airflowConfig.existingConfigMap" }}
+{{- /* Leader election: the rules of the settings model (defaults 15, 10, 2 seconds). */}}
+{{- $defaults := dict }}
+{{- if not $cfg }}
+{{- $defaults = dict "lease_duration" 15 "renew_deadline" 10 "retry_period" 2 }}
+{{- end }}
+{{- $lease := default $defaults.lease_duration $core.lease_duration }}
+{{- $renew := default $defaults.renew_deadline $core.renew_deadline }}
+{{- $retry := default $defaults.retry_period $core.retry_period }}
+{{- if and $lease $renew (not (lt (float64 $renew) (float64 $lease))) }}
 {{- fail (printf "config.aws_reconciler.renew_deadline (%v) must be shorter than lease_duration (%v): a leader must stop acting before another replica can take the lease over" $renew $lease) }}
 {{- end }}
-{{- if not (lt $retry $renew) }}
+{{- if and $renew $retry (not (lt (float64 $retry) (float64 $renew))) }}
 {{- fail (printf "config.aws_reconciler.retry_period (%v) must be shorter than renew_deadline (%v)" $retry $renew) }}
+{{- end }}
+{{- with $core.aws_call_timeout }}
+{{- if and $lease $renew (not (lt (addf $renew .) (float64 $lease))) }}
+{{- fail (printf "config.aws_reconciler.renew_deadline (%v) + aws_call_timeout (%v) must be shorter than lease_duration (%v), so a call a leader sent lands before another replica can take over" $renew . $lease) }}
+{{- end }}
+{{- end }}
+{{- /* Backends: what the settings models refuse at start. */}}
+{{- if and $ecs.launch_type $ecs.capacity_provider_strategy }}
+{{- fail "config.aws_reconciler_ecs: set launch_type or capacity_provider_strategy, not both (ECS rejects the pair, and the reconciler would exit at start)" }}
+{{- end }}
+{{- if and $ecs.cluster (not $cfg) }}
+{{- $missing := list }}
+{{- range list "task_definition" "container_name" }}
+{{- if not (index $ecs .) }}{{ $missing = append $missing . }}{{ end }}
+{{- end }}
+{{- with $missing }}
+{{- $are := ternary "are" "is" (gt (len .) 1) }}
+{{- fail (printf "config.aws_reconciler_ecs.cluster is set but %s %s not, and the reconciler would exit at start: %s" (join " and " .) $are $orCfg) }}
+{{- end }}
+{{- end }}
+{{- if and $batch.job_queue (not $batch.job_definition) (not $cfg) }}
+{{- fail (printf "config.aws_reconciler_batch.job_queue is set but job_definition is not, and the reconciler would exit at start: %s" $orCfg) }}
+{{- end }}
+{{- if not (or $ecs.cluster $batch.job_queue $cfg) }}
+{{- fail "no backend is configured, and the reconciler would exit at start: set config.aws_reconciler_ecs.cluster (with task_definition and container_name) or config.aws_reconciler_batch.job_queue (with job_definition), or mount Airflow's airflow.cfg with airflowConfig.existingConfigMap" }}
 {{- end }}
 {{- /* The database URL and the reconciler's settings have their own values. */}}
 {{- range .Values.extraEnv }}
@@ -171,13 +206,30 @@ Checks the schema cannot express; each fails the install with a message naming t
 {{- fail (printf "extraEnv: %s is managed by the chart: set the database URL through database.existingSecret and settings under config.<section>.<option>" .name) }}
 {{- end }}
 {{- end }}
+{{- /* A budget that allows no eviction blocks every node drain (Kubernetes rounds percentages up). */}}
 {{- with .Values.podDisruptionBudget }}
-{{- if and .enabled (not (kindIs "invalid" .minAvailable)) (not (kindIs "invalid" .maxUnavailable)) }}
+{{- if .enabled }}
+{{- $replicas := int64 $.Values.replicaCount }}
+{{- if and (not (kindIs "invalid" .minAvailable)) (not (kindIs "invalid" .maxUnavailable)) }}
 {{- fail "podDisruptionBudget: set minAvailable or maxUnavailable, not both" }}
 {{- end }}
-{{- if and .enabled (or (kindIs "float64" .minAvailable) (kindIs "int64" .minAvailable) (kindIs "int" .minAvailable)) }}
-{{- if ge (int64 .minAvailable) (int64 $.Values.replicaCount) }}
-{{- fail (printf "podDisruptionBudget.minAvailable (%v) must be lower than replicaCount (%v), else no node could ever be drained" .minAvailable $.Values.replicaCount) }}
+{{- if not (kindIs "invalid" .minAvailable) }}
+{{- $min := .minAvailable }}
+{{- if kindIs "string" $min }}
+{{- $min = int64 (ceil (divf (mulf (atoi (trimSuffix "%" $min)) $replicas) 100)) }}
+{{- end }}
+{{- if ge (int64 $min) $replicas }}
+{{- fail (printf "podDisruptionBudget.minAvailable (%v) must be lower than replicaCount (%v), else no node could ever be drained" .minAvailable $replicas) }}
+{{- end }}
+{{- end }}
+{{- if not (kindIs "invalid" .maxUnavailable) }}
+{{- $max := .maxUnavailable }}
+{{- if kindIs "string" $max }}
+{{- $max = int64 (ceil (divf (mulf (atoi (trimSuffix "%" $max)) $replicas) 100)) }}
+{{- end }}
+{{- if lt (int64 $max) 1 }}
+{{- fail (printf "podDisruptionBudget.maxUnavailable (%v) allows no eviction, so no node could ever be drained: use at least 1" .maxUnavailable) }}
+{{- end }}
 {{- end }}
 {{- end }}
 {{- end }}
