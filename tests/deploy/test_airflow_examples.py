@@ -2,8 +2,11 @@
 
 That chart is in no package registry, so it cannot be rendered here. Instead: the executor
 string passes the official chart's schema pattern and names real executors, every
-[aws_reconciler*] setting is a real option that the settings models accept, and the sidecar
-container is a valid Kubernetes container (kubernetes-validate, strict) for 1.29-1.33.
+[aws_reconciler*] setting is a real option that the settings models accept, and the sidecar of
+airflow-values-sidecar.yaml, merged over airflow-values.yaml as `helm -f a -f b` merges them, is
+a valid Kubernetes container (kubernetes-validate, strict) for every tested Kubernetes version
+whose reconciler starts with the settings it gets: the same airflow.cfg the official chart
+renders for the scheduler, and the Secret's URL.
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ from typing import Any
 
 import pytest
 import yaml
-from deploy_support import CHART, KUBE_VERSIONS, missing_tool
+from deploy_support import CHART, KUBE_VERSIONS, chart_metadata, load_values, missing_tool
 
+from aws_reconciler.backends.registry import enabled
 from aws_reconciler.config.loader import SECTIONS, load_settings
 
 EXAMPLES = CHART / "examples"
@@ -79,9 +83,22 @@ def test_api_server_gets_the_log_reading_role() -> None:
     assert re.match(r"^arn:aws:iam::\d{12}:role/.+$", annotations["eks.amazonaws.com/role-arn"])
 
 
+def merged() -> dict[str, Any]:
+    """The official chart's values from ``-f airflow-values.yaml -f airflow-values-sidecar.yaml``."""
+    return load_values((EXAMPLES / "airflow-values.yaml", EXAMPLES / "airflow-values-sidecar.yaml"))
+
+
 def sidecar() -> dict[str, Any]:
-    (container,) = example("airflow-values-sidecar.yaml")["scheduler"]["extraContainers"]
+    (container,) = merged()["scheduler"]["extraContainers"]
     return dict(container)
+
+
+def airflow_cfg(config: dict[str, dict[str, Any]]) -> str:
+    """The airflow.cfg the official chart renders from its ``config`` value (``[section]``, ``key = value``)."""
+    lines: list[str] = []
+    for section, options in config.items():
+        lines += [f"[{section}]", *(f"{key} = {value}" for key, value in options.items()), ""]
+    return "\n".join(lines)
 
 
 @pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
@@ -90,7 +107,7 @@ def test_sidecar_is_a_valid_container(kube_version: str) -> None:
         import kubernetes_validate
     except ImportError as exc:
         missing_tool(f"kubernetes-validate unavailable ({exc})")
-    values = example("airflow-values-sidecar.yaml")["scheduler"]
+    values = merged()["scheduler"]
     pod = {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -129,3 +146,57 @@ def test_sidecar_is_locked_down_and_probed() -> None:
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
     assert mounts["/opt/airflow/airflow.cfg"]["subPath"] == "airflow.cfg"
     assert mounts["/tmp"]["name"] == "reconciler-tmp"
+
+
+def test_sidecar_reconciler_starts_with_the_settings_it_gets(tmp_path: Path) -> None:
+    """Its airflow.cfg is the scheduler's (the chart's ``config`` volume), the URL comes from the Secret."""
+    values = merged()
+    container = sidecar()
+    env = {e["name"]: e for e in container["env"]}
+    environ = {name: entry["value"] for name, entry in env.items() if "value" in entry}
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "config")
+    assert environ["AIRFLOW_CONFIG"] == mount["mountPath"] and mount["subPath"] == "airflow.cfg"
+    cfg = tmp_path / "airflow.cfg"
+    cfg.write_text(airflow_cfg(values["config"]))
+    # What the secretKeyRef resolves to in the pod.
+    environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{tmp_path / 'store.db'}"
+
+    settings = load_settings(environ=environ, cfg_path=cfg)
+    settings.require_backend()
+    for descriptor in enabled(settings):
+        descriptor.require(settings)
+    assert [d.executor_name for d in enabled(settings)] == ["EcsExecutor"]
+    assert f"aws_reconciler.executor.{enabled(settings)[0].executor_name}" == values["executor"]
+    assert settings.core.deployment == values["config"]["aws_reconciler"]["deployment"]
+    assert settings.core.metrics_address == f"0.0.0.0:{container['ports'][0]['containerPort']}"
+    # "the executor migrates the store when the scheduler starts": only with this on.
+    assert settings.core.check_health_on_startup is True
+    assert settings.store_url.startswith("sqlite:///")
+
+
+def test_sidecar_probe_names_its_own_port() -> None:
+    container = sidecar()
+    (port,) = container["ports"]
+    # Kubernetes' IANA_SVC_NAME rule, which the OpenAPI schemas do not carry.
+    assert re.fullmatch(r"(?=.*[a-z])[a-z0-9]([a-z0-9-]{0,13}[a-z0-9])?", port["name"]) and "--" not in port["name"]
+    assert container["livenessProbe"]["httpGet"]["port"] == port["name"]
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+
+
+def test_sidecar_runs_what_the_chart_runs() -> None:
+    """Same image version, user, resources and command as the chart's reconciler pods."""
+    chart_values = yaml.safe_load((CHART / "values.yaml").read_text())
+    container = sidecar()
+    assert container["image"].rsplit(":", 1)[1] == chart_metadata()["appVersion"]
+    assert container["image"].rsplit(":", 1)[0].endswith("/airflow-aws-reconciler")
+    assert container["securityContext"]["runAsUser"] == chart_values["podSecurityContext"]["runAsUser"]
+    assert container["resources"] == chart_values["resources"]
+    assert container["command"] == ["aws-reconciler"]
+    assert container["args"] == ["--log-level", chart_values["logLevel"], "run"]
+
+
+def test_sidecar_scheduler_has_replicas_to_elect_a_leader_from() -> None:
+    scheduler = merged()["scheduler"]
+    assert scheduler["replicas"] >= 2
+    role = scheduler["serviceAccount"]["annotations"]["eks.amazonaws.com/role-arn"]
+    assert re.fullmatch(r"arn:aws:iam::\d{12}:role/.+", role)
