@@ -16,6 +16,7 @@ Usage, from the repository root with the project's virtualenv:
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import re
 import sys
@@ -212,7 +213,8 @@ def option_schema(model: type[SectionSettings], option: str, prop: Schema, defin
     description = model.model_fields[option].description or ""
     if key in REFUSED:
         return unsettable(REFUSED[key])
-    if option in SECRET_OPTIONS:
+    # A SecretStr shows as a write-only "password" in pydantic's schema.
+    if option in SECRET_OPTIONS or any(v.get("writeOnly") for v in prop.get("anyOf", [prop])):
         raise SystemExit(f"[{model.section}] {option} is a secret: add it to REFUSED (values are no place for it)")
     json_options = getattr(model, "json_fields", frozenset()) | getattr(model, "json_object_fields", frozenset())
     if option in json_options:
@@ -253,7 +255,7 @@ def option_schema(model: type[SectionSettings], option: str, prop: Schema, defin
 def section_schema(model: type[SectionSettings], definitions: dict[str, Schema]) -> Schema:
     """One settings section: its options and nothing else."""
     properties = model.model_json_schema()["properties"]
-    doc = (model.__doc__ or "").strip().splitlines()[0]
+    doc = (inspect.getdoc(model) or f"[{model.section}].").splitlines()[0]
     return {
         "type": "object",
         "description": f"{doc} Only these options exist: any other name is refused.",

@@ -14,7 +14,7 @@ import shutil
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import yaml
@@ -40,9 +40,10 @@ from deploy_support import (
     schema_generator,
     supported_kube_minors,
 )
+from pydantic import Field, SecretStr, field_validator
 
 from aws_reconciler.config.loader import SECTIONS, ConfigError, load_settings
-from aws_reconciler.config.models import SECRET_OPTIONS
+from aws_reconciler.config.models import SECRET_OPTIONS, CoreSettings, EcsSettings, SectionSettings
 
 #: Custom resources kubernetes-validate has no schema for; checked by dedicated tests below.
 CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
@@ -464,6 +465,58 @@ def test_committed_schema_is_generated_from_the_models() -> None:
         pytest.fail(
             f"charts/aws-reconciler/values.schema.json is out of date with the settings models: run {generator.COMMAND}"
         )
+
+
+class _WithNewOption(CoreSettings):
+    new_interval: float = Field(30.0, gt=0, description="A new option.")
+
+
+class _WithValidatedOption(CoreSettings):
+    new_name: str = Field("x", description="A new option with a rule.")
+
+    @field_validator("new_name")
+    @classmethod
+    def _new_name(cls, value: str) -> str:
+        return value
+
+
+class _WithSecretOption(CoreSettings):
+    new_password: SecretStr | None = Field(None, description="A new secret.")
+
+
+class _WithJsonOption(EcsSettings):
+    json_object_fields: ClassVar[frozenset[str]] = frozenset({"run_task_kwargs", "new_kwargs"})
+    new_kwargs: dict[str, Any] = Field(default_factory=dict, description="A new JSON option.")
+
+
+def test_a_new_option_makes_the_committed_schema_stale(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    generator = schema_generator()
+    monkeypatch.setattr(generator, "SECTIONS", (_WithNewOption, *SECTIONS[1:]))
+    option = generator.config_schema()["properties"]["aws_reconciler"]["properties"]["new_interval"]
+    assert option["type"] == ["number", "null"] and option["exclusiveMinimum"] == 0
+    assert generator.main(["--check"]) == 1
+    assert generator.COMMAND in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("sections", "message"),
+    [
+        ((_WithValidatedOption, *SECTIONS[1:]), "new_name has a validator: add its rule to RULES"),
+        ((_WithSecretOption, *SECTIONS[1:]), "new_password is a secret: add it to REFUSED"),
+        ((SECTIONS[0], _WithJsonOption, SECTIONS[2]), "new_kwargs is a JSON option: add its shape to JSON_SHAPES"),
+    ],
+    ids=["validator", "secret", "json"],
+)
+def test_the_generator_refuses_an_option_it_cannot_type(
+    monkeypatch: pytest.MonkeyPatch, sections: tuple[type[SectionSettings], ...], message: str
+) -> None:
+    """Rather than letting the chart accept what the reconciler refuses (or a secret in values)."""
+    generator = schema_generator()
+    monkeypatch.setattr(generator, "SECTIONS", sections)
+    with pytest.raises(SystemExit, match=re.escape(message)):
+        generator.config_schema()
 
 
 def test_schema_names_exactly_the_options_of_the_models() -> None:
