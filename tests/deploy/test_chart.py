@@ -670,6 +670,14 @@ def test_refused_options_say_what_to_do(engine_name: str, path: tuple[str, ...],
     assert "hunter2" not in message, "Helm must not echo the value back"
 
 
+@pytest.mark.parametrize("engine_name", ENGINE_NAMES)
+def test_helm_lint_prints_the_same_refusals(engine_name: str) -> None:
+    values = load_values(VALUES_FILES["defaults"], {"config": {"aws_reconciler": {"store_url": "x"}}})
+    problems = "\n".join(engine(engine_name).lint(values))
+    assert _names(problems, ("config", "aws_reconciler", "store_url")), problems
+    assert f"left unset: {schema_generator().REFUSED[('aws_reconciler', 'store_url')]}" in problems, problems
+
+
 def test_refused_texts_name_where_to_set_it_instead() -> None:
     reasons = schema_generator().REFUSED
     assert "database.existingSecret" in reasons[("aws_reconciler", "store_url")]
