@@ -94,7 +94,7 @@ def test_promtool_checks_the_exposition_of_a_reconciler_that_ran(
     wait_for(lambda: all(phase(r) is Phase.SUCCEEDED for r in quick), timeout=60, what="quick tasks succeeded")
     wait_for(lambda: phase(revoked) is Phase.RUNNING, timeout=30, what="long task running")
     store.revoke(ids=[revoked])
-    wait_for(lambda: phase(revoked) is Phase.FAILED, timeout=30, what="revoked task stopped")
+    wait_for(lambda: phase(revoked) is Phase.REVOKED, timeout=30, what="revoked task stopped")
     wait_for(
         lambda: next(t for t in sandbox.tasks() if t["arn"] == orphan)["lastStatus"] == "STOPPED",
         timeout=30,

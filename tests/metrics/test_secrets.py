@@ -86,7 +86,7 @@ def test_no_secret_in_metrics_logs_or_health_while_launching(
     wait_for(lambda: phase(ids[1]) is Phase.FAILED, timeout=60, what="the failing task to fail")
     wait_for(lambda: phase(ids[2]) is Phase.RUNNING, timeout=60, what="the long task to run")
     store.revoke(ids=[ids[2]])
-    wait_for(lambda: phase(ids[2]) is Phase.FAILED, timeout=60, what="the revoked task to stop")
+    wait_for(lambda: phase(ids[2]) is Phase.REVOKED, timeout=60, what="the revoked task to stop")
     assert TOKEN in " ".join(" ".join(t["overrides"]["containerOverrides"][0]["command"]) for t in sandbox.tasks())
 
     status, exposition = replica.get("/metrics")
