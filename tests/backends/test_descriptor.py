@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -177,3 +178,24 @@ def test_executors_take_kind_and_behaviour_from_their_descriptor() -> None:
             "__static_attributes__",
             "__qualname__",
         }
+
+
+@pytest.mark.parametrize(
+    ("descriptor", "option", "value", "message"),
+    [
+        (ECS, "RUN_TASK_KWARGS", '{"count": 2}', "run_task_kwargs: 'count' cannot be set: exactly one task runs"),
+        (ECS, "RUN_TASK_KWARGS", '{"startedBy": "x"}', "run_task_kwargs: 'startedBy' cannot be set"),
+        (ECS, "RUN_TASK_KWARGS", '{"cluster": "other"}', "run_task_kwargs: set the cluster with cluster"),
+        (BATCH, "SUBMIT_JOB_KWARGS", '{"jobQueue": "q"}', "submit_job_kwargs: set the jobQueue with job_queue"),
+        (BATCH, "SUBMIT_JOB_KWARGS", '{"dependsOn": []}', "submit_job_kwargs: 'dependsOn' cannot be set"),
+    ],
+)
+def test_request_options_may_not_set_what_the_reconciler_owns(
+    tmp_path: Path, descriptor: BackendDescriptor, option: str, value: str, message: str
+) -> None:
+    section = "ECS" if descriptor is ECS else "BATCH"
+    settings = settings_with(
+        tmp_path, **ECS_ENV, **BATCH_ENV, **{f"AIRFLOW__AWS_RECONCILER_{section}__{option}": value}
+    )
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        descriptor.require(settings)

@@ -14,7 +14,6 @@ from typing import Any
 
 from botocore.model import StructureShape
 
-from ...config import ConfigError
 from ...config.models import BatchSettings
 from ...model import TiKey
 from ..merge import deep_merge
@@ -49,7 +48,13 @@ RESERVED_KEYS = {
     "ecsPropertiesOverride": f"not supported; {_NOT_CONTAINER}",
     "eksPropertiesOverride": f"not supported; {_NOT_CONTAINER}",
 }
-TASK_CONFIG = TaskConfigRules(service="batch", operation="SubmitJob", target_key="jobQueue", reserved=RESERVED_KEYS)
+TASK_CONFIG = TaskConfigRules(
+    service="batch",
+    operation="SubmitJob",
+    target_key="jobQueue",
+    reserved=RESERVED_KEYS,
+    settings_option="submit_job_kwargs",
+)
 _NAME_SAFE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # What the lookup before a submit needs to fill in; any valid name of the same length would do.
 _PLACEHOLDER_ID = "0" * 36
@@ -74,13 +79,7 @@ def job_name(record_id: str, attempt: int) -> str:
 
 def check_settings(batch: BatchSettings) -> None:
     """``submit_job_kwargs`` may not set what the reconciler owns: a :class:`ConfigError` at start-up."""
-    for key in batch.submit_job_kwargs:
-        if key in RESERVED_KEYS:
-            raise ConfigError(
-                f"invalid setting [aws_reconciler_batch] submit_job_kwargs: {key!r} cannot be set: {RESERVED_KEYS[key]}"
-            )
-    if "jobQueue" in batch.submit_job_kwargs:
-        raise ConfigError("invalid setting [aws_reconciler_batch] submit_job_kwargs: set the queue with job_queue")
+    TASK_CONFIG.check_section(batch)
 
 
 def base_request(batch: BatchSettings) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from ..descriptor import BackendDescriptor, Probe
 from ..ratelimit import TokenBucket
 from .backend import EcsBackend
 from .logs import locate_logs
-from .spec import build_run_task_request
+from .spec import build_run_task_request, check_settings
 
 # A bare task id: IAM builds the ARN in the caller's own account, so a policy scoped to
 # `task/<cluster>/*` is evaluated exactly as for real tasks.
@@ -21,6 +21,7 @@ _MISSING_TASK = "0" * 32
 
 def _build(settings: Settings, *, client: Any, may_act: Callable[[], bool], clock: Clock | None) -> EcsBackend:
     core, ecs = settings.core, settings.ecs
+    check_settings(ecs)
     assert ecs.container_name is not None
     return EcsBackend(
         client=client,
@@ -81,4 +82,5 @@ ECS = BackendDescriptor(
     build=_build,
     probes=probes,
     locate_logs=locate_logs,
+    check_settings=check_settings,
 )

@@ -33,7 +33,14 @@ RESERVED_KEYS = {
     "startedBy": "it identifies this deployment's tasks",
     "count": "exactly one task runs per task instance",
 }
-TASK_CONFIG = TaskConfigRules(service="ecs", operation="RunTask", target_key="cluster", reserved=RESERVED_KEYS)
+TASK_CONFIG = TaskConfigRules(
+    service="ecs", operation="RunTask", target_key="cluster", reserved=RESERVED_KEYS, settings_option="run_task_kwargs"
+)
+
+
+def check_settings(ecs: EcsSettings) -> None:
+    """``run_task_kwargs`` may not set what the reconciler owns: a :class:`ConfigError` at start-up."""
+    TASK_CONFIG.check_section(ecs)
 
 
 def run_task_shape() -> StructureShape:
