@@ -17,6 +17,7 @@ import botocore.session
 from botocore.model import StructureShape
 from botocore.validate import ParamValidator
 
+from ..config import ConfigError
 from ..config.models import BackendSettings
 from .tags import IDENTITY_TAGS
 
@@ -57,8 +58,10 @@ def check_keys(
         if key in reserved:
             raise InvalidExecutorConfig(key, f"cannot be set per task: {reserved[key]}")
         if key not in allowed:
+            # Only what a task may set: naming a reserved key here would invite the next error.
+            settable = sorted(k for k in allowed if k not in reserved)
             raise InvalidExecutorConfig(
-                key, f"not a {operation} parameter; expected one of: {', '.join(sorted(allowed))}"
+                key, f"not a {operation} parameter a task may set; one of: {', '.join(settable)}"
             )
     return executor_config
 
@@ -73,11 +76,23 @@ class TaskConfigRules:
     operation: str
     target_key: str
     reserved: Mapping[str, str]
+    # The section's option merged into every request (run_task_kwargs, submit_job_kwargs).
+    settings_option: str
 
     @property
     def shape(self) -> StructureShape:
         """The operation's input shape."""
         return input_shape(self.service, self.operation)
+
+    def check_section(self, section: BackendSettings) -> None:
+        """The section's request option may not set what the reconciler owns: :class:`ConfigError` at start-up
+        (``count: 2`` in run_task_kwargs would launch two tasks for every task instance)."""
+        where = f"invalid setting [{section.section}] {self.settings_option}"
+        for key in getattr(section, self.settings_option):
+            if key in self.reserved:
+                raise ConfigError(f"{where}: {key!r} cannot be set: {self.reserved[key]}")
+            if key == self.target_key:
+                raise ConfigError(f"{where}: set the {self.target_key} with {section.target_field}")
 
     def check(self, executor_config: Any, section: BackendSettings) -> dict[str, Any]:
         """The checks every backend makes alike; an empty dict when ``executor_config`` is unset."""
