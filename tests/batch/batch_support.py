@@ -55,6 +55,7 @@ class Harness:
         backend = build_backend(
             BATCH, self.settings, client=client if client is not None else self.client(), clock=self.clock
         )
+        assert isinstance(backend, BatchBackend)
         backend.throttle_pause = 0.01
         return backend
 
