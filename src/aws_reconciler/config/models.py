@@ -238,8 +238,9 @@ class CoreSettings(SectionSettings):
             )
         if self.aws_call_timeout is not None and not self.renew_deadline + self.aws_call_timeout < self.lease_duration:
             raise ValueError(
-                f"renew_deadline ({self.renew_deadline}) + aws_call_timeout ({self.aws_call_timeout}) must be shorter "
-                f"than lease_duration ({self.lease_duration}), so a call a leader sent lands before another can take over"
+                f"renew_deadline ({self.renew_deadline}) + aws_call_timeout ({self.aws_call_timeout}) must be "
+                f"shorter than lease_duration ({self.lease_duration}), so a call a leader sent lands before another "
+                "can take over"
             )
         return self
 
