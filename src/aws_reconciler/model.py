@@ -69,6 +69,21 @@ class Backend(StrEnum):
     BATCH = "batch"
 
 
+class WorkloadKind(StrEnum):
+    """What Airflow asked the executor to run: what a row's key means and how its end is reported."""
+
+    #: A task instance (``ExecuteTask``): the key is Airflow's TaskInstanceKey; its outcome is
+    #: what the task reported through the Execution API, not the container's exit code.
+    TASK = "task"
+    #: An executor callback (``ExecuteCallback``, e.g. a deadline alert): the key is the callback
+    #: id; the container's exit code is the outcome (Airflow's callback supervisor exits non-zero
+    #: when the callback raised).
+    CALLBACK = "callback"
+    #: A connection test (``TestConnection``): the container reports the result to the API
+    #: server itself; the executor only frees the slot.
+    CONNECTION_TEST = "connection_test"
+
+
 @dataclass(frozen=True, order=True)
 class TiKey:
     """Airflow's task-instance key, stored as columns so rows are found without Airflow."""

@@ -109,6 +109,15 @@ def test_invalid_executor_config_names_the_key(config: Any, key: str) -> None:
     assert key in str(info.value)
 
 
+def test_an_unknown_key_lists_only_the_keys_a_task_may_set() -> None:
+    with pytest.raises(InvalidExecutorConfig) as info:
+        build({"overide": {}})
+    message = str(info.value)
+    listed = set(message.split("one of: ", 1)[1].split(", "))
+    assert {"overrides", "tags", "cluster", "launchType"} <= listed
+    assert not listed & {"clientToken", "count", "startedBy"}, "the reconciler owns these: never suggest them"
+
+
 def test_overrides_over_ecs_limit_fail_clearly() -> None:
     big = [{"name": f"V{i}", "value": "x" * 100} for i in range(90)]
     with pytest.raises(InvalidExecutorConfig, match="8192"):

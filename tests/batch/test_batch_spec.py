@@ -181,6 +181,14 @@ def test_invalid_executor_config_names_the_key(config: Any, named: str) -> None:
     assert named in str(info.value), str(info.value)
 
 
+def test_an_unknown_key_lists_only_the_keys_a_task_may_set() -> None:
+    with pytest.raises(InvalidExecutorConfig) as info:
+        build({"containerOverride": {}})
+    listed = set(str(info.value).split("one of: ", 1)[1].split(", "))
+    assert {"containerOverrides", "timeout", "tags"} <= listed
+    assert not listed & {"jobName", "arrayProperties", "dependsOn", "nodeOverrides"}
+
+
 def test_a_request_over_batchs_payload_limit_fails_clearly() -> None:
     big = [{"name": f"V{i}", "value": "x" * 1000} for i in range(MAX_PAYLOAD_BYTES // 1000)]
     with pytest.raises(InvalidExecutorConfig, match="30720") as info:

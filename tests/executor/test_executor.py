@@ -27,7 +27,7 @@ from aws_reconciler.executor import EcsExecutor
 from aws_reconciler.model import Backend, Desired, Phase, TiKey
 from aws_reconciler.store import NewTask, TaskRecord, TaskStore, check_schema
 from aws_reconciler.store.queries import TaskQueries
-from support.workloads import RUN_ID, TOKEN, FakeTI, jwt_expiring_at, make_workload, rid
+from support.workloads import RUN_ID, TOKEN, FakeTI, airflow_ti, clear_airflow_tis, jwt_expiring_at, make_workload, rid
 
 if TYPE_CHECKING:
     # Annotations only: at run time every directory's conftest is a module named "conftest".
@@ -67,50 +67,7 @@ def row(store: TaskStore, workload: ExecuteTask) -> TaskRecord:
 @pytest.fixture(autouse=True)
 def _no_task_instances() -> None:
     """Each test starts with no task instance in Airflow's database (rows would carry over)."""
-    from airflow import settings
-    from airflow.models.dagrun import DagRun
-    from airflow.models.taskinstance import TaskInstance
-
-    assert settings.engine is not None
-    with settings.engine.begin() as conn:
-        conn.execute(sa.delete(TaskInstance.__table__))
-        conn.execute(sa.delete(DagRun.__table__))
-
-
-def airflow_ti(workload: ExecuteTask, state: TaskInstanceState | None, *, try_number: int | None = None) -> None:
-    """The workload's task instance as Airflow's database has it now (the scheduler, the task via
-    the Execution API, or a user clearing it would have written this)."""
-    from airflow import settings
-    from airflow.models.dagrun import DagRun
-    from airflow.models.taskinstance import TaskInstance
-
-    ti = workload.ti
-    runs, tis = DagRun.__table__, TaskInstance.__table__
-    where = [tis.c.dag_id == ti.dag_id, tis.c.task_id == ti.task_id, tis.c.run_id == ti.run_id]
-    assert settings.engine is not None
-    with settings.engine.begin() as conn:
-        if (
-            conn.execute(sa.select(runs.c.id).where(runs.c.dag_id == ti.dag_id, runs.c.run_id == ti.run_id)).first()
-            is None
-        ):
-            conn.execute(
-                sa.insert(runs).values(
-                    dag_id=ti.dag_id, run_id=ti.run_id, run_type="manual", run_after=datetime.now(UTC)
-                )
-            )
-        conn.execute(sa.delete(tis).where(*where))
-        conn.execute(
-            sa.insert(tis).values(
-                id=ti.id,
-                dag_id=ti.dag_id,
-                task_id=ti.task_id,
-                run_id=ti.run_id,
-                map_index=ti.map_index,
-                try_number=ti.try_number if try_number is None else try_number,
-                state=state,
-                pool="default_pool",
-            )
-        )
+    clear_airflow_tis()
 
 
 @dataclass

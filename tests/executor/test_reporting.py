@@ -7,7 +7,16 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from aws_reconciler.executor.reporting import Action, Outcome, TryState, decide, may_hold, token_expired
+from aws_reconciler.executor.reporting import (
+    Action,
+    Outcome,
+    TryState,
+    decide,
+    decide_by_exit,
+    may_hold,
+    never_ran,
+    token_expired,
+)
 from aws_reconciler.model import Backend, Desired, Phase, TiKey
 from aws_reconciler.store.records import Report, TaskRecord
 
@@ -257,3 +266,44 @@ def test_token_expiry_reads_exp_without_verifying(token: str | None, expected: d
     from aws_reconciler.executor.workload import token_expiry
 
     assert token_expiry(token) == expected
+
+
+EXIT_CASES = [
+    # (name, row, action, outcome, info)
+    ("callback succeeded", record(), Action.SUCCESS, Outcome.SUCCEEDED, "succeeded"),
+    ("callback raised", record(Phase.FAILED, reason="exit code 1"), Action.FAILED, Outcome.FAILED, "exit code 1"),
+    (
+        "never launched",
+        record(Phase.FAILED, launched=False, reason="token expired"),
+        Action.FAILED,
+        Outcome.FAILED,
+        "token expired",
+    ),
+    ("stopped", record(Phase.REVOKED, reason="stopped"), Action.FAILED, Outcome.REVOKED, "stopped"),
+    ("superseded", record(superseded=True), Action.DROP, Outcome.SUPERSEDED, None),
+]
+
+
+@pytest.mark.parametrize(("name", "row", "action", "outcome", "info"), EXIT_CASES, ids=[c[0] for c in EXIT_CASES])
+def test_decide_by_exit(name: str, row: TaskRecord, action: Action, outcome: Outcome, info: str | None) -> None:
+    """Callbacks and connection tests: the container's end is the outcome, whatever Airflow's TI tables say."""
+    decision = decide_by_exit(row)
+    assert (decision.action, decision.outcome, decision.info) == (action, outcome, info)
+    assert decision.report == Report(row.id)
+
+
+NEVER_RAN_CASES = [
+    # (name, row, current, never ran)
+    ("failed while Airflow has it queued", record(Phase.FAILED, launched=False), same_try("queued"), True),
+    ("launched, never started, still queued", record(Phase.FAILED), same_try("queued"), True),
+    ("failed after the task ran", record(Phase.FAILED), same_try("running"), False),
+    ("succeeded", record(), same_try("queued"), False),
+    ("an older try", record(Phase.FAILED), TryState(3, "queued"), False),
+    ("TI not found", record(Phase.FAILED), None, False),
+]
+
+
+@pytest.mark.parametrize(("name", "row", "current", "expected"), NEVER_RAN_CASES, ids=[c[0] for c in NEVER_RAN_CASES])
+def test_never_ran(name: str, row: TaskRecord, current: TryState | None, expected: bool) -> None:
+    decision = decide(row, current, now=NOW, task_queued_timeout=TIMEOUT)
+    assert never_ran(row, current, decision) is expected

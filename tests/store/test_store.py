@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
-from aws_reconciler.model import Backend, Desired, Phase, TiKey
+from aws_reconciler.model import Backend, Desired, Phase, TiKey, WorkloadKind
 from aws_reconciler.store import LeaseStore, NewTask, Report, TaskStore, check_schema, create_store_engine, migrate
 from aws_reconciler.store.migrate import VERSION_TABLE, current_revision, head_revision
 
@@ -451,3 +451,82 @@ def test_a_mariadb_store_created_by_release_0001_is_upgraded_to_microseconds(mar
     assert indexes["ix_aws_reconciler_task_open"] == ["backend", "finished_at", "phase"]
     test_timestamps_keep_their_microseconds(TaskStore(engine))
     engine.dispose()
+
+
+# ---- workload kinds and teams (migration 0003) ------------------------------------------------
+
+
+def test_rows_written_before_0003_read_as_task_rows_of_no_team(store_url: str) -> None:
+    from alembic import command
+
+    from aws_reconciler.store.migrate import _config
+
+    engine = create_store_engine(store_url)
+    config = _config()
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "0002")
+    now = datetime.now(UTC)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO aws_reconciler_task (id, backend, owner, dag_id, task_id, run_id, map_index, try_number, "
+                "desired, phase, attempt, created_at, updated_at) VALUES ('old', 'ecs', '1', 'dag', 't', 'run', -1, 1, "
+                "'running', 'pending', 0, :now, :now)"
+            ),
+            {"now": now.replace(tzinfo=None) if engine.dialect.name != "postgresql" else now},
+        )
+    assert migrate(engine) == ("0002", head_revision())
+    (old,) = TaskStore(engine).open_tasks(backend=Backend.ECS)
+    assert (old.id, old.kind, old.team, old.log_path) == ("old", WorkloadKind.TASK, None, None)
+    engine.dispose()
+
+
+def test_each_team_sees_and_changes_only_its_own_rows(store: TaskStore) -> None:
+    """A team's executor and reconciler share one store with the others and never touch their rows."""
+    a, b = TaskStore(store.engine, team="team_a"), TaskStore(store.engine, team="team_b")
+    key = TiKey("dag", "same-key", "run", -1, 1)
+    rows = {"none": new_task(key=key), "team_a": new_task(key=key), "team_b": new_task(key=key)}
+    store.add([rows["none"]])
+    a.add([rows["team_a"]])
+    b.add([rows["team_b"]])
+
+    # Nobody's queueing supersedes another team's row of the same key.
+    for scoped, name in ((store, "none"), (a, "team_a"), (b, "team_b")):
+        (only,) = scoped.open_tasks(backend=Backend.ECS)
+        assert (only.id, only.team, only.superseded_at) == (rows[name].id, None if name == "none" else name, None)
+
+    # Revoking by key, adopting and reporting stay within the team.
+    assert a.revoke(keys=[key]) == 1
+    assert store.get(rows["team_b"].id).desired is Desired.RUNNING  # type: ignore[union-attr]
+    assert [r.id for r in b.adopt(owner="9", backend=Backend.ECS, ids=[rows["team_a"].id], keys=[])] == []
+    for scoped in (store, b):
+        (row,) = scoped.open_tasks(backend=Backend.ECS)
+        assert scoped.transition(row.id, expect_phases=[Phase.PENDING], phase=Phase.SUCCEEDED)
+    assert [r.id for r in b.finished_unreported(owner="1", backend=Backend.ECS)] == [rows["team_b"].id]
+    assert b.mark_reported([Report(rows["none"].id)], owner="1") == set()
+
+    # Retention of one team deletes nothing of another's.
+    store.mark_reported([Report(rows["none"].id)], owner="1")
+    b.mark_reported([Report(rows["team_b"].id)], owner="1")
+    assert b.delete_reported_before(datetime.now(UTC) + timedelta(days=1)) == 1
+    assert store.get(rows["none"].id) is not None
+    assert store.get(rows["team_a"].id) is not None
+
+
+def test_a_callback_row_keeps_its_kind_and_log_path(store: TaskStore) -> None:
+    callback = NewTask(
+        id=str(uuid.uuid4()),
+        backend=Backend.BATCH,
+        owner="1",
+        key=TiKey("dag", "callback:x", "run", -1, 1),
+        queue=None,
+        target="q",
+        spec={},
+        kind=WorkloadKind.CALLBACK,
+        log_path="executor_callbacks/dag/run/x",
+    )
+    store.add([callback])
+    stored = store.get(callback.id)
+    assert stored is not None
+    assert (stored.kind, stored.log_path) == (WorkloadKind.CALLBACK, "executor_callbacks/dag/run/x")

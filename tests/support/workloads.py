@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from airflow.executors.workloads import BundleInfo, ExecuteTask, TaskInstanceDTO
+import sqlalchemy as sa
+from airflow.executors.workloads import BundleInfo, ExecuteCallback, ExecuteTask, TaskInstanceDTO, TestConnection
+from airflow.executors.workloads.callback import CallbackDTO, CallbackFetchMethod
 from airflow.models.taskinstancekey import TaskInstanceKey
+from airflow.utils.state import TaskInstanceState
 
 from aws_reconciler.store import TaskRecord
 
@@ -49,6 +52,38 @@ def make_workload(
         dag_rel_path=Path("example_dag.py"),
         bundle_info=BundleInfo(name="dags-folder", version=None),
         log_path="x.log",
+    )
+
+
+def make_callback(
+    *, callback_id: str | None = None, dag_id: str = "example_dag", path: str = "example_dag.notify", token: str = TOKEN
+) -> ExecuteCallback:
+    """An ExecuteCallback as the 3.3 scheduler hands a missed deadline's callback over."""
+    callback_id = callback_id or str(uuid.uuid4())
+    data = {
+        "path": path,
+        "kwargs": {
+            "channel": "ops",
+            "context": {"dag_run": {"dag_run_id": RUN_ID, "dag_id": dag_id}, "deadline": {"id": str(uuid.uuid4())}},
+        },
+        "dag_id": dag_id,
+        "dag_run_id": "17",
+        "deadline_id": str(uuid.uuid4()),
+        "executor": None,
+    }
+    return ExecuteCallback(
+        token=token,
+        callback=CallbackDTO(id=callback_id, fetch_method=CallbackFetchMethod.IMPORT_PATH, data=data),
+        dag_rel_path=Path("example_dag.py"),
+        bundle_info=BundleInfo(name="dags-folder", version=None),
+        log_path=f"executor_callbacks/{dag_id}/{RUN_ID}/{callback_id}",
+    )
+
+
+def make_connection_test(*, connection_id: str = "my_db", token: str = TOKEN) -> TestConnection:
+    """A TestConnection as the 3.3 scheduler hands over a test requested through the REST API."""
+    return TestConnection(
+        connection_test_id=uuid.uuid4(), connection_id=connection_id, timeout=60, queue=None, token=token
     )
 
 
@@ -99,3 +134,51 @@ class FakeTI:
     @property
     def key(self) -> TaskInstanceKey:
         return TaskInstanceKey(self.dag_id, self.task_id, self.run_id, self.try_number, self.map_index)
+
+
+def clear_airflow_tis() -> None:
+    """No task instance and no DAG run in Airflow's database (rows of earlier tests would carry over)."""
+    from airflow import settings
+    from airflow.models.dagrun import DagRun
+    from airflow.models.taskinstance import TaskInstance
+
+    assert settings.engine is not None
+    with settings.engine.begin() as conn:
+        conn.execute(sa.delete(TaskInstance.__table__))
+        conn.execute(sa.delete(DagRun.__table__))
+
+
+def airflow_ti(workload: ExecuteTask, state: TaskInstanceState | None, *, try_number: int | None = None) -> None:
+    """The workload's task instance as Airflow's database has it now (the scheduler, the task via
+    the Execution API, or a user clearing it would have written this)."""
+    from airflow import settings
+    from airflow.models.dagrun import DagRun
+    from airflow.models.taskinstance import TaskInstance
+
+    ti = workload.ti
+    runs, tis = DagRun.__table__, TaskInstance.__table__
+    where = [tis.c.dag_id == ti.dag_id, tis.c.task_id == ti.task_id, tis.c.run_id == ti.run_id]
+    assert settings.engine is not None
+    with settings.engine.begin() as conn:
+        if (
+            conn.execute(sa.select(runs.c.id).where(runs.c.dag_id == ti.dag_id, runs.c.run_id == ti.run_id)).first()
+            is None
+        ):
+            conn.execute(
+                sa.insert(runs).values(
+                    dag_id=ti.dag_id, run_id=ti.run_id, run_type="manual", run_after=datetime.now(UTC)
+                )
+            )
+        conn.execute(sa.delete(tis).where(*where))
+        conn.execute(
+            sa.insert(tis).values(
+                id=ti.id,
+                dag_id=ti.dag_id,
+                task_id=ti.task_id,
+                run_id=ti.run_id,
+                map_index=ti.map_index,
+                try_number=ti.try_number if try_number is None else try_number,
+                state=state,
+                pool="default_pool",
+            )
+        )

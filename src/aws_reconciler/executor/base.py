@@ -16,6 +16,7 @@ import threading
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -26,18 +27,24 @@ from airflow.observability.stats import Stats
 from ..backends.descriptor import BackendDescriptor, LogLocation, LogSubject, LogsUnavailable
 from ..backends.requests import InvalidExecutorConfig
 from ..config import ConfigError, Settings, load_settings
-from ..model import Backend, Phase
+from ..model import Backend, Phase, WorkloadKind
 from ..store.engine import create_store_engine
 from ..store.migrate import check_schema, migrate
 from ..store.queries import TaskQueries
 from ..store.records import NewTask, TaskRecord
 from ..store.tasks import TaskStore
 from .logs import TaskLogs, read_task_log
-from .reporting import Action, Decision, TryState, decide, may_hold
-from .workload import ti_key, ti_key_of_model, token_expiry, workload_command
+from .logs.never_ran import NeverRanLog, never_ran_lines
+from .reporting import Action, Decision, TryState, decide, decide_by_exit, may_hold, never_ran
+from .workload import record_id_of, stored_key, ti_key_of_model, token_expiry, workload_command, workload_kind
 
 if TYPE_CHECKING:
     from airflow.models.taskinstance import TaskInstance
+
+
+#: The event Airflow's event log shows for a try the executor failed before it ran (beside the
+#: scheduler's own "state mismatch" entry, whose text buries the reason).
+NEVER_RAN_EVENT = "aws-reconciler: not run"
 
 
 class SpecError(ValueError):
@@ -54,6 +61,11 @@ class ReconcilerExecutor(BaseExecutor):
     # that sets QUEUED; it is our record id, clientToken stem and identity tag.
     pre_assigns_external_executor_id: ClassVar[bool] = True
     supports_ad_hoc_ti_run = True
+    # ExecuteCallback workloads (deadline alerts) run as ECS tasks / Batch jobs like tasks do.
+    supports_callbacks = True
+    # TestConnection workloads too: the connection is tested from where tasks run (their network,
+    # their role); the container reports the result to the API server itself.
+    supports_connection_test = True
     is_local = False
     is_production = True
     serve_logs = False
@@ -71,6 +83,7 @@ class ReconcilerExecutor(BaseExecutor):
         self._task_logs: TaskLogs | None = None
         # The API server serves log requests from a thread pool.
         self._task_logs_lock = threading.Lock()
+        self._never_ran_log: NeverRanLog | None = None
 
     # ---- wiring ---------------------------------------------------------------------------
 
@@ -125,15 +138,20 @@ class ReconcilerExecutor(BaseExecutor):
         return redact_url(self.settings.store_url)
 
     def build_spec(self, *, record_id: str, workload: Any) -> tuple[dict[str, Any], str | None]:
-        """The resolved AWS request and its target (cluster / job queue); raises :class:`SpecError`."""
+        """The resolved AWS request and its target (cluster / job queue); raises :class:`SpecError`.
+
+        Only a task has an ``executor_config``; a callback or connection test runs with the
+        configured request as it is.
+        """
+        ti = getattr(workload, "ti", None)
         try:
             spec = self.descriptor.build_request(
                 self.descriptor.settings_of(self.settings),
                 deployment=self.settings.core.deployment,
                 record_id=record_id,
-                key=ti_key(workload),
+                key=stored_key(workload, record_id),
                 command=workload_command(workload),
-                executor_config=workload.ti.executor_config,
+                executor_config=ti.executor_config if ti is not None else None,
             )
         except InvalidExecutorConfig as exc:
             raise SpecError(str(exc)) from None
@@ -142,15 +160,17 @@ class ReconcilerExecutor(BaseExecutor):
     # ---- the scheduler's calls ------------------------------------------------------------
 
     def _process_workloads(self, workload_items: Sequence[Any]) -> None:
-        """Insert one row per workload, all in one transaction; invalid ones as failed rows.
+        """Insert one row per workload (task, callback or connection test), all in one transaction;
+        invalid ones as failed rows.
 
         When the store cannot be written, every workload stays queued and the next heartbeat
         tries again (the insert is idempotent, so a commit whose answer was lost is no harm).
         """
         rows: list[NewTask] = []
         for workload in workload_items:
-            key = workload.ti.key
-            record_id = workload.ti.external_executor_id
+            kind = workload_kind(workload)
+            key = _workload_key(workload, kind)
+            record_id = record_id_of(workload)
             if not record_id:
                 # Airflow < 3.3 does not pre-assign an id: make one and tell the scheduler.
                 record_id = str(uuid.uuid4())
@@ -160,19 +180,21 @@ class ReconcilerExecutor(BaseExecutor):
                 phase, reason = Phase.PENDING, None
             except (SpecError, ConfigError, ValueError) as exc:
                 spec, target, phase, reason = None, None, Phase.FAILED, str(exc)
-                self.log.error("task %s not launched: %s", key, reason)
+                self.log.error("%s %s not launched: %s", kind.value, key, reason)
             rows.append(
                 NewTask(
                     id=record_id,
                     backend=self.backend,
                     owner=self.owner,
-                    key=ti_key(workload),
-                    queue=workload.ti.queue,
+                    key=stored_key(workload, record_id),
+                    queue=workload.ti.queue if kind is WorkloadKind.TASK else getattr(workload, "queue", None),
                     target=target,
                     spec=spec,
                     phase=phase,
                     status_reason=reason,
                     token_expires_at=token_expiry(getattr(workload, "token", None)),
+                    kind=kind,
+                    log_path=getattr(workload, "log_path", None) if kind is WorkloadKind.TASK else None,
                 )
             )
         try:
@@ -186,17 +208,25 @@ class ReconcilerExecutor(BaseExecutor):
             self._count("store_errors", 1)
             return
         for workload, row in zip(workload_items, rows, strict=True):
-            key = workload.ti.key
-            self.queued_tasks.pop(key, None)
+            key = _workload_key(workload, row.kind)
+            self._queue_of(row.kind).pop(key, None)
             if row.id in conflicts:
-                reason = f"record id {row.id} is already stored for another task instance; not launched"
-                self.log.error("task %s not launched: %s", key, reason)
+                reason = f"record id {row.id} is already stored for another task instance or callback; not launched"
+                self.log.error("%s %s not launched: %s", row.kind.value, key, reason)
                 self.fail(key, info=reason)
             else:
                 self.running.add(key)
         invalid = sum(1 for r in rows if r.phase is Phase.FAILED) + len(conflicts)
         self._count("queued", len(rows) - invalid)
         self._count("invalid_config", invalid)
+
+    def _queue_of(self, kind: WorkloadKind) -> dict[Any, Any]:
+        """BaseExecutor's queue that holds workloads of ``kind`` until ``_process_workloads`` takes them."""
+        if kind is WorkloadKind.CALLBACK:
+            return self.queued_callbacks
+        if kind is WorkloadKind.CONNECTION_TEST:
+            return self.queued_connection_tests
+        return self.queued_tasks
 
     def sync(self) -> None:
         """Report each finished row exactly once, and only when it is the try's real outcome.
@@ -215,11 +245,19 @@ class ReconcilerExecutor(BaseExecutor):
         rows = self.store.finished_unreported(owner=self.owner, backend=self.backend)
         if not rows:
             return
-        current = self._current_tries(r for r in rows if r.superseded_at is None)
-        states = {r.id: current.get(_primary(r)) for r in rows}
-        now = self.store.database_now() if any(may_hold(r, states[r.id]) for r in rows) else None
+        tasks = [r for r in rows if r.kind is WorkloadKind.TASK]
+        current = self._current_tries(r for r in tasks if r.superseded_at is None)
+        states = {r.id: current.get(_primary(r)) for r in tasks}
+        now = self.store.database_now() if any(may_hold(r, states[r.id]) for r in tasks) else None
         timeout = self.settings.task_queued_timeout
-        decisions = {r.id: decide(r, states[r.id], now=now, task_queued_timeout=timeout) for r in rows}
+        decisions = {
+            r.id: (
+                decide(r, states[r.id], now=now, task_queued_timeout=timeout)
+                if r.kind is WorkloadKind.TASK
+                else decide_by_exit(r)
+            )
+            for r in rows
+        }
         reports = [d.report for d in decisions.values() if d.report is not None]
         # Marked first, then told: a write that fails tells Airflow nothing twice, and a row
         # adopted by another scheduler meanwhile is reported by that one alone.
@@ -230,7 +268,7 @@ class ReconcilerExecutor(BaseExecutor):
             if decision.action is Action.HOLD:
                 counts[decision.outcome.value] += 1
                 continue
-            key = _airflow_key(row.key)
+            key = _airflow_key_of(row)
             if row.id not in marked:
                 # Another scheduler adopted it (or revoked it) since it was read: its TI is not
                 # this scheduler's any more.
@@ -238,8 +276,31 @@ class ReconcilerExecutor(BaseExecutor):
                 continue
             self._apply(key, decision)
             counts[decision.outcome.value] += 1
+            if row.kind is WorkloadKind.TASK and never_ran(row, states.get(row.id), decision):
+                self._explain_never_ran(row, key, decision.info or row.phase.value)
         for name, n in counts.items():
             self._count(name, n)
+
+    def _explain_never_ran(self, row: TaskRecord, key: Any, reason: str) -> None:
+        """Say why the try never ran where its user looks: Airflow's event log, and the try's own
+        task log (which nothing else writes). Never raises: the failure is reported regardless."""
+        try:
+            self.log_task_event(event=NEVER_RAN_EVENT, extra=reason, ti_key=key)
+            if row.log_path:
+                self.never_ran_log().write(row.log_path, never_ran_lines(row, reason))
+        except Exception:
+            self.log.warning("could not record why %s never ran", key, exc_info=True)
+
+    def never_ran_log(self) -> NeverRanLog:
+        """The writer of never-ran reasons into Airflow's task logs, created on first use."""
+        if self._never_ran_log is None:
+            from airflow.configuration import conf
+
+            self._never_ran_log = NeverRanLog(
+                base_log_folder=Path(conf.get("logging", "base_log_folder")).expanduser(),
+                remote=_remote_task_log,
+            )
+        return self._never_ran_log
 
     def _apply(self, key: Any, decision: Decision) -> None:
         if decision.action is Action.SUCCESS:
@@ -358,6 +419,8 @@ class ReconcilerExecutor(BaseExecutor):
 
     def end(self) -> None:
         """Nothing to wait for: tasks keep running and the next scheduler adopts them."""
+        if self._never_ran_log is not None:
+            self._never_ran_log.close()
 
     def terminate(self) -> None:
         """Same as :meth:`end`: the reconciler, not the scheduler, owns the tasks."""
@@ -401,9 +464,25 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(orig).__name__}: {text[:300]}"
 
 
+def _workload_key(workload: Any, kind: WorkloadKind) -> Any:
+    """The key Airflow tracks the workload by (in ``queued_*``, ``running`` and events)."""
+    return workload.ti.key if kind is WorkloadKind.TASK else workload.key
+
+
 def _primary(record: TaskRecord) -> tuple[str, str, str, int]:
     key = record.key
     return (key.dag_id, key.task_id, key.run_id, key.map_index)
+
+
+def _remote_task_log() -> Any | None:
+    """Airflow's remote task log handler, when ``[logging] remote_logging`` is on."""
+    from airflow.configuration import conf
+
+    if not conf.getboolean("logging", "remote_logging", fallback=False):
+        return None
+    from airflow.logging_config import get_remote_task_log
+
+    return get_remote_task_log()
 
 
 def _airflow_conf(section: str, option: str) -> str | None:
@@ -411,6 +490,19 @@ def _airflow_conf(section: str, option: str) -> str | None:
 
     value = conf.get(section, option, fallback=None)
     return str(value) if value else None
+
+
+def _airflow_key_of(record: TaskRecord) -> Any:
+    """The key Airflow knows the row's workload by: a TaskInstanceKey, CallbackKey or ConnectionTestKey."""
+    if record.kind is WorkloadKind.CALLBACK:
+        from airflow.models.callback import CallbackKey
+
+        return CallbackKey(id=record.id)
+    if record.kind is WorkloadKind.CONNECTION_TEST:
+        from airflow.models.connection_test import ConnectionTestKey
+
+        return ConnectionTestKey(id=record.id)
+    return _airflow_key(record.key)
 
 
 def _airflow_key(key: Any) -> Any:

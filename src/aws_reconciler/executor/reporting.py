@@ -138,3 +138,31 @@ def decide(row: TaskRecord, current: TryState | None, *, now: datetime | None, t
         return Decision(Action.SUCCESS, Outcome.SUCCEEDED, info=reason, report=Report(row.id, ti_state=state))
     outcome = Outcome.REVOKED if row.phase is Phase.REVOKED else Outcome.FAILED
     return Decision(Action.FAILED, outcome, info=reason, report=Report(row.id, ti_state=state))
+
+
+def never_ran(row: TaskRecord, current: TryState | None, decision: Decision) -> bool:
+    """The failure reported for the row is of a try that never ran: Airflow still has it QUEUED
+    (a try that ran is RUNNING or finished), so no task log exists and only the executor can say why."""
+    return (
+        decision.action is Action.FAILED
+        and current is not None
+        and current.try_number == row.key.try_number
+        and current.state == QUEUED
+    )
+
+
+def decide_by_exit(row: TaskRecord) -> Decision:
+    """The decision for a finished, unreported callback or connection test row.
+
+    Here the container's end is the outcome: Airflow's callback supervisor exits non-zero when the
+    callback raised, and nothing else reports it (there is no task instance whose state could
+    disagree). A connection test reports its result to the API server itself; its event only
+    frees the slot (Airflow drains it).
+    """
+    reason = row.status_reason or row.phase.value
+    if row.superseded_at is not None:
+        return Decision(Action.DROP, Outcome.SUPERSEDED, report=Report(row.id))
+    if row.phase is Phase.SUCCEEDED:
+        return Decision(Action.SUCCESS, Outcome.SUCCEEDED, info=reason, report=Report(row.id))
+    outcome = Outcome.REVOKED if row.phase is Phase.REVOKED else Outcome.FAILED
+    return Decision(Action.FAILED, outcome, info=reason, report=Report(row.id))

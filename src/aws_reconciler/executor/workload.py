@@ -1,4 +1,5 @@
-"""Turn an Airflow 3 ``ExecuteTask`` workload into the container command and the TI key.
+"""Turn an Airflow 3 workload (``ExecuteTask``, ``ExecuteCallback``, ``TestConnection``) into the
+container command, its kind, its record id and the key stored for it.
 
 Kept free of Airflow imports (duck-typed) so it is unit-testable and cheap to import.
 """
@@ -11,7 +12,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from ..model import TiKey
+from ..model import TiKey, WorkloadKind
 
 EXECUTE_WORKLOAD_MODULE = "airflow.sdk.execution_time.execute_workload"
 
@@ -23,6 +24,53 @@ def workload_command(workload: Any) -> list[str]:
     request and the task record, never into logs.
     """
     return ["python", "-m", EXECUTE_WORKLOAD_MODULE, "--json-string", workload.model_dump_json()]
+
+
+#: Airflow's ``workload.type`` of each kind it sends to executors.
+_KINDS = {
+    "ExecuteTask": WorkloadKind.TASK,
+    "ExecuteCallback": WorkloadKind.CALLBACK,
+    "TestConnection": WorkloadKind.CONNECTION_TEST,
+}
+#: ``task_id`` prefix of the keys stored for callbacks and connection tests: Airflow's task ids
+#: cannot contain a colon, so these keys never match a task instance's.
+KEY_PREFIX = {WorkloadKind.CALLBACK: "callback:", WorkloadKind.CONNECTION_TEST: "connection_test:"}
+
+
+def workload_kind(workload: Any) -> WorkloadKind:
+    """What the workload is; ``ValueError`` for a type this release does not run."""
+    kind = _KINDS.get(str(getattr(workload, "type", "")))
+    if kind is None:
+        raise ValueError(f"workload type {getattr(workload, 'type', type(workload).__name__)!r} is not supported")
+    return kind
+
+
+def record_id_of(workload: Any) -> str | None:
+    """The id the workload is stored under: the task's pre-assigned ``external_executor_id``
+    (``None`` before Airflow 3.3), the callback's id, the connection test's id. Each is the id
+    Airflow itself keys the workload by, so a workload handed over twice is stored once."""
+    kind = workload_kind(workload)
+    if kind is WorkloadKind.TASK:
+        return workload.ti.external_executor_id or None
+    if kind is WorkloadKind.CALLBACK:
+        return str(workload.callback.id)
+    return str(workload.connection_test_id)
+
+
+def stored_key(workload: Any, record_id: str) -> TiKey:
+    """The key columns of the workload's row: a task instance's own key; for a callback its DAG
+    and run with ``task_id`` ``callback:<id>``; for a connection test ``connection_test:<id>``."""
+    kind = workload_kind(workload)
+    if kind is WorkloadKind.TASK:
+        return ti_key(workload)
+    dag_id = run_id = ""
+    if kind is WorkloadKind.CALLBACK:
+        data = workload.callback.data or {}
+        dag_id = str(data.get("dag_id") or "")
+        context = (data.get("kwargs") or {}).get("context") or {}
+        dag_run = context.get("dag_run") or {} if isinstance(context, dict) else {}
+        run_id = str(dag_run.get("dag_run_id") or dag_run.get("run_id") or "")
+    return TiKey(dag_id=dag_id, task_id=f"{KEY_PREFIX[kind]}{record_id}", run_id=run_id, map_index=-1, try_number=1)
 
 
 def ti_key(workload: Any) -> TiKey:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from ..model import Backend, Desired, Phase, TiKey
+from ..model import Backend, Desired, Phase, TiKey, WorkloadKind
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,10 @@ class NewTask:
     status_reason: str | None = None
     # The workload token's `exp` (see :func:`aws_reconciler.executor.workload.token_expiry`).
     token_expires_at: datetime | None = None
+    # What ``key`` is: a task instance's, or the one Airflow gave a callback / connection test.
+    kind: WorkloadKind = WorkloadKind.TASK
+    # Airflow's relative task log path of the try (``workload.log_path``).
+    log_path: str | None = None
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,12 @@ class TaskRecord:
     superseded_at: datetime | None = None
     #: Airflow's state of the try when the executor reported the row.
     ti_state: str | None = None
+    #: What ``key`` is (a task instance's unless this is a callback or connection test row).
+    kind: WorkloadKind = WorkloadKind.TASK
+    #: Airflow's team of the executor that wrote the row; ``None`` outside multi-team deployments.
+    team: str | None = None
+    #: Airflow's relative task log path of the try, when the executor knew it.
+    log_path: str | None = None
     spec: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @property

@@ -99,6 +99,15 @@ task = sa.Table(
     sa.Column("superseded_at", UtcDateTime, nullable=True),
     # Airflow's state of the try when the executor reported the row (what the try really ended as).
     sa.Column("ti_state", sa.String(32), nullable=True),
+    # What the key columns mean (model.WorkloadKind): a task instance's key, or the key Airflow gave
+    # a callback or connection test (task_id "callback:<id>": no task id can contain a colon).
+    sa.Column("kind", sa.String(16), nullable=False, server_default="task"),
+    # Airflow's team (multi-team deployments); NULL for the deployment-wide executors. Every query of
+    # a team's executor and reconciler is scoped to its own team.
+    sa.Column("team", sa.String(64), nullable=True),
+    # Airflow's relative task log path of the try (the workload's log_path), where the executor
+    # writes why a try never ran, so the task log view shows it.
+    sa.Column("log_path", sa.String(1024), nullable=True),
     # The TI key is indexed but NOT unique: a try can be queued more than once.
     sa.Index("ix_aws_reconciler_task_ti", "dag_id", "task_id", "run_id", "map_index", "try_number"),
     # The reconciler's hot query: open rows of one backend. (MySQL has no partial indexes: there

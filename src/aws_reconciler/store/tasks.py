@@ -15,7 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, RowMapping
 
-from ..model import Backend, Clock, Desired, Phase, TiKey, utcnow
+from ..model import Backend, Clock, Desired, Phase, TiKey, WorkloadKind, utcnow
 from .engine import database_now
 from .lease import Fence
 from .notify import notify
@@ -59,6 +59,9 @@ def _record(row: RowMapping) -> TaskRecord:
         token_expires_at=row["token_expires_at"],
         superseded_at=row["superseded_at"],
         ti_state=row["ti_state"],
+        kind=WorkloadKind(row["kind"]),
+        team=row["team"],
+        log_path=row["log_path"],
         spec=row.get("spec"),
     )
 
@@ -67,12 +70,27 @@ def _key_columns() -> sa.Tuple:
     return sa.tuple_(task.c.dag_id, task.c.task_id, task.c.run_id, task.c.map_index, task.c.try_number)
 
 
-class TaskStore:
-    """Typed operations on ``aws_reconciler_task``; one short transaction each."""
+def team_clause(team: str | None) -> sa.ColumnElement[bool]:
+    """Rows of ``team`` only (``None``: the rows of the deployment-wide executors)."""
+    return task.c.team.is_(None) if team is None else task.c.team == team
 
-    def __init__(self, engine: Engine, *, clock: Clock = utcnow) -> None:
+
+class TaskStore:
+    """Typed operations on ``aws_reconciler_task``; one short transaction each.
+
+    ``team`` scopes every read and write to one Airflow team's rows (multi-team deployments): a
+    team's executor and reconciler never see, stop or delete another team's. ``None`` is the
+    deployment-wide executors' scope (rows without a team).
+    """
+
+    def __init__(self, engine: Engine, *, clock: Clock = utcnow, team: str | None = None) -> None:
         self.engine = engine
         self.clock = clock
+        self.team = team
+
+    @property
+    def _scope(self) -> sa.ColumnElement[bool]:
+        return team_clause(self.team)
 
     # ---- executor side -------------------------------------------------------------------
 
@@ -93,7 +111,7 @@ class TaskStore:
         now = self.clock()
         ids = [t.id for t in tasks]
         with self.engine.begin() as conn:
-            stored: dict[str, tuple[str, TiKey]] = {}
+            stored: dict[str, tuple[str, TiKey, str | None]] = {}
             for chunk in _chunks(ids):
                 for row in conn.execute(
                     sa.select(
@@ -104,11 +122,12 @@ class TaskStore:
                         task.c.run_id,
                         task.c.map_index,
                         task.c.try_number,
+                        task.c.team,
                     ).where(task.c.id.in_(chunk))
                 ).mappings():
                     key = TiKey(row["dag_id"], row["task_id"], row["run_id"], row["map_index"], row["try_number"])
-                    stored[row["id"]] = (row["backend"], key)
-            conflicts = [t.id for t in tasks if t.id in stored and stored[t.id] != (t.backend.value, t.key)]
+                    stored[row["id"]] = (row["backend"], key, row["team"])
+            conflicts = [t.id for t in tasks if t.id in stored and stored[t.id] != (t.backend.value, t.key, self.team)]
             new = [t for t in tasks if t.id not in stored]
             keys_by_owner: dict[str | None, list[tuple[str, str, str, int, int]]] = defaultdict(list)
             for t in new:
@@ -122,6 +141,7 @@ class TaskStore:
                             task.c.id.not_in(ids),
                             task.c.reported_at.is_(None),
                             task.c.superseded_at.is_(None),
+                            self._scope,
                         )
                         .values(
                             desired=Desired.STOPPED.value,
@@ -137,8 +157,7 @@ class TaskStore:
             notify(conn)
         return conflicts
 
-    @staticmethod
-    def _insert_values(t: NewTask, now: datetime) -> dict[str, Any]:
+    def _insert_values(self, t: NewTask, now: datetime) -> dict[str, Any]:
         return {
             "id": t.id,
             "backend": t.backend.value,
@@ -160,6 +179,9 @@ class TaskStore:
             "updated_at": now,
             "finished_at": now if t.phase.terminal else None,
             "token_expires_at": t.token_expires_at,
+            "kind": t.kind.value,
+            "team": self.team,
+            "log_path": t.log_path,
         }
 
     def finished_unreported(self, *, owner: str, backend: Backend) -> list[TaskRecord]:
@@ -171,6 +193,7 @@ class TaskStore:
             task.c.owner == owner,
             task.c.backend == backend.value,
             sa.text(UNREPORTED_PREDICATE),
+            self._scope,
         )
         with self.engine.connect() as conn:
             return [_record(r) for r in conn.execute(query).mappings()]
@@ -192,7 +215,7 @@ class TaskStore:
         with self.engine.begin() as conn:
             for (ti_state, phase, reason), ids in groups.items():
                 values: dict[str, Any] = {"reported_at": now, "updated_at": now, "ti_state": ti_state}
-                conditions = [task.c.owner == owner, task.c.reported_at.is_(None)]
+                conditions = [task.c.owner == owner, task.c.reported_at.is_(None), self._scope]
                 if phase is not None:
                     # Only a finished row's outcome is corrected; the reconciler owns open rows.
                     values.update(phase=phase.value, status_reason=reason)
@@ -223,13 +246,15 @@ class TaskStore:
         with self.engine.begin() as conn:
             for chunk in _chunks(list(ids)):
                 for row in conn.execute(
-                    sa.select(*_LIGHT_COLUMNS).where(task.c.id.in_(chunk), task.c.backend == backend.value)
+                    sa.select(*_LIGHT_COLUMNS).where(task.c.id.in_(chunk), task.c.backend == backend.value, self._scope)
                 ).mappings():
                     found[row["id"]] = _record(row)
             by_key: dict[TiKey, TaskRecord] = {}
             for chunk in _chunks([k.as_tuple() for k in keys]):
                 for row in conn.execute(
-                    sa.select(*_LIGHT_COLUMNS).where(_key_columns().in_(chunk), task.c.backend == backend.value)
+                    sa.select(*_LIGHT_COLUMNS).where(
+                        _key_columns().in_(chunk), task.c.backend == backend.value, self._scope
+                    )
                 ).mappings():
                     record = _record(row)
                     best = by_key.get(record.key)
@@ -269,7 +294,11 @@ class TaskStore:
                 task.update()
                 # Also rows that finished but are not reported yet: their event would reach a TI
                 # the scheduler has already put back to SCHEDULED and fail it.
-                .where(sa.or_(*conditions), sa.or_(task.c.finished_at.is_(None), task.c.reported_at.is_(None)))
+                .where(
+                    sa.or_(*conditions),
+                    sa.or_(task.c.finished_at.is_(None), task.c.reported_at.is_(None)),
+                    self._scope,
+                )
                 .values(desired=Desired.STOPPED.value, reported_at=now, updated_at=now)
             )
             notify(conn)
@@ -279,7 +308,9 @@ class TaskStore:
 
     def open_tasks(self, *, backend: Backend) -> list[TaskRecord]:
         """Every row the reconciler still has work for, without specs."""
-        query = sa.select(*_LIGHT_COLUMNS).where(task.c.backend == backend.value, task.c.finished_at.is_(None))
+        query = sa.select(*_LIGHT_COLUMNS).where(
+            task.c.backend == backend.value, task.c.finished_at.is_(None), self._scope
+        )
         with self.engine.connect() as conn:
             return [_record(r) for r in conn.execute(query).mappings()]
 
@@ -310,7 +341,7 @@ class TaskStore:
         now = self.clock()
         claimed: dict[str, int] = {}
         with self.engine.begin() as conn:
-            conditions = [task.c.phase == Phase.PENDING.value, task.c.desired == Desired.RUNNING.value]
+            conditions = [task.c.phase == Phase.PENDING.value, task.c.desired == Desired.RUNNING.value, self._scope]
             if fence is not None:
                 conditions.append(fence.clause())
             if token_margin is not None:
@@ -389,11 +420,12 @@ class TaskStore:
             return bool(own.execute(statement).rowcount)
 
     def delete_reported_before(self, cutoff: datetime) -> int:
-        """Retention: drop finished rows reported before ``cutoff``, and finished rows nobody
-        reported by then (their scheduler died and Airflow never asked anyone to adopt them)."""
+        """Retention: drop this team's finished rows reported before ``cutoff``, and finished rows
+        nobody reported by then (their scheduler died and Airflow never asked anyone to adopt them)."""
         with self.engine.begin() as conn:
             result = conn.execute(
                 task.delete().where(
+                    self._scope,
                     task.c.finished_at.is_not(None),
                     sa.or_(
                         task.c.reported_at < cutoff,
