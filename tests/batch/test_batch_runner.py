@@ -258,7 +258,7 @@ def test_the_reconciler_runs_jobs_to_the_end_and_the_executor_shows_their_logs(
     assert (h.row(failing).phase, h.row(failing).exit_code) == (Phase.FAILED, 4)
     wait_for(lambda: progressed(revoked, want={Phase.RUNNING}), what="the sleeper to run")
     h.store.revoke(ids=[revoked])
-    wait_for(lambda: progressed(revoked, want={Phase.FAILED}), what="the revoked row to fail")
+    wait_for(lambda: progressed(revoked, want={Phase.REVOKED}), what="the revoked row to end revoked")
     row = h.row(revoked)
     assert row.status_reason and row.status_reason.startswith("revoked by Airflow")
     assert row.exit_code == 128 + signal.SIGTERM
