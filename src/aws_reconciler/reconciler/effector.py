@@ -64,17 +64,16 @@ class Done:
 
 @dataclass
 class Tally:
-    """What one cycle executed, as counts (thread-safe: workers add to it)."""
+    """What one cycle executed, as counts. Only the cycle's thread adds to it: workers return
+    :class:`Done` records, accounted when collected."""
 
     counts: dict[str, int] = field(default_factory=dict)
     stopped_orphans: list[str] = field(default_factory=list)
     # When the retries scheduled by this cycle's launches are due.
     retries_due: list[datetime] = field(default_factory=list)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, name: str, n: int = 1) -> None:
-        with self._lock:
-            self.counts[name] = self.counts.get(name, 0) + n
+        self.counts[name] = self.counts.get(name, 0) + n
 
     def stats(self, **extra: int) -> CycleStats:
         return CycleStats(**{**self.counts, **extra})

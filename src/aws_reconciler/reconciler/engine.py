@@ -155,9 +155,12 @@ class Engine:
         if not targets:
             return Observed({})
         observed = self.backend.observe(targets=targets)
-        for error in observed.errors:
+        if observed.errors:
             log.warning(
-                "%s: a describe batch failed (%s); its tasks are looked at next cycle", self._kind, error.reason
+                "%s: %d describe call(s) failed (%s); their tasks are looked at next cycle",
+                self._kind,
+                len(observed.errors),
+                observed.errors[0].reason,
             )
         return observed
 
