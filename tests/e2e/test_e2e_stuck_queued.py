@@ -73,7 +73,7 @@ def test_stuck_in_queued_is_revoked_and_its_ecs_task_stopped(stack: DemoStack) -
     assert all(r.desired == "stopped" for r in rows), [(r.id, r.desired) for r in rows]
 
     def all_revoked_rows_finished() -> bool:
-        return all(r.phase == "failed" for r in stack.store_rows(dag_id=DAG_ID, run_id=run_id))
+        return all(r.phase == "revoked" for r in stack.store_rows(dag_id=DAG_ID, run_id=run_id))
 
     stack.wait(all_revoked_rows_finished, "the revoked rows to see their ECS tasks stopped", 60)
     by_record = ecs_tasks_by_record(stack)

@@ -428,6 +428,10 @@ def test_of_two_open_rows_of_one_task_instance_only_the_newest_is_launched() -> 
     assert [r.id for r in p.launches] == ["new"]
     [t] = p.transitions
     assert (t.record_id, t.effect, t.changes["phase"]) == ("old", Effect.REVOKED, Phase.REVOKED)
+    # Revoked by Airflow, then queued again: revoked, not superseded.
+    revoked = row("old", key=key, created_at=ago(50), desired=Desired.STOPPED)
+    [t] = decide([revoked, newer]).transitions
+    assert t.changes["status_reason"] == "revoked by Airflow before launch"
     # Queued in the same instant: the row the store flagged superseded is the older, whatever its id.
     flagged = row("z", key=key, created_at=ago(5), superseded_at=ago(1))
     fresh = row("a", key=key, created_at=ago(5), next_attempt_at=ago(5))

@@ -372,6 +372,12 @@ class _Planner:
         return row.desired is Desired.RUNNING and row.id not in self.superseded and row.phase is not Phase.STOPPING
 
     def why_unwanted(self, row: TaskRecord) -> StopWhy:
+        # Airflow's own revoke comes first: a revoked queueing that was then queued again was
+        # revoked, not superseded (the store flags supersedes itself).
+        if row.superseded_at is not None:
+            return StopWhy.SUPERSEDED
+        if row.desired is Desired.STOPPED:
+            return StopWhy.REVOKED
         return StopWhy.SUPERSEDED if row.id in self.superseded else StopWhy.REVOKED
 
     # ---- discovery -----------------------------------------------------------------------------
