@@ -1,7 +1,7 @@
 """Our side: the task store (a PostgreSQL schema), the scheduler-side executor and the reconciler.
 
 The executor is built the way the scheduler builds it (``EcsExecutor(parallelism=...)``, settings
-from the environment); the reconciler's :class:`~aws_reconciler.reconciler.engine.Engine` is wired
+from the environment); the reconciler's :class:`~aws_reconciler.reconciler.controller.Engine` is wired
 by ``reconciler/factory.py`` exactly as ``aws-reconciler run`` wires it, and driven one cycle at a
 time in this process (``aws-reconciler run`` would be woken by the executor's NOTIFY).
 """
@@ -18,8 +18,8 @@ import sqlalchemy as sa
 from aws_reconciler.backends.ecs.descriptor import ECS
 from aws_reconciler.config import load_settings
 from aws_reconciler.executor import EcsExecutor
-from aws_reconciler.reconciler.engine import Engine
-from aws_reconciler.reconciler.factory import build_backend, engine_settings
+from aws_reconciler.reconciler.controller import Controller
+from aws_reconciler.reconciler.factory import build_backend, controller_settings
 from aws_reconciler.store import TaskStore, create_store_engine, migrate
 
 ECS_PREFIX = "AIRFLOW__AWS_RECONCILER_ECS__"
@@ -95,25 +95,25 @@ def dispose_executor(executor: EcsExecutor) -> None:
     executor.store.engine.dispose()
 
 
-def new_engine(world: Mapping[str, str], store_url: str, *, raised_limits: bool) -> Engine:
-    """The reconciler's engine as ``build_runner`` wires it (its own store connection and client)."""
+def new_engine(world: Mapping[str, str], store_url: str, *, raised_limits: bool) -> Controller:
+    """The reconciler's engine as ``build_manager`` wires it (its own store connection and client)."""
     env = environ(world, store_url)
     if raised_limits:
         env.update(RAISED_LIMITS)
     settings = load_settings(environ=env, cfg_path=_NO_CFG)
-    return Engine(
+    return Controller(
         store=TaskStore(create_store_engine(settings.store_url)),
         backend=build_backend(ECS, settings),
-        settings=engine_settings(settings),
+        settings=controller_settings(settings),
     )
 
 
-def close_engine(engine: Engine) -> None:
+def close_engine(engine: Controller) -> None:
     engine.close()
     engine.store.engine.dispose()
 
 
-def reconcile_until_launched(engine: Engine, db: StoreDb, n: int, *, max_cycles: int = 50) -> int:
+def reconcile_until_launched(engine: Controller, db: StoreDb, n: int, *, max_cycles: int = 50) -> int:
     """Run reconcile cycles back to back until ``n`` rows are launched; returns the cycles run."""
     for cycle in range(1, max_cycles + 1):
         engine.reconcile()

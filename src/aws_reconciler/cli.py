@@ -25,8 +25,8 @@ from .store.trouble import StoreMisconfigured, StoreUnreachable, classify_store_
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
-    from .metrics.server import Check
-    from .reconciler.runner import Runner
+    from .metrics.server import HealthStatus
+    from .reconciler.manager import Manager
 
 log = logging.getLogger("aws_reconciler")
 
@@ -52,7 +52,7 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 def _store_engine(settings: Settings) -> Engine:
     """The store's engine; a URL that cannot work is a configuration error naming ``store_url``."""
-    from .store.engine import create_store_engine
+    from .store.database import create_store_engine
 
     try:
         return create_store_engine(settings.store_url)
@@ -67,38 +67,38 @@ def _store_engine(settings: Settings) -> Engine:
 
 
 class _Startup:
-    """Health of a reconciler whose runner is not built yet (the store does not answer)."""
+    """Health of a reconciler whose manager is not built yet (the store does not answer)."""
 
     def __init__(self) -> None:
-        self.runner: Runner | None = None
+        self.manager: Manager | None = None
         self.waiting_for: str | None = "start-up"
 
-    def liveness(self) -> Check:
-        from .metrics.server import Check
+    def liveness(self) -> HealthStatus:
+        from .metrics.server import HealthStatus
 
         # Waiting for the store is progress: a restart would only wait again.
-        return self.runner.liveness() if self.runner else Check(True, {"status": "starting"})
+        return self.manager.liveness() if self.manager else HealthStatus(True, {"status": "starting"})
 
-    def readiness(self) -> Check:
-        from .metrics.server import Check
+    def readiness(self) -> HealthStatus:
+        from .metrics.server import HealthStatus
 
-        if self.runner is not None:
-            return self.runner.readiness()
-        return Check(False, {"status": f"waiting for {self.waiting_for}"})
+        if self.manager is not None:
+            return self.manager.readiness()
+        return HealthStatus(False, {"status": f"waiting for {self.waiting_for}"})
 
 
-def _build_runner_when_store_answers(
+def _build_manager_when_store_answers(
     settings: Settings, *, metrics: Any, startup: _Startup, stop: threading.Event, once: bool
-) -> Runner | None:
-    """``build_runner``, retried with backoff while the store is unreachable; ``None`` if stopped first."""
+) -> Manager | None:
+    """``build_manager``, retried with backoff while the store is unreachable; ``None`` if stopped first."""
     from .reconciler.backoff import backoff_delay
-    from .reconciler.factory import build_runner
+    from .reconciler.factory import build_manager
 
     label = redact_url(settings.store_url)
     attempt = 0
     while True:
         try:
-            return build_runner(settings, metrics=metrics)
+            return build_manager(settings, metrics=metrics)
         except Exception as exc:
             trouble = classify_store_error(exc, label=label)
             if trouble is None:
@@ -124,7 +124,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     metrics = Metrics()
     startup = _Startup()
     stop = threading.Event()
-    # Until the runner takes over the signals: SIGTERM while waiting for the store ends cleanly.
+    # Until the manager takes over the signals: SIGTERM while waiting for the store ends cleanly.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, _frame: stop.set())
     server = None
@@ -143,15 +143,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
     elif not args.once:
         log.info("no /metrics, /healthz or /readyz: [aws_reconciler] metrics_address is empty")
     try:
-        runner = _build_runner_when_store_answers(settings, metrics=metrics, startup=startup, stop=stop, once=args.once)
-        if runner is None:
+        manager = _build_manager_when_store_answers(
+            settings, metrics=metrics, startup=startup, stop=stop, once=args.once
+        )
+        if manager is None:
             log.info("stopped before the task store answered")
             return ExitCode.OK
-        runner.install_signal_handlers()
+        manager.install_signal_handlers()
         if stop.is_set():
-            runner.request_stop()
-        startup.runner = runner
-        return runner.run(once=args.once)
+            manager.request_stop()
+        startup.manager = manager
+        return manager.run(once=args.once)
     finally:
         if server is not None:
             server.stop()
@@ -200,7 +202,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 def _cmd_check(args: argparse.Namespace) -> int:
     from .backends.client import make_client
-    from .checks import caller_identity, check_backends, check_store, render
+    from .preflight import caller_identity, check_backends, check_store, render
 
     settings = load_settings()
     settings.require_backend()

@@ -16,8 +16,8 @@ from aws_reconciler.backends.client import aws_client_config
 from aws_reconciler.backends.tags import ID_TAG
 from aws_reconciler.config import Settings
 from aws_reconciler.model import Backend, TiKey
-from aws_reconciler.reconciler.engine import Engine
-from aws_reconciler.reconciler.factory import build_backend, engine_settings
+from aws_reconciler.reconciler.controller import Controller
+from aws_reconciler.reconciler.factory import build_backend, controller_settings
 from aws_reconciler.store import NewTask, TaskRecord, TaskStore
 from aws_reconciler_sandbox import SandboxServer
 from support.scenario import FakeClock
@@ -37,7 +37,7 @@ class Harness:
     db: DbEngine
     store: TaskStore
     clock: FakeClock
-    engines: list[Engine] = field(default_factory=list)
+    engines: list[Controller] = field(default_factory=list)
 
     def close(self) -> None:
         for engine in self.engines:
@@ -65,12 +65,12 @@ class Harness:
         backend: Any = None,
         is_leader: Callable[[], bool] = lambda: True,
         rng: Callable[[], float] = lambda: 0.0,
-    ) -> Engine:
+    ) -> Controller:
         """A fresh Batch engine on the shared store and clock (closed at teardown)."""
-        engine = Engine(
+        engine = Controller(
             store=self.store,
             backend=backend if backend is not None else self.backend(),
-            settings=engine_settings(self.settings, Backend.BATCH),
+            settings=controller_settings(self.settings, Backend.BATCH),
             is_leader=is_leader,
             clock=self.clock,
             rng=rng,

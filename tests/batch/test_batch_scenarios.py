@@ -1,4 +1,4 @@
-"""Scenarios of the reconciler on AWS Batch: real ``Engine`` cycles against the sandbox and a real store.
+"""Scenarios of the reconciler on AWS Batch: real ``Controller`` cycles against the sandbox and a real store.
 
 The Batch twin of ``tests/reconciler/test_reconciler_scenarios.py``: each test sets up a world
 (rows built the way the BatchExecutor builds them, jobs on the fake AWS, injected faults), runs
@@ -22,10 +22,10 @@ from aws_reconciler.backends.batch.spec import job_name
 from aws_reconciler.backends.errors import Outcome
 from aws_reconciler.backends.tags import DEPLOYMENT_TAG, ID_TAG
 from aws_reconciler.model import Phase
-from aws_reconciler.reconciler.engine import Engine
+from aws_reconciler.reconciler.controller import Controller
 from aws_reconciler.reconciler.leader import LeaderElector
+from aws_reconciler.reconciler.manager import Manager
 from aws_reconciler.reconciler.result import Result
-from aws_reconciler.reconciler.runner import Runner
 from aws_reconciler.store import LeaseStore, Waker
 from support.scenario import Crash
 
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 TOO_MANY: dict[str, Any] = {"code": "TooManyRequestsException", "message": "Too Many Requests", "status": 429}
 
 
-def cycle(engine: Engine) -> Result:
+def cycle(engine: Controller) -> Result:
     """One reconcile cycle."""
     return engine.reconcile()
 
@@ -707,7 +707,7 @@ def test_throttled_submits_cost_no_attempt_and_slow_the_cycle(make_harness: Harn
     assert h.calls("SubmitJob") == 15
 
 
-def _runner(h: Harness, engines: list[Any]) -> Runner:
+def _runner(h: Harness, engines: list[Any]) -> Manager:
     core = h.settings.core
     elector = LeaderElector(
         leases=LeaseStore(h.db),
@@ -718,7 +718,7 @@ def _runner(h: Harness, engines: list[Any]) -> Runner:
         retry_period=core.retry_period,
     )
     assert elector.try_once()
-    return Runner(
+    return Manager(
         engines=engines,
         elector=elector,
         waker=Waker(h.db),

@@ -16,10 +16,10 @@ from aws_reconciler.backends.ecs.descriptor import ECS
 from aws_reconciler.backends.ecs.spec import build_run_task_request
 from aws_reconciler.config import load_settings
 from aws_reconciler.model import Backend, Phase, TiKey
-from aws_reconciler.reconciler.engine import Engine
-from aws_reconciler.reconciler.factory import build_backend, build_runner, engine_settings
+from aws_reconciler.reconciler.controller import Controller
+from aws_reconciler.reconciler.factory import build_backend, build_manager, controller_settings
 from aws_reconciler.reconciler.leader import LeaderElector
-from aws_reconciler.reconciler.runner import Runner
+from aws_reconciler.reconciler.manager import Manager
 from aws_reconciler.store import LeaseStore, NewTask, TaskStore, Waker
 
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ def test_build_runner_makes_one_engine_per_configured_backend(
 ) -> None:
     environ = {k: v for k, v in {**BOTH, "AIRFLOW__AWS_RECONCILER__STORE_URL": store_url}.items() if k not in drop}
     settings = load_settings(environ=environ, cfg_path=Path("/nonexistent/airflow.cfg"))
-    runner = build_runner(settings)
+    runner = build_manager(settings)
     try:
         assert [e.backend.kind for e in runner.engines] == kinds
         for engine in runner.engines:
@@ -95,7 +95,7 @@ def _add_ecs_rows(h: Harness, n: int) -> list[str]:
     return [r.id for r in rows]
 
 
-def _runner(h: Harness) -> tuple[Runner, Engine, Engine]:
+def _runner(h: Harness) -> tuple[Manager, Controller, Controller]:
     core = h.settings.core
     elector = LeaderElector(
         leases=LeaseStore(h.db),
@@ -108,17 +108,17 @@ def _runner(h: Harness) -> tuple[Runner, Engine, Engine]:
     assert elector.try_once()
     ecs_backend = build_backend(ECS, h.settings, client=h.sandbox.client("ecs"))
     ecs_backend.throttle_pause = 0.01
-    ecs = Engine(
+    ecs = Controller(
         store=h.store,
         backend=ecs_backend,
-        settings=engine_settings(h.settings, Backend.ECS),
+        settings=controller_settings(h.settings, Backend.ECS),
         is_leader=elector.is_leader,
         clock=h.clock,
         rng=lambda: 0.0,
     )
     h.engines.append(ecs)
     batch = h.engine(is_leader=elector.is_leader)
-    runner = Runner(
+    runner = Manager(
         engines=[ecs, batch],
         elector=elector,
         waker=Waker(h.db),

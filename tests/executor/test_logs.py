@@ -21,8 +21,8 @@ from aws_reconciler.backends.ecs.spec import build_run_task_request
 from aws_reconciler.executor import EcsExecutor
 from aws_reconciler.executor.logs import LogLocation, TaskLogs
 from aws_reconciler.model import Backend, Phase, TiKey
-from aws_reconciler.reconciler.engine import Engine
-from aws_reconciler.reconciler.factory import build_backend, engine_settings
+from aws_reconciler.reconciler.controller import Controller
+from aws_reconciler.reconciler.factory import build_backend, controller_settings
 from aws_reconciler.store import NewTask, TaskStore, create_store_engine
 from aws_reconciler_sandbox import SandboxServer, bootstrap
 from aws_reconciler_sandbox.runner import RunnerOptions
@@ -100,7 +100,7 @@ class World:
 
     executor: EcsExecutor
     store: TaskStore
-    engine: Engine
+    engine: Controller
     sandbox: SandboxServer
 
     def add(self, *lines: str, task_definition: str | None = None, try_number: int = 1, task_id: str = "t") -> str:
@@ -166,10 +166,10 @@ def world(
     executor._settings = settings
     executor.start()
     store = TaskStore(executor.store.engine)
-    engine = Engine(
+    engine = Controller(
         store=store,
         backend=build_backend(ECS, settings, client=sandbox.client("ecs")),
-        settings=engine_settings(settings),
+        settings=controller_settings(settings),
     )
     try:
         yield World(executor=executor, store=store, engine=engine, sandbox=sandbox)

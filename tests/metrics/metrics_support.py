@@ -34,11 +34,11 @@ from aws_reconciler.config import Settings
 from aws_reconciler.metrics.definitions import Metrics
 from aws_reconciler.metrics.server import MetricsServer
 from aws_reconciler.model import Backend, TiKey
-from aws_reconciler.reconciler.engine import Engine
-from aws_reconciler.reconciler.factory import build_backend, engine_settings
+from aws_reconciler.reconciler.controller import Controller
+from aws_reconciler.reconciler.factory import build_backend, controller_settings
 from aws_reconciler.reconciler.instrument import instrument_client
 from aws_reconciler.reconciler.leader import LeaderElector
-from aws_reconciler.reconciler.runner import Runner
+from aws_reconciler.reconciler.manager import Manager
 from aws_reconciler.store import LeaseStore, NewTask, TaskStore, Waker, create_store_engine
 from aws_reconciler_sandbox import SandboxServer
 
@@ -303,8 +303,8 @@ class Replica:
 
     name: str
     metrics: Metrics
-    runner: Runner
-    engine: Engine
+    runner: Manager
+    engine: Controller
     elector: LeaderElector
     server: MetricsServer
     _thread: threading.Thread | None = field(default=None, repr=False)
@@ -352,7 +352,7 @@ class Replica:
 
 
 def build_replica(name: str, *, settings: Settings, sandbox: SandboxServer, store_url: str) -> Replica:
-    """A replica wired like ``build_runner`` wires one, with every part on one ``Metrics`` registry.
+    """A replica wired like ``build_manager`` wires one, with every part on one ``Metrics`` registry.
 
     The ECS client is the sandbox's, instrumented as the factory instruments its own; a throttled
     bucket pauses only briefly so tests need not wait AWS-sized pauses.
@@ -372,14 +372,14 @@ def build_replica(name: str, *, settings: Settings, sandbox: SandboxServer, stor
         renew_deadline=core.renew_deadline,
         retry_period=core.retry_period,
     )
-    engine = Engine(
+    engine = Controller(
         store=TaskStore(db),
         backend=backend,
-        settings=engine_settings(settings),
+        settings=controller_settings(settings),
         is_leader=elector.is_leader,
         metrics=metrics,
     )
-    runner = Runner(
+    runner = Manager(
         engines=[engine],
         elector=elector,
         waker=Waker(db),

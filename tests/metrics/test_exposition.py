@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from aws_reconciler.backends.tags import DEPLOYMENT_TAG, ID_TAG
 from aws_reconciler.metrics.definitions import Metrics
 from aws_reconciler.model import Phase
-from aws_reconciler.reconciler.factory import build_runner
+from aws_reconciler.reconciler.factory import build_manager
 from aws_reconciler.store import TaskStore, create_store_engine
 from aws_reconciler_sandbox import SandboxServer
 from support.waiting import wait_for
@@ -160,12 +160,12 @@ def test_build_runner_exports_engines_and_aws_calls_through_one_registry(
     migrated_sqlite: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """What ``aws-reconciler run`` serves: the registry handed to ``build_runner`` receives the
+    """What ``aws-reconciler run`` serves: the registry handed to ``build_manager`` receives the
     engines' gauges and counters and the AWS calls of the clients it creates."""
     for name in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
         monkeypatch.setenv(name, aws_env[name])
     metrics = Metrics()
-    runner = build_runner(settings_for(migrated_sqlite), metrics=metrics)
+    runner = build_manager(settings_for(migrated_sqlite), metrics=metrics)
     assert runner.elector.try_once()
     runner.cycle()
     assert all(engine.metrics is metrics for engine in runner.engines)

@@ -120,10 +120,11 @@ def test_status_tables(populated: tuple[TaskStore, dict[str, str]]) -> None:
         "STOPPING",
         "SUCCEEDED",
         "FAILED",
+        "REVOKED",
         "TOTAL",
     ]
-    assert batch.split() == ["batch", "1", "0", "0", "0", "0", "0", "0", "1"]
-    assert ecs.split() == ["ecs", "2", "0", "0", "1", "0", "1", "3", "7"]
+    assert batch.split() == ["batch", "1", "0", "0", "0", "0", "0", "0", "0", "1"]
+    assert ecs.split() == ["ecs", "2", "0", "0", "1", "0", "1", "3", "0", "7"]
 
     oldest = _lines(text, "Oldest task waiting")
     assert oldest[0].startswith("batch: waiting 30s  etl.batch_pending scheduled__2030-01-01T00:00:00+00:00 try 1")

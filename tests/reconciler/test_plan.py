@@ -19,8 +19,8 @@ from aws_reconciler.model import Backend, Desired, Phase, TiKey
 from aws_reconciler.reconciler.backoff import grown_delay
 from aws_reconciler.reconciler.effector import launch_result
 from aws_reconciler.reconciler.plan import (
+    ControllerSettings,
     Effect,
-    EngineSettings,
     Plan,
     Retry,
     Stop,
@@ -34,7 +34,7 @@ from aws_reconciler.reconciler.plan import (
 from aws_reconciler.store.records import TaskRecord
 
 NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
-SETTINGS = EngineSettings(
+SETTINGS = ControllerSettings(
     deployment="airflow",
     max_launch_attempts=3,
     task_queued_timeout=600,
@@ -107,7 +107,7 @@ def decide(
     rows: list[TaskRecord],
     observations: dict[str, Observation] | None = None,
     *,
-    settings: EngineSettings = SETTINGS,
+    settings: ControllerSettings = SETTINGS,
     **kwargs: Any,
 ) -> Plan:
     kwargs.setdefault("discovered", None)
@@ -178,7 +178,7 @@ def nothing(p: Plan) -> bool:
     ids=lambda v: v if isinstance(v, str) else "",
 )
 def test_due_rows_are_launched_and_the_rest_requeue_at_the_soonest(
-    case: str, subject: TaskRecord, settings: EngineSettings, launch: bool, requeue: float
+    case: str, subject: TaskRecord, settings: ControllerSettings, launch: bool, requeue: float
 ) -> None:
     p = decide([subject], settings=settings)
     assert p.launches == ((subject,) if launch else ()), case

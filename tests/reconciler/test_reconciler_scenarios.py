@@ -1,4 +1,4 @@
-"""Scenarios of the reconciler: real ``Engine`` cycles against the sandbox and a real task store.
+"""Scenarios of the reconciler: real ``Controller`` cycles against the sandbox and a real task store.
 
 Each test sets up a world (rows built the way the executor builds them, tasks on the fake AWS,
 injected faults), runs cycles, moves a fake clock instead of sleeping, and asserts what AWS
@@ -29,11 +29,11 @@ from aws_reconciler.backends.errors import Outcome
 from aws_reconciler.backends.tags import DEPLOYMENT_TAG, ID_TAG
 from aws_reconciler.config import Settings
 from aws_reconciler.model import Backend, Phase, TiKey
-from aws_reconciler.reconciler.engine import Engine
-from aws_reconciler.reconciler.factory import build_backend, engine_settings
+from aws_reconciler.reconciler.controller import Controller
+from aws_reconciler.reconciler.factory import build_backend, controller_settings
 from aws_reconciler.reconciler.leader import LeaderElector
+from aws_reconciler.reconciler.manager import Manager
 from aws_reconciler.reconciler.result import Result
-from aws_reconciler.reconciler.runner import Runner
 from aws_reconciler.store import (
     LeaseStore,
     NewTask,
@@ -65,7 +65,7 @@ class Harness:
     db: DbEngine
     store: TaskStore
     clock: FakeClock
-    engines: list[Engine] = field(default_factory=list)
+    engines: list[Controller] = field(default_factory=list)
 
     def client(self) -> Any:
         """An ECS client configured like the reconciler's: no botocore retries."""
@@ -87,12 +87,12 @@ class Harness:
         is_leader: Callable[[], bool] = lambda: True,
         fence: Callable[[], Fence | None] | None = None,
         rng: Callable[[], float] = lambda: 0.0,
-    ) -> Engine:
+    ) -> Controller:
         """A fresh engine on the shared store and clock (closed at teardown)."""
-        engine = Engine(
+        engine = Controller(
             store=self.store,
             backend=backend if backend is not None else self.backend(),
-            settings=engine_settings(self.settings),
+            settings=controller_settings(self.settings),
             is_leader=is_leader,
             fence=fence,
             clock=self.clock,
@@ -166,7 +166,7 @@ class Harness:
 HarnessFactory = Callable[..., Harness]
 
 
-def cycle(engine: Engine) -> Result:
+def cycle(engine: Controller) -> Result:
     """One reconcile cycle."""
     return engine.reconcile()
 
@@ -838,14 +838,14 @@ def _elector(h: Harness, *, holder: str = "replica-a", monotonic: Callable[[], f
     )
 
 
-def _runner(h: Harness, *, holder: str = "replica-a", acquire: bool = True) -> tuple[Runner, Engine]:
-    """A runner over one engine, wired like ``build_runner``; the lease is taken once, no threads."""
+def _runner(h: Harness, *, holder: str = "replica-a", acquire: bool = True) -> tuple[Manager, Controller]:
+    """A runner over one engine, wired like ``build_manager``; the lease is taken once, no threads."""
     elector = _elector(h, holder=holder)
     if acquire:
         assert elector.try_once()
     engine = h.engine(is_leader=elector.is_leader)
     core = h.settings.core
-    runner = Runner(
+    runner = Manager(
         engines=[engine],
         elector=elector,
         waker=Waker(h.db),

@@ -28,7 +28,7 @@ from ..backends.descriptor import BackendDescriptor, LogLocation, LogSubject, Lo
 from ..backends.requests import InvalidExecutorConfig
 from ..config import ConfigError, Settings, load_settings
 from ..model import Backend, Phase, WorkloadKind
-from ..store.engine import create_store_engine
+from ..store.database import create_store_engine
 from ..store.migrate import check_schema, migrate
 from ..store.queries import TaskQueries
 from ..store.records import NewTask, TaskRecord

@@ -19,14 +19,14 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Check:
+class HealthStatus:
     """The outcome of one health check."""
 
     ok: bool
     details: dict[str, Any] = field(default_factory=dict)
 
 
-HealthCheck = Callable[[], Check]
+HealthCheck = Callable[[], HealthStatus]
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -29,7 +29,7 @@ from ..model import Phase
 from ..store.lease import Fence
 from ..store.records import TaskRecord
 from ..store.tasks import TaskStore
-from .plan import Effect, EngineSettings, Plan, Retry, Stop, Transition, launch_failed, launch_impossible
+from .plan import ControllerSettings, Effect, Plan, Retry, Stop, Transition, launch_failed, launch_impossible
 from .plan import launch_succeeded as launch_succeeded_transition
 from .result import CycleStats
 
@@ -95,7 +95,7 @@ class Effector:
         *,
         store: TaskStore,
         backend: TaskBackend,
-        settings: EngineSettings,
+        settings: ControllerSettings,
         metrics: Metrics,
         clock: Callable[[], datetime],
         rng: Callable[[], float],

@@ -17,21 +17,21 @@ from ..backends.registry import enabled as enabled_backends
 from ..config import Settings
 from ..metrics.definitions import Metrics
 from ..model import Backend
-from ..store.engine import create_store_engine
+from ..store.database import create_store_engine
 from ..store.lease import LeaseStore
 from ..store.migrate import check_schema
 from ..store.notify import Waker
 from ..store.tasks import TaskStore
-from .engine import Engine, EngineSettings
+from .controller import Controller, ControllerSettings
 from .instrument import instrument_client
 from .leader import LeaderElector
-from .runner import Runner
+from .manager import Manager
 
 
-def engine_settings(settings: Settings, backend: Backend = Backend.ECS) -> EngineSettings:
+def controller_settings(settings: Settings, backend: Backend = Backend.ECS) -> ControllerSettings:
     """The subset of settings the engine of ``backend`` uses."""
     core = settings.core
-    return EngineSettings(
+    return ControllerSettings(
         deployment=core.deployment,
         max_launch_attempts=descriptor_for(backend).settings_of(settings).max_attempts,
         task_queued_timeout=settings.task_queued_timeout,
@@ -77,7 +77,7 @@ def holder_identity() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
-def build_runner(settings: Settings, *, metrics: Metrics | None = None) -> Runner:
+def build_manager(settings: Settings, *, metrics: Metrics | None = None) -> Manager:
     """Everything ``aws-reconciler run`` needs, validated before the loop starts."""
     settings.require_backend()
     metrics = metrics or Metrics()
@@ -99,17 +99,17 @@ def build_runner(settings: Settings, *, metrics: Metrics | None = None) -> Runne
         for descriptor in enabled_backends(settings)
     ]
     engines = [
-        Engine(
+        Controller(
             store=store,
             backend=backend,
-            settings=engine_settings(settings, backend.kind),
+            settings=controller_settings(settings, backend.kind),
             is_leader=elector.is_leader,
             fence=elector.fence,
             metrics=metrics,
         )
         for backend in backends
     ]
-    return Runner(
+    return Manager(
         engines=engines,
         elector=elector,
         waker=Waker(db),

@@ -45,7 +45,7 @@ from .orphans import sweep
 
 
 @dataclass(frozen=True)
-class EngineSettings:
+class ControllerSettings:
     """The knobs one engine needs, copied out of :class:`~aws_reconciler.config.Settings`."""
 
     deployment: str
@@ -154,7 +154,7 @@ def plan(
     *,
     discovered: Sequence[Observation] | None,
     now: datetime,
-    settings: EngineSettings,
+    settings: ControllerSettings,
     orphans_seen: Mapping[str, datetime] | None = None,
     busy: Collection[str] = (),
     launch_budget: int | None = None,
@@ -209,7 +209,7 @@ def requeue_after(
     plan: Plan,
     *,
     throttled: bool,
-    settings: EngineSettings,
+    settings: ControllerSettings,
     now: datetime | None = None,
     retries_due: Collection[datetime] = (),
 ) -> float:
@@ -237,7 +237,7 @@ def launch_succeeded(row: TaskRecord, external_id: str, *, now: datetime) -> Tra
 
 
 def launch_failed(
-    row: TaskRecord, error: AwsError, *, now: datetime, settings: EngineSettings, rng: Callable[[], float]
+    row: TaskRecord, error: AwsError, *, now: datetime, settings: ControllerSettings, rng: Callable[[], float]
 ) -> Transition:
     """The launch of claimed ``row`` failed with ``error``: fail, give the attempt back, move to the
     next attempt, or retry the same one (the call may have started a task)."""
@@ -303,7 +303,7 @@ def _fail(row: TaskRecord, reason: str) -> Transition:
 
 
 def _retry_or_fail(
-    row: TaskRecord, reason: str, why: Retry, *, now: datetime, settings: EngineSettings, rng: Callable[[], float]
+    row: TaskRecord, reason: str, why: Retry, *, now: datetime, settings: ControllerSettings, rng: Callable[[], float]
 ) -> Transition:
     """Nothing ran: a new attempt after backoff, unless the attempts are spent."""
     if row.attempt >= settings.max_launch_attempts:
@@ -342,7 +342,7 @@ def _advance(obs: Observation) -> tuple[int, int]:
 
 @dataclass
 class _Planner:
-    settings: EngineSettings
+    settings: ControllerSettings
     now: datetime
     rng: Callable[[], float]
     busy: frozenset[str]

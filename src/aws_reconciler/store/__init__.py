@@ -1,6 +1,6 @@
 """The task store: tables, migrations, the task record and the lease (the only shared state)."""
 
-from .engine import create_store_engine, database_now
+from .database import create_store_engine, database_now
 from .lease import LeaseState, LeaseStore
 from .migrate import SchemaNotReadyError, check_schema, migrate
 from .notify import Waker

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, RowMapping
 
 from ..model import Backend, Clock, Desired, Phase, TiKey, WorkloadKind, utcnow
-from .engine import database_now
+from .database import database_now
 from .lease import Fence
 from .notify import notify
 from .records import NewTask, Report, TaskRecord

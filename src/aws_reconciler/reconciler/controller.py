@@ -25,15 +25,15 @@ from ..store.lease import Fence
 from ..store.records import TaskRecord
 from ..store.tasks import TaskStore
 from .effector import Effector, Tally
-from .plan import EngineSettings, plan, requeue_after
+from .plan import ControllerSettings, plan, requeue_after
 from .result import Result
 
-__all__ = ["Engine", "EngineSettings"]
+__all__ = ["Controller", "ControllerSettings"]
 
 log = logging.getLogger(__name__)
 
 
-class Engine:
+class Controller:
     """Reconciles the rows of one backend against what that backend reports."""
 
     def __init__(
@@ -41,7 +41,7 @@ class Engine:
         *,
         store: TaskStore,
         backend: TaskBackend,
-        settings: EngineSettings,
+        settings: ControllerSettings,
         is_leader: Callable[[], bool] = lambda: True,
         fence: Callable[[], Fence | None] | None = None,
         clock: Callable[[], datetime] = utcnow,

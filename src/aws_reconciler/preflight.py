@@ -101,7 +101,7 @@ def caller_identity(settings: Settings, make_client: Callable[..., Any]) -> Iden
 def check_store(settings: Settings) -> CheckResult:
     """The task store answers and its schema is current (``check --store``)."""
     from .config import redact_url
-    from .store.engine import create_store_engine
+    from .store.database import create_store_engine
     from .store.migrate import SchemaNotReadyError, check_schema
     from .store.trouble import classify_store_error
 

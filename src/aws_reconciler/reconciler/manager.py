@@ -10,10 +10,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from ..metrics.definitions import Metrics
-from ..metrics.server import Check
+from ..metrics.server import HealthStatus
 from ..store.notify import Waker
 from .backoff import backoff_delay
-from .engine import Engine
+from .controller import Controller
 from .leader import LeaderElector
 from .result import Result
 
@@ -36,13 +36,13 @@ class Health:
     history: list[Result] = field(default_factory=list, repr=False)
 
 
-class Runner:
+class Manager:
     """Runs every engine's cycle while this replica leads; standbys only wait."""
 
     def __init__(
         self,
         *,
-        engines: Sequence[Engine],
+        engines: Sequence[Controller],
         elector: LeaderElector,
         waker: Waker,
         interval: float,
@@ -153,16 +153,16 @@ class Runner:
         self.health.last_error = f"{kind}: {type(failure).__name__}: {failure}"[:500]
         self.health.last_error_type = type(failure).__name__
 
-    def liveness(self) -> Check:
+    def liveness(self) -> HealthStatus:
         """Alive while the loop makes progress (a failing loop is alive but not ready)."""
         last = self.health.last_progress_at
         if last is None:
-            return Check(True, {"status": "starting"})
+            return HealthStatus(True, {"status": "starting"})
         idle = self._monotonic() - last
         details = {"seconds_since_progress": round(idle, 1), "stall_timeout": self.stall_timeout}
-        return Check(idle < self.stall_timeout, details)
+        return HealthStatus(idle < self.stall_timeout, details)
 
-    def readiness(self) -> Check:
+    def readiness(self) -> HealthStatus:
         """Ready when the store answers and, while leading, cycles succeed; standbys are ready too."""
         role = "active" if self.elector.is_leader() else "standby"
         details: dict[str, object] = {"role": role, "consecutive_failures": self.health.consecutive_failures}
@@ -173,7 +173,7 @@ class Runner:
         if role == "active" and self.health.consecutive_failures >= self.unready_after_failures:
             ok = False
             details["last_error"] = self.health.last_error_type
-        return Check(ok, details)
+        return HealthStatus(ok, details)
 
     def run(self, *, once: bool = False) -> int:
         """Loop until asked to stop; ``once`` acquires the lease, runs one cycle and returns."""
