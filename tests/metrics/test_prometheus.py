@@ -22,13 +22,13 @@ from metrics_support import (
     dashboard_targets,
     require_binary,
     task_command,
-    wait_for,
 )
 
 from aws_reconciler.model import Phase
 from aws_reconciler.store import TaskStore, create_store_engine, migrate
 from aws_reconciler_sandbox import SandboxServer
 from aws_reconciler_sandbox.runner import RunnerOptions
+from support.waiting import wait_for
 
 if TYPE_CHECKING:
     from conftest import SettingsFactory
