@@ -116,11 +116,15 @@ def _build_manager_when_store_answers(
 def _cmd_run(args: argparse.Namespace) -> int:
     from .metrics.definitions import Metrics
     from .metrics.server import MetricsServer
+    from .reconciler.factory import token_sealer
+    from .store.sealing import CLEAR_WARNING
 
     settings = load_settings()
     settings.require_backend()
     for warning in settings.warnings:
         log.warning("%s", warning)
+    # A bad token_key stops start-up here, before any wait for the store.
+    encrypting = token_sealer(settings).encrypting
     metrics = Metrics()
     startup = _Startup()
     stop = threading.Event()
@@ -149,6 +153,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if manager is None:
             log.info("stopped before the task store answered")
             return ExitCode.OK
+        if not encrypting:
+            log.warning("%s", CLEAR_WARNING)
         manager.install_signal_handlers()
         if stop.is_set():
             manager.request_stop()

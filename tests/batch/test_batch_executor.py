@@ -18,6 +18,7 @@ from aws_reconciler.executor.base import ReconcilerExecutor
 from aws_reconciler.executor.logs import LogLocation, LogsUnavailable, TaskLogs
 from aws_reconciler.model import Backend, Desired, Phase, TiKey
 from aws_reconciler.store import TaskRecord, TaskStore
+from support.stores import sent_request
 from support.workloads import RUN_ID, TOKEN, FakeTI, make_workload, rid
 
 if TYPE_CHECKING:
@@ -98,7 +99,8 @@ def test_a_heartbeat_records_submit_job_requests_without_aws(
         assert "jobName" not in spec, "the reconciler names each attempt"
         assert spec["tags"]["aws-reconciler:id"] == rid(workload)
         assert spec["tags"]["airflow:task_id"] == workload.ti.task_id
-        command = spec["containerOverrides"]["command"]
+        assert TOKEN not in json.dumps(spec), "the stored request keeps the token apart"
+        command = sent_request(store, rid(workload))["containerOverrides"]["command"]
         assert command[:-1] == EXECUTE_WORKLOAD
         assert ExecuteTask.model_validate_json(command[-1]).model_dump() == workload.model_dump()
         assert json.loads(command[-1])["token"] == TOKEN

@@ -27,6 +27,7 @@ from aws_reconciler.executor import EcsExecutor
 from aws_reconciler.model import Backend, Desired, Phase, TiKey
 from aws_reconciler.store import NewTask, TaskRecord, TaskStore, check_schema
 from aws_reconciler.store.queries import TaskQueries
+from support.stores import sent_request
 from support.workloads import RUN_ID, TOKEN, FakeTI, airflow_ti, clear_airflow_tis, jwt_expiring_at, make_workload, rid
 
 if TYPE_CHECKING:
@@ -134,7 +135,8 @@ def test_one_heartbeat_records_every_queued_workload_in_one_transaction(
         assert tags["aws-reconciler:deployment"] == "airflow"
         assert tags["airflow:task_id"] == workload.ti.task_id
         assert "clientToken" not in spec, "the reconciler adds the per-attempt token"
-        (container,) = spec["overrides"]["containerOverrides"]
+        assert TOKEN not in json.dumps(spec), "the stored request keeps the token apart"
+        (container,) = sent_request(store, rid(workload))["overrides"]["containerOverrides"]
         assert container["name"] == "base"
         assert container["command"][:-1] == EXECUTE_WORKLOAD
         # The container gets exactly the workload Airflow queued, token included.

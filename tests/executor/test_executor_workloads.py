@@ -25,6 +25,7 @@ from aws_reconciler.executor.base import NEVER_RAN_EVENT
 from aws_reconciler.executor.logs.never_ran import LOGGER
 from aws_reconciler.model import Backend, Phase, TiKey, WorkloadKind
 from aws_reconciler.store import TaskRecord, TaskStore
+from support.stores import sent_request
 from support.workloads import (
     RUN_ID,
     TOKEN,
@@ -91,7 +92,8 @@ def test_a_callback_becomes_a_callback_row_with_its_workload_as_the_command(
     tags = {t["key"]: t["value"] for t in row.spec["tags"]}
     assert tags["aws-reconciler:id"] == callback.callback.id
     assert tags["aws-reconciler:deployment"] == "airflow"
-    (container,) = row.spec["overrides"]["containerOverrides"]
+    assert TOKEN not in json.dumps(row.spec), "the stored request keeps the token apart"
+    (container,) = sent_request(store, callback.callback.id)["overrides"]["containerOverrides"]
     # Airflow's own entry point runs the callback: exactly the workload the scheduler queued.
     assert ExecuteCallback.model_validate_json(container["command"][-1]).model_dump() == callback.model_dump()
     assert json.loads(container["command"][-1])["token"] == TOKEN

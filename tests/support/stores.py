@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
 from aws_reconciler.config import Settings, load_settings
+from aws_reconciler.store import TaskStore
+from aws_reconciler.store.sealing import TokenSealer
 
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
@@ -91,3 +94,10 @@ def make_settings(store_url: str, **env: str) -> Settings:
         **env,
     }
     return load_settings(environ=environ, cfg_path=Path("/nonexistent/airflow.cfg"))
+
+
+def sent_request(store: TaskStore, record_id: str, *, tokens: TokenSealer | None = None) -> dict[str, Any]:
+    """The request the reconciler sends for a row: the stored one with its workload token put back."""
+    request = store.launch_requests([record_id])[record_id]
+    assert request.spec is not None
+    return (tokens or TokenSealer()).open_request(request.spec, request.workload_token)

@@ -54,6 +54,8 @@ class Settings:
     task_queued_timeout: float
     origins: Mapping[tuple[str, str], str]
     warnings: tuple[str, ...] = field(default=())
+    #: ``[aws_reconciler] token_key`` (or the output of ``token_key_cmd``); ``None``: not configured.
+    token_key: SecretStr | None = field(default=None, repr=False)
 
     @property
     def store_url(self) -> str:
@@ -74,6 +76,11 @@ class Settings:
                 f"(env {env_var_name('aws_reconciler_ecs', 'cluster')}) and/or [aws_reconciler_batch] job_queue "
                 f"(env {env_var_name('aws_reconciler_batch', 'job_queue')})"
             )
+
+    @property
+    def token_key_origin(self) -> str:
+        """Where ``token_key`` came from, for messages about it."""
+        return self.origins.get(("aws_reconciler", "token_key"), "default")
 
     @property
     def runnable_timeout(self) -> float:
@@ -106,6 +113,7 @@ def load_settings(
         task_queued_timeout=_task_queued_timeout(core, raw, origins),
         origins=origins,
         warnings=tuple(provider_warnings(raw)),
+        token_key=_token_key(core, origins),
     )
 
 
@@ -171,6 +179,16 @@ def _store_url(
             f"[database] sql_alchemy_conn_secret (from {secret.origin}) needs Airflow's secrets backend, which the "
             "reconciler does not load: give it [aws_reconciler] store_url or store_url_cmd"
         )
+    return None
+
+
+def _token_key(core: CoreSettings, origins: dict[tuple[str, str], str]) -> SecretStr | None:
+    if core.token_key is not None:
+        return core.token_key
+    if core.token_key_cmd:
+        command_origin = origins.get(("aws_reconciler", "token_key_cmd"))
+        origins[("aws_reconciler", "token_key")] = f"output of [aws_reconciler] token_key_cmd ({command_origin})"
+        return SecretStr(run_command("[aws_reconciler] token_key_cmd", core.token_key_cmd))
     return None
 
 

@@ -17,7 +17,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 DEPLOYMENT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9+=._:/@-]{0,35}$"
 
 # Options whose value must never be printed, exported or logged.
-SECRET_OPTIONS = frozenset({"store_url"})
+SECRET_OPTIONS = frozenset({"store_url", "token_key"})
 # Options whose empty value means "off" rather than "unset" (every other empty option is unset).
 EMPTY_MEANS_OFF = frozenset({"metrics_address"})
 
@@ -115,6 +115,33 @@ class CoreSettings(SectionSettings):
         description=(
             "A command whose output is the store URL, as Airflow's *_cmd options (run without a shell); "
             "store_url wins when both are set."
+        ),
+    )
+    token_key: SecretStr | None = Field(
+        None,
+        description=(
+            "Fernet key that encrypts each workload's Airflow token in the task store (a comma list rotates "
+            "keys, newest first, as Airflow's [core] fernet_key does); the schedulers and the reconciler must "
+            "share it. Unset: tokens are stored in clear until their task starts, with a warning at start-up. "
+            'Generate one with: python -c "from cryptography.fernet import Fernet; '
+            'print(Fernet.generate_key().decode())". Printed masked.'
+        ),
+    )
+    token_key_cmd: str | None = Field(
+        None,
+        description=(
+            "A command whose output is token_key, as Airflow's *_cmd options (run without a shell); "
+            "token_key wins when both are set."
+        ),
+    )
+    token_margin: float = Field(
+        30.0,
+        ge=0,
+        description=(
+            "Seconds before its Airflow workload token expires when a task is no longer launched: a container "
+            "has to start and call the API server before the token's expiry, so a launch closer to it would "
+            "only waste the container. Such a task waits for Airflow to requeue it with a fresh token "
+            "([scheduler] task_queued_timeout handling)."
         ),
     )
     reconcile_interval: float = Field(

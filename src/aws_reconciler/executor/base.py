@@ -32,6 +32,7 @@ from ..store.database import create_store_engine
 from ..store.migrate import check_schema, migrate
 from ..store.queries import TaskQueries
 from ..store.records import NewTask, TaskRecord
+from ..store.sealing import CLEAR_WARNING, TokenKeyError, TokenSealer
 from ..store.tasks import TaskStore
 from .logs import TaskLogs, read_task_log
 from .logs.never_ran import NeverRanLog, never_ran_lines
@@ -84,6 +85,7 @@ class ReconcilerExecutor(BaseExecutor):
         # The API server serves log requests from a thread pool.
         self._task_logs_lock = threading.Lock()
         self._never_ran_log: NeverRanLog | None = None
+        self._token_sealer: TokenSealer | None = None
 
     # ---- wiring ---------------------------------------------------------------------------
 
@@ -103,6 +105,16 @@ class ReconcilerExecutor(BaseExecutor):
         return self._store
 
     @property
+    def token_sealer(self) -> TokenSealer:
+        """Seals each workload's token for the store (``[aws_reconciler] token_key``), built on first use."""
+        if self._token_sealer is None:
+            key = self.settings.token_key
+            self._token_sealer = TokenSealer(
+                key.get_secret_value() if key is not None else None, origin=self.settings.token_key_origin
+            )
+        return self._token_sealer
+
+    @property
     def owner(self) -> str:
         """The scheduler job that owns (reports) the rows this executor writes."""
         return str(self.job_id) if self.job_id is not None else "unowned"
@@ -115,7 +127,8 @@ class ReconcilerExecutor(BaseExecutor):
         try:
             settings = self.settings
             self.descriptor.require(settings)
-        except ConfigError as exc:
+            sealer = self.token_sealer
+        except (ConfigError, TokenKeyError) as exc:
             _print_start_errors_in_one_line()
             raise ExecutorStartError(f"{type(self).__name__} cannot start: {exc}") from None
         if settings.core.check_health_on_startup:
@@ -127,6 +140,8 @@ class ReconcilerExecutor(BaseExecutor):
                 check_schema(engine)
         for warning in settings.warnings:
             self.log.warning("%s", warning)
+        if not sealer.encrypting:
+            self.log.warning("%s", CLEAR_WARNING)
         self.log.info(
             "%s started: deployment %s, store %s", type(self).__name__, settings.core.deployment, self.store_label()
         )
@@ -177,9 +192,11 @@ class ReconcilerExecutor(BaseExecutor):
                 self.queued(key, info=record_id)
             try:
                 spec, target = self.build_spec(record_id=record_id, workload=workload)
+                # The token goes into a column of its own, sealed; the stored request keeps a placeholder.
+                spec, sealed_token = self.token_sealer.seal_request(spec, getattr(workload, "token", None))
                 phase, reason = Phase.PENDING, None
             except (SpecError, ConfigError, ValueError) as exc:
-                spec, target, phase, reason = None, None, Phase.FAILED, str(exc)
+                spec, target, phase, reason, sealed_token = None, None, Phase.FAILED, str(exc), None
                 self.log.error("%s %s not launched: %s", kind.value, key, reason)
             rows.append(
                 NewTask(
@@ -195,6 +212,7 @@ class ReconcilerExecutor(BaseExecutor):
                     token_expires_at=token_expiry(getattr(workload, "token", None)),
                     kind=kind,
                     log_path=getattr(workload, "log_path", None) if kind is WorkloadKind.TASK else None,
+                    workload_token=sealed_token,
                 )
             )
         try:

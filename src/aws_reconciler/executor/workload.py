@@ -20,8 +20,10 @@ EXECUTE_WORKLOAD_MODULE = "airflow.sdk.execution_time.execute_workload"
 def workload_command(workload: Any) -> list[str]:
     """The command every task container runs: Airflow's own workload entry point.
 
-    The JSON carries the workload's short-lived token; it travels only inside the RunTask
-    request and the task record, never into logs.
+    The JSON carries the workload's short-lived token. It travels inside the RunTask / SubmitJob
+    request (AWS shows that request to whoever may describe the task: docs/security.md); the task
+    record keeps it apart from the stored request, sealed (:mod:`aws_reconciler.store.sealing`),
+    and it never reaches a log.
     """
     return ["python", "-m", EXECUTE_WORKLOAD_MODULE, "--json-string", workload.model_dump_json()]
 

@@ -23,6 +23,7 @@ from ..metrics.definitions import Metrics
 from ..model import Phase, utcnow
 from ..store.lease import Fence
 from ..store.records import TaskRecord
+from ..store.sealing import TokenSealer
 from ..store.tasks import TaskStore
 from .effector import Effector, Tally
 from .plan import ControllerSettings, plan, requeue_after
@@ -48,6 +49,7 @@ class Controller:
         rng: Callable[[], float] | None = None,
         metrics: Metrics | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        tokens: TokenSealer | None = None,
     ) -> None:
         self.store = store
         self.metrics = metrics or Metrics()
@@ -71,6 +73,7 @@ class Controller:
             rng=self._rng,
             is_leader=is_leader,
             fence=fence,
+            tokens=tokens,
         )
         self.stopping = self.effector.stopping
         self._orphans: dict[str, datetime] = {}

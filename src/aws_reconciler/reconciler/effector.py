@@ -28,8 +28,19 @@ from ..metrics.definitions import Metrics
 from ..model import Phase
 from ..store.lease import Fence
 from ..store.records import TaskRecord
+from ..store.sealing import LaunchRequest, TokenSealer, TokenUnavailable
 from ..store.tasks import TaskStore
-from .plan import ControllerSettings, Effect, Plan, Retry, Stop, Transition, launch_failed, launch_impossible
+from .plan import (
+    ControllerSettings,
+    Effect,
+    Plan,
+    Retry,
+    Stop,
+    Transition,
+    launch_failed,
+    launch_impossible,
+    launch_without_token,
+)
 from .plan import launch_succeeded as launch_succeeded_transition
 from .result import CycleStats
 
@@ -101,8 +112,12 @@ class Effector:
         rng: Callable[[], float],
         is_leader: Callable[[], bool],
         fence: Callable[[], Fence | None] | None,
+        tokens: TokenSealer | None = None,
     ) -> None:
         self.store = store
+        # Opens the sealed workload tokens (``[aws_reconciler] token_key``); without a key only
+        # tokens stored in clear can be opened.
+        self.tokens = tokens or TokenSealer()
         self.backend = backend
         self.settings = settings
         self.metrics = metrics
@@ -114,6 +129,7 @@ class Effector:
         self._pool = ThreadPoolExecutor(max_workers=settings.launch_concurrency, thread_name_prefix="aws-call")
         self._in_flight: dict[Future[list[Done]], _Call] = {}
         self.stopping = threading.Event()
+        self._token_trouble_logged = threading.Event()
 
     def close(self) -> None:
         """Let in-flight AWS calls finish (each is bounded by the client's timeouts), then release the threads."""
@@ -220,20 +236,26 @@ class Effector:
         ]
         if not batch:
             return
-        specs = self.store.specs([r.id for r in batch])
+        requests = self.store.launch_requests([r.id for r in batch])
         for row in batch:
-            self._submit((row.id,), True, self._launch_one, row, specs.get(row.id))
+            self._submit((row.id,), True, self._launch_one, row, requests.get(row.id))
 
     # ---- in the pool -------------------------------------------------------------------------
 
-    def _launch_one(self, row: TaskRecord, spec: dict[str, Any] | None) -> list[Done]:
+    def _launch_one(self, row: TaskRecord, request: LaunchRequest | None) -> list[Done]:
         """Launch one claimed (``launching``) row and record the outcome the planner decides."""
         if self.stopping.is_set() or not self.is_leader():
             return []  # stays `launching`: whoever leads next relaunches it with the same client token
         try:
-            if spec is None:
+            if request is None or request.spec is None:
                 done = self._write(launch_impossible(row, "task record has no launch request"))
                 return [done] if done else []
+            try:
+                # Byte for byte the request built at queue time: the same attempt's relaunch
+                # must not look like another request under the same client token.
+                spec = self.tokens.open_request(request.spec, request.workload_token)
+            except TokenUnavailable as exc:
+                return self._token_unavailable(row, exc)
             try:
                 external_id = self.backend.launch(record_id=row.id, attempt=row.attempt, spec=spec)
             except NotLeader:
@@ -255,6 +277,17 @@ class Effector:
             # (idempotently) later.
             log.exception("recording the launch of task %s failed; it is retried", row.id)
             return [Done(row_error=True)]
+
+    def _token_unavailable(self, row: TaskRecord, error: TokenUnavailable) -> list[Done]:
+        """A token this reconciler cannot open is its configuration's fault: said once, loudly."""
+        if not error.lost and not self._token_trouble_logged.is_set():
+            self._token_trouble_logged.set()
+            log.error("task %s: %s; every such task waits until the key is fixed", row.id, error)
+        transition = launch_without_token(
+            row, str(error), lost=error.lost, now=self.clock(), settings=self.settings, rng=self.rng
+        )
+        done = self._write(transition)
+        return [done] if done else []
 
     def _stop(self, stop: Stop) -> list[Done]:
         """Send one stop; on success apply its row's transition. AWS trouble is one warning line."""

@@ -14,13 +14,14 @@ from ..backends.client import make_client
 from ..backends.descriptor import BackendDescriptor
 from ..backends.registry import descriptor_for
 from ..backends.registry import enabled as enabled_backends
-from ..config import Settings
+from ..config import ConfigError, Settings
 from ..metrics.definitions import Metrics
 from ..model import Backend
 from ..store.database import create_store_engine
 from ..store.lease import LeaseStore
 from ..store.migrate import check_schema
 from ..store.notify import Waker
+from ..store.sealing import TokenKeyError, TokenSealer
 from ..store.tasks import TaskStore
 from .controller import Controller, ControllerSettings
 from .instrument import instrument_client
@@ -72,6 +73,15 @@ def build_backend(
     return descriptor.build(settings, client=client, may_act=may_act, clock=clock)
 
 
+def token_sealer(settings: Settings) -> TokenSealer:
+    """What opens the workload tokens the executors sealed; a bad ``token_key`` is a :class:`ConfigError`."""
+    key = settings.token_key
+    try:
+        return TokenSealer(key.get_secret_value() if key is not None else None, origin=settings.token_key_origin)
+    except TokenKeyError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def holder_identity() -> str:
     """Unique per process: host name (the pod name on Kubernetes), pid and a random suffix."""
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -80,6 +90,7 @@ def holder_identity() -> str:
 def build_manager(settings: Settings, *, metrics: Metrics | None = None) -> Manager:
     """Everything ``aws-reconciler run`` needs, validated before the loop starts."""
     settings.require_backend()
+    tokens = token_sealer(settings)
     metrics = metrics or Metrics()
     db = create_store_engine(settings.store_url)
     check_schema(db)
@@ -106,6 +117,7 @@ def build_manager(settings: Settings, *, metrics: Metrics | None = None) -> Mana
             is_leader=elector.is_leader,
             fence=elector.fence,
             metrics=metrics,
+            tokens=tokens,
         )
         for backend in backends
     ]

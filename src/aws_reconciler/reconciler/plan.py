@@ -37,7 +37,7 @@ from enum import Enum, StrEnum
 from typing import Any, assert_never
 
 from ..backends.base import Observation
-from ..backends.errors import AwsError, Outcome
+from ..backends.errors import AwsError, Outcome, RetriableError
 from ..model import Desired, Phase, TiKey
 from ..store.records import TaskRecord
 from .backoff import backoff_delay, grown_delay
@@ -288,6 +288,22 @@ def launch_failed(
 def launch_impossible(row: TaskRecord, reason: str) -> Transition:
     """The row cannot be launched at all (no launch request stored)."""
     return _fail(row, reason)
+
+
+def launch_without_token(
+    row: TaskRecord, reason: str, *, lost: bool, now: datetime, settings: ControllerSettings, rng: Callable[[], float]
+) -> Transition:
+    """The workload token of claimed ``row`` cannot be put back into its request.
+
+    ``lost``: the token was discarded, the row can never launch: it fails. Otherwise this
+    reconciler cannot open it (no ``token_key``, or another key than the scheduler's): its
+    configuration, not the task, is at fault, so the attempt is given back as for missing AWS
+    credentials and the row waits for the key to be fixed (or for its token to expire).
+    """
+    if lost:
+        return _fail(row, f"not launched: {reason}")
+    error = RetriableError(f"not launched: {reason}", outcome=Outcome.CREDENTIALS)
+    return launch_failed(row, error, now=now, settings=settings, rng=rng)
 
 
 # ---- the planner --------------------------------------------------------------------------------

@@ -28,6 +28,8 @@ class NewTask:
     kind: WorkloadKind = WorkloadKind.TASK
     # Airflow's relative task log path of the try (``workload.log_path``).
     log_path: str | None = None
+    # The sealed workload token (see :mod:`.sealing`); ``spec`` holds a placeholder in its place.
+    workload_token: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)

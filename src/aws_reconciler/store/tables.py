@@ -74,7 +74,8 @@ task = sa.Table(
     sa.Column("queue", sa.String(256), nullable=True),
     # ECS cluster or Batch job queue, so observation can group rows without reading `spec`.
     sa.Column("target", sa.String(2048), nullable=True),
-    # The fully resolved request (contains the workload token: never log it).
+    # The fully resolved request, with a placeholder where the command carries the workload token
+    # (see sealing.py); requests stored before revision 0004 may still hold it. Never log it.
     sa.Column("spec", sa.JSON, nullable=True),
     sa.Column("desired", sa.String(16), nullable=False),
     sa.Column("phase", sa.String(16), nullable=False),
@@ -108,6 +109,9 @@ task = sa.Table(
     # Airflow's relative task log path of the try (the workload's log_path), where the executor
     # writes why a try never ran, so the task log view shows it.
     sa.Column("log_path", sa.String(1024), nullable=True),
+    # The workload token, encrypted with [aws_reconciler] token_key ("fernet:...") or in clear
+    # ("plain:...") when no key is configured; cleared once the row can never be launched again.
+    sa.Column("workload_token", sa.Text, nullable=True),
     # The TI key is indexed but NOT unique: a try can be queued more than once.
     sa.Index("ix_aws_reconciler_task_ti", "dag_id", "task_id", "run_id", "map_index", "try_number"),
     # The reconciler's hot query: open rows of one backend. (MySQL has no partial indexes: there

@@ -20,10 +20,15 @@ from .database import database_now
 from .lease import Fence
 from .notify import notify
 from .records import NewTask, Report, TaskRecord
+from .sealing import LaunchRequest
 from .tables import TERMINAL_PHASES, UNREPORTED_PREDICATE, task
 
-# Everything but the spec: rows are read often, specs only to launch.
-_LIGHT_COLUMNS = [c for c in task.c if c.name != "spec"]
+# Everything but the request and its token: rows are read often, those two only to launch.
+_LIGHT_COLUMNS = [c for c in task.c if c.name not in ("spec", "workload_token")]
+# Phases in which a row may still be launched (again: a task that stops before its container
+# starts is relaunched as a new attempt) and so needs its workload token. A write that moves a
+# row to any other phase clears the token: its container started, or its work is over.
+_TOKEN_NEEDED = frozenset({Phase.PENDING.value, Phase.LAUNCHING.value, Phase.PROVISIONING.value})
 # Stay well under SQLite's and PostgreSQL's bound-parameter limits.
 _CHUNK = 500
 
@@ -182,6 +187,7 @@ class TaskStore:
             "kind": t.kind.value,
             "team": self.team,
             "log_path": t.log_path,
+            "workload_token": t.workload_token if not t.phase.terminal else None,
         }
 
     def finished_unreported(self, *, owner: str, backend: Backend) -> list[TaskRecord]:
@@ -315,12 +321,22 @@ class TaskStore:
             return [_record(r) for r in conn.execute(query).mappings()]
 
     def specs(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
-        """The launch requests of the given rows."""
+        """The launch requests of the given rows, as stored (the workload token is not in them)."""
         found: dict[str, dict[str, Any]] = {}
         with self.engine.connect() as conn:
             for chunk in _chunks(ids):
                 for row in conn.execute(sa.select(task.c.id, task.c.spec).where(task.c.id.in_(chunk))):
                     found[row.id] = row.spec
+        return found
+
+    def launch_requests(self, ids: Sequence[str]) -> dict[str, LaunchRequest]:
+        """The stored requests of the given rows with their sealed workload tokens (the launch path only)."""
+        found: dict[str, LaunchRequest] = {}
+        with self.engine.connect() as conn:
+            for chunk in _chunks(ids):
+                query = sa.select(task.c.id, task.c.spec, task.c.workload_token).where(task.c.id.in_(chunk))
+                for row in conn.execute(query):
+                    found[row.id] = LaunchRequest(spec=row.spec, workload_token=row.workload_token)
         return found
 
     def claim_for_launch(
@@ -402,12 +418,17 @@ class TaskStore:
 
         Returns False when another writer (a revoke, a second reconciler during failover, an
         older observation) got there first; the caller then simply re-reads next cycle.
+
+        Moving the row to a phase in which it can never be launched again (its container runs,
+        it is being stopped, it ended) also clears its workload token.
         """
         values = {k: (v.value if isinstance(v, Phase | Desired) else v) for k, v in values.items()}
         values["updated_at"] = self.clock()
         phase = values.get("phase")
         if phase in TERMINAL_PHASES and "finished_at" not in values:
             values["finished_at"] = values["updated_at"]
+        if phase is not None and phase not in _TOKEN_NEEDED:
+            values["workload_token"] = None
         statement = task.update().where(task.c.id == record_id, task.c.phase.in_([p.value for p in expect_phases]))
         if expect_attempt is not None:
             statement = statement.where(task.c.attempt == expect_attempt)
