@@ -170,7 +170,9 @@ def check(
                 wrong.setdefault(key, f"record {queueing.record_id} was never recorded, yet AWS ran it")
         final = queueings_of_key[-1]
         got = heard.get(key, [])
-        stale = [e for e in got if not e.awaited]
+        # Events before the one the try waited for; those after it are reports twice.
+        first = next((i for i, e in enumerate(got) if e.awaited), len(got))
+        stale = got[:first]
         if stale:
             wrong.setdefault(key, f"{len(stale)} event(s) reached it while it waited for none ({stale[0].state})")
         if final.fate is not Fate.WANTED:

@@ -17,11 +17,13 @@ from .invariants import Verdict
 from .monkey import Takeover
 from .scenarios import BACKENDS, Scenario
 
-__all__ = ["BEGIN", "END", "ScenarioResult", "faults_by_backend", "render", "write_section"]
+__all__ = ["BEGIN", "END", "ScenarioResult", "calls_by_backend", "faults_by_backend", "render", "write_section"]
 
 BEGIN = "<!-- chaos:begin (written by python -m chaos.run --long; do not edit by hand) -->"
 END = "<!-- chaos:end -->"
 
+#: The kinds that strike one call (the others strike a task or job: lag, capacity, start, hold).
+PER_CALL = frozenset({"throttled", "throttle", "5xx", "phantom", "timeout", "reset"})
 #: Fault kinds as the sandbox counts them, in the order (and words) the table shows them.
 FAULT_KINDS = (
     ("throttled", "throttled (quota)"),
@@ -49,6 +51,8 @@ class ScenarioResult:
     executor_kills: int = 0
     takeovers: list[Takeover] = field(default_factory=list)
     faults: dict[str, Counter[str]] = field(default_factory=dict)
+    #: Requests the sandbox received per backend (every client: the reconcilers, the suite).
+    calls: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
 
     @property
@@ -72,7 +76,13 @@ class ScenarioResult:
         self.takeovers += other.takeovers
         for backend, counts in other.faults.items():
             self.faults.setdefault(backend, Counter()).update(counts)
+        self.calls.update(other.calls)
         self.seconds += other.seconds
+
+
+def calls_by_backend(calls: dict[str, int]) -> Counter[str]:
+    """The sandbox's ``"service:Operation"`` request counts summed by backend."""
+    return Counter({backend: sum(n for k, n in calls.items() if k.split(":", 1)[0] == backend) for backend in BACKENDS})
 
 
 def faults_by_backend(injected: dict[str, int]) -> dict[str, Counter[str]]:
@@ -135,13 +145,23 @@ def render(results: Sequence[ScenarioResult], scenarios: Sequence[Scenario], *, 
         ],
         rows,
     )  # fmt: skip
-    lines += ["", "Faults the sandbox injected, by kind:", ""]
+    lines += [
+        "",
+        "Faults the sandbox injected, by kind; *faulted* is the share of calls that met a per-call fault "
+        "(throttle, 5xx, phantom, timeout, reset):",
+        "",
+    ]
     fault_rows = []
     for result in results:
         for backend in BACKENDS:
             counts = result.faults.get(backend, Counter())
-            fault_rows.append([result.scenario, backend, *(counts.get(kind, 0) for kind, _ in FAULT_KINDS)])
-    lines += _table(["scenario", "backend", *(label for _, label in FAULT_KINDS)], fault_rows)
+            calls = result.calls.get(backend, 0)
+            struck = sum(n for kind, n in counts.items() if kind in PER_CALL)
+            share = f"{100 * struck / calls:.1f}%" if calls else "-"
+            fault_rows.append(
+                [result.scenario, backend, calls, share, *(counts.get(kind, 0) for kind, _ in FAULT_KINDS)]
+            )
+    lines += _table(["scenario", "backend", "calls", "faulted", *(label for _, label in FAULT_KINDS)], fault_rows)
     lines += ["", "Leader takeover, seconds from the kill until another process held the lease (max / median):", ""]
     takeover_rows = []
     for result in results:

@@ -24,7 +24,7 @@ from pathlib import Path
 from .facts import Launched
 from .invariants import check
 from .monkey import Monkey
-from .report import ScenarioResult, faults_by_backend
+from .report import ScenarioResult, calls_by_backend, faults_by_backend
 from .scenarios import BACKENDS, Behaviour, RunPlan, Scenario, plan_run
 from .scheduler import AirflowDb, Scheduler, TaskInstance
 from .world import DEPLOYMENT, World, wait_for
@@ -151,6 +151,7 @@ def run_scenario(
             scheduler.close()
         launched = world.launched()
         injected = world.injected()
+        calls = world.calls()
         verdicts = {
             backend: check(
                 backend=backend,
@@ -175,5 +176,6 @@ def run_scenario(
         executor_kills=scheduler.deaths,
         takeovers=list(monkey.takeovers),
         faults=faults_by_backend(injected),
+        calls=calls_by_backend(calls),
         seconds=time.monotonic() - started,
     )

@@ -212,6 +212,11 @@ class World:
         assert self.control is not None
         return launched(self.control.tasks(), self.control.jobs())
 
+    def calls(self) -> dict[str, int]:
+        """Requests the sandbox received, ``"service:Operation"`` -> count."""
+        assert self.control is not None
+        return dict(self.control.calls())
+
     def injected(self) -> dict[str, int]:
         """How often each realism behaviour struck, ``"<kind> <service:Operation>"``."""
         assert self.control is not None

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from chaos.invariants import Verdict
 from chaos.monkey import Takeover
-from chaos.report import BEGIN, END, ScenarioResult, faults_by_backend, render, write_section
+from chaos.report import BEGIN, END, ScenarioResult, calls_by_backend, faults_by_backend, render, write_section
 from chaos.scenarios import LONG, SHORT, Timing, plan_run, variant
 
 from aws_reconciler.config import load_settings
@@ -82,6 +82,7 @@ def _result(name: str, *, lost: int = 0) -> ScenarioResult:
         faults=faults_by_backend(
             {"phantom ecs:RunTask": 2, "phantom ecs:StopTask": 1, "lag batch": 4, "5xx logs:X": 9}
         ),
+        calls=calls_by_backend({"ecs:RunTask": 20, "ecs:StopTask": 10, "batch:SubmitJob": 8, "logs:GetLogEvents": 5}),
         seconds=60,
     )
 
@@ -91,8 +92,9 @@ def test_the_table() -> None:
     assert "replay: `python -m chaos.run --seed 3`" in text
     assert "| ha | ecs | 1 | 10 | 2 SIGKILL + 1 SIGTERM | 1 | 0 | 1 | 0 | 0 | 0 | 0 |" in text
     # Faults by kind per backend; calls of other services are not the reconciler's.
-    assert "| ha | ecs | 0 | 0 | 0 | 3 | 0 | 0 | 0 | 0 | 0 | 0 |" in text
-    assert "| ha | batch | 0 | 0 | 0 | 0 | 0 | 0 | 4 | 0 | 0 | 0 |" in text
+    # A lag strikes a job, not a call: it does not count as a faulted call.
+    assert "| ha | ecs | 30 | 10.0% | 0 | 0 | 0 | 3 | 0 | 0 | 0 | 0 | 0 | 0 |" in text
+    assert "| ha | batch | 8 | 0.0% | 0 | 0 | 0 | 0 | 0 | 0 | 4 | 0 | 0 | 0 |" in text
     assert "| ha | 2 | 2 | 5.0 / 4.5 | 1 | 0.5 / 0.5 | 5.5 |" in text
 
 
@@ -100,7 +102,7 @@ def test_runs_of_a_scenario_add_up() -> None:
     total = _result("kills")
     total.add(_result("kills", lost=2))
     assert total.runs == 2 and total.violations == 2 and total.sigkills == 4
-    assert total.faults["ecs"]["phantom"] == 6 and len(total.takeovers) == 6
+    assert total.faults["ecs"]["phantom"] == 6 and len(total.takeovers) == 6 and total.calls["ecs"] == 60
 
 
 def test_the_document_keeps_its_prose(tmp_path: Path) -> None:
