@@ -209,6 +209,26 @@ def test_a_connection_test_runs_like_a_task_and_its_end_frees_the_slot(
 # ---- a try that never ran -----------------------------------------------------------------
 
 
+def _saved_by_the_scheduler(executor: EcsExecutor) -> list[Any]:
+    """What the scheduler's loop does with executors' event log entries, then what its table holds."""
+    import gc
+
+    import sqlalchemy as sa
+    from airflow.jobs.scheduler_job_runner import SchedulerJobRunner
+    from airflow.models.log import Log
+    from airflow.utils.session import create_session
+
+    gc.collect()
+    with create_session() as session:
+        session.execute(sa.delete(Log))
+    with create_session() as session:
+        SchedulerJobRunner._process_task_event_logs(executor._task_event_logs, session)
+    with create_session() as session:
+        found = list(session.scalars(sa.select(Log).where(Log.event == NEVER_RAN_EVENT)))
+        session.expunge_all()
+        return found
+
+
 def _log_lines(executor: EcsExecutor, log_path: str) -> list[dict[str, Any]]:
     path = executor.never_ran_log().base_log_folder / log_path
     return [json.loads(line) for line in path.read_text().splitlines()]
@@ -229,10 +249,16 @@ def test_a_try_failed_before_it_ran_says_why_in_the_event_log_and_its_task_log(
     ((key, (state, info)),) = events(executor).items()
     assert (key, state) == (bad.ti.key, TaskInstanceState.FAILED)
     assert "invalid executor_config key 'clientToken'" in info
-    # Airflow's event log: an entry of its own, not only the scheduler's "state mismatch" text.
-    (entry,) = [e for e in executor._task_event_logs if e.event == NEVER_RAN_EVENT]
-    assert entry.extra == info
-    assert (entry.dag_id, entry.task_id, entry.run_id, entry.try_number) == ("example_dag", "bad", RUN_ID, 1)
+    # Airflow's event log: an entry of its own, not only the scheduler's "state mismatch" text,
+    # saved the way the scheduler saves executors' entries after their heartbeat.
+    saved = _saved_by_the_scheduler(executor)
+    assert [(e.event, e.extra) for e in saved] == [(NEVER_RAN_EVENT, info)]
+    assert (saved[0].dag_id, saved[0].task_id, saved[0].run_id, saved[0].try_number) == (
+        "example_dag",
+        "bad",
+        RUN_ID,
+        1,
+    )
     # The try's task log, as Airflow's log view reads it (JSON lines under base_log_folder).
     lines = _log_lines(executor, bad.log_path or "")
     assert lines[0]["event"] == f"This try never ran: {info}"
@@ -255,6 +281,7 @@ def test_a_try_that_ran_gets_no_never_ran_explanation(new_executor: ExecutorFact
 
     assert events(executor)[ran.ti.key][0] == TaskInstanceState.FAILED
     assert not [e for e in executor._task_event_logs if e.event == NEVER_RAN_EVENT]
+    assert _saved_by_the_scheduler(executor) == []
     assert not (executor.never_ran_log().base_log_folder / (ran.log_path or "")).exists()
 
 

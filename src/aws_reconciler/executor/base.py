@@ -86,6 +86,7 @@ class ReconcilerExecutor(BaseExecutor):
         self._task_logs_lock = threading.Lock()
         self._never_ran_log: NeverRanLog | None = None
         self._token_sealer: TokenSealer | None = None
+        self._pinned_events: list[Any] = []
 
     # ---- wiring ---------------------------------------------------------------------------
 
@@ -260,6 +261,8 @@ class ReconcilerExecutor(BaseExecutor):
             self._count("store_errors", 1)
 
     def _sync(self) -> None:
+        # The scheduler saved the previous heartbeat's event log entries after that heartbeat.
+        self._pinned_events.clear()
         rows = self.store.finished_unreported(owner=self.owner, backend=self.backend)
         if not rows:
             return
@@ -298,6 +301,18 @@ class ReconcilerExecutor(BaseExecutor):
                 self._explain_never_ran(row, key, decision.info or row.phase.value)
         for name, n in counts.items():
             self._count(name, n)
+
+    def log_task_event(self, *, event: str, extra: str, ti_key: Any) -> None:
+        """Airflow's, plus a reference to the entry until the scheduler has saved it.
+
+        Airflow 3.3's scheduler saves these entries with ``bulk_save_objects`` over a generator that
+        pops them off the queue; SQLAlchemy's instance state refers to its object weakly, so an
+        entry referred to nowhere else is collected during the insert and written as an empty row,
+        which the database refuses (``log.event`` is NOT NULL) and the scheduler drops with an error.
+        """
+        super().log_task_event(event=event, extra=extra, ti_key=ti_key)
+        if self._task_event_logs:
+            self._pinned_events.append(self._task_event_logs[-1])
 
     def _explain_never_ran(self, row: TaskRecord, key: Any, reason: str) -> None:
         """Say why the try never ran where its user looks: Airflow's event log, and the try's own
