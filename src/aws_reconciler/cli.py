@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .config import ConfigError, Settings, describe_settings, load_settings, redact_url
+from .model import redact_tokens
 from .store.trouble import StoreMisconfigured, StoreUnreachable, classify_store_error
 
 if TYPE_CHECKING:
@@ -424,15 +425,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class RedactingFormatter(logging.Formatter):
+    """Masks anything shaped like a workload token in every line it formats, tracebacks included.
+
+    The last line of defence: a database may quote a failing row in its error message, a library
+    may log a request at DEBUG.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The record as the base class formats it, token-shaped text masked."""
+        return redact_tokens(super().format(record))
+
+
+def configure_logging(level: str) -> None:
+    """Log to stderr at ``level`` through a :class:`RedactingFormatter`."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``aws-reconciler`` command."""
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown and not getattr(args, "takes_any_arguments", False):
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    configure_logging(args.log_level)
     # Alembic announces every plugin at INFO; only its warnings matter to operators.
     logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLogger().level))
     # At DEBUG, botocore logs request and response bodies: RunTask's carries the workload token.

@@ -6,6 +6,7 @@ reconciler can all speak of phases and task-instance keys without importing each
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,6 +19,19 @@ Clock = Callable[[], datetime]
 def utcnow() -> datetime:
     """The default clock: this process's wall clock, in UTC."""
     return datetime.now(UTC)
+
+
+#: A JWT (Airflow's workload token is one): three base64url parts, the first two JSON ("eyJ").
+JWT_PATTERN = re.compile(r"eyJ[A-Za-z0-9_-]*\.eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*")
+
+
+def redact_tokens(text: str) -> str:
+    """``text`` with anything shaped like a JWT replaced by ``***``.
+
+    For free text that may echo a request (AWS's error messages, a database's "failing row"
+    detail) on its way into a reason, a log line or an error message.
+    """
+    return JWT_PATTERN.sub("***", text)
 
 
 class Phase(StrEnum):

@@ -8,24 +8,21 @@ scrubbed of anything shaped like a token all the same, since AWS error messages 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from .model import Phase, utcnow
+from .model import Phase, redact_tokens, utcnow
 from .store.queries import TaskQueries
 from .store.records import TaskRecord
 
 DEFAULT_FAILURES = 10
-# A JWT (Airflow's workload token is one): three base64url parts, the first two JSON ("eyJ").
-_JWT = re.compile(r"eyJ[A-Za-z0-9_-]*\.eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*")
 _REASON_WIDTH = 160
 
 
 def scrub(text: str) -> str:
     """``text`` on one line with anything shaped like a JWT replaced by ``***``."""
-    return " ".join(_JWT.sub("***", text).split())
+    return " ".join(redact_tokens(text).split())
 
 
 def format_age(seconds: float) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -23,16 +22,13 @@ from aws_reconciler.metrics.definitions import Metrics
 from aws_reconciler.model import Phase
 from aws_reconciler.reconciler.factory import build_manager
 from aws_reconciler.store import TaskStore, create_store_engine, migrate
-from aws_reconciler_sandbox import SandboxServer, bootstrap
-from aws_reconciler_sandbox.runner import RunnerOptions
-from conftest import TASK_IMAGE
+from aws_reconciler_sandbox import SandboxServer
 from support.stores import make_settings
 from support.waiting import wait_for
-from support.workloads import jwt_expiring_at, make_workload, rid
+from support.workloads import FakeTI, jwt_expiring_at, make_workload, rid
 
 pytestmark = [pytest.mark.airflow, pytest.mark.postgres]
 
-REGION = "us-east-1"
 # Any JWT at all (Airflow's workload tokens are HS512 JWTs): header and payload are base64 JSON.
 ANY_JWT = re.compile(r"eyJ[A-Za-z0-9_-]+\.eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 FAST = {
@@ -44,32 +40,6 @@ FAST = {
     "AIRFLOW__AWS_RECONCILER__BACKOFF_BASE": "0.2",
     "AIRFLOW__AWS_RECONCILER__BACKOFF_MAX": "2",
 }
-
-
-@pytest.fixture(scope="module")
-def sandbox() -> Iterator[SandboxServer]:
-    """The module's fake AWS, running task commands as processes with the stand-in task image."""
-    server = SandboxServer(
-        region=REGION,
-        run_tasks=True,
-        runner=RunnerOptions(
-            provisioning_delay=0.3,
-            pending_delay=0.3,
-            poll_interval=0.05,
-            shutdown_timeout=2,
-            extra_env={"PYTHONPATH": str(TASK_IMAGE)},
-        ),
-    ).start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
-def aws_env(sandbox: SandboxServer) -> dict[str, str]:
-    """Cluster, task definition and network of the sandbox, as settings and AWS variables."""
-    return bootstrap(endpoint_url=sandbox.endpoint_url, region=REGION)
 
 
 def dump(engine: sa.engine.Engine) -> str:
@@ -155,6 +125,15 @@ def test_no_jwt_is_in_the_store_once_tasks_started_or_finished(
         wait_for(lambda: phase(fails) is Phase.FAILED, timeout=60, what="the failing task to fail")
         wait_for(lambda: phase(runs) is Phase.RUNNING, timeout=60, what="the long task to run")
         started = dump(engine)
+
+        # Airflow's task log view of the running task: the container's output, never its token.
+        def task_log() -> tuple[list[str], list[str]] | None:
+            sources, lines = executor.get_task_log(FakeTI.of(runs), 1)  # type: ignore[arg-type]
+            return (sources, lines) if any("read from" in line for line in lines) else None
+
+        sources, lines = wait_for(task_log, timeout=30, what="the running task's output in the log view")
+        assert not any(token in text for token in tokens for text in sources + lines)
+        assert not ANY_JWT.search("\n".join(sources + lines))
         store.revoke(ids=[rid(runs)])
         wait_for(lambda: phase(runs) is Phase.REVOKED, timeout=60, what="the revoked task to stop")
     finally:

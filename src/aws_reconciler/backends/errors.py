@@ -22,6 +22,8 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
+from ..model import redact_tokens
+
 THROTTLING_CODES = frozenset(
     {
         "Throttling",
@@ -66,11 +68,16 @@ class Outcome(Enum):
 
 
 class AwsError(Exception):
-    """Base of classified AWS failures; ``reason`` is what operators and Airflow users see."""
+    """Base of classified AWS failures; ``reason`` is what operators and Airflow users see.
+
+    AWS's messages are free text that may quote the request, whose command carries the workload
+    token: anything shaped like a token is masked before the reason goes anywhere.
+    """
 
     outcome: Outcome = Outcome.AMBIGUOUS
 
     def __init__(self, reason: str, *, code: str | None = None) -> None:
+        reason = redact_tokens(reason)
         super().__init__(reason)
         self.reason = reason
         self.code = code

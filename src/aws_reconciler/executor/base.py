@@ -27,7 +27,7 @@ from airflow.observability.stats import Stats
 from ..backends.descriptor import BackendDescriptor, LogLocation, LogSubject, LogsUnavailable
 from ..backends.requests import InvalidExecutorConfig
 from ..config import ConfigError, Settings, load_settings
-from ..model import Backend, Phase, WorkloadKind
+from ..model import Backend, Phase, WorkloadKind, redact_tokens
 from ..store.database import create_store_engine
 from ..store.migrate import check_schema, migrate
 from ..store.queries import TaskQueries
@@ -491,9 +491,9 @@ def _print_start_errors_in_one_line() -> None:
 
 def _one_line(exc: BaseException) -> str:
     """A database error in one line: the driver's message, never the statement or parameters
-    (a parameter may be a launch request carrying the workload token)."""
+    (a parameter may be a workload token), and masked: a server may quote the failing row."""
     orig = getattr(exc, "orig", None) or exc
-    text = " ".join(str(orig).split())
+    text = " ".join(redact_tokens(str(orig)).split())
     return f"{type(orig).__name__}: {text[:300]}"
 
 
