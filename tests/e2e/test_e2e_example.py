@@ -36,13 +36,23 @@ from aws_reconciler_sandbox.demo.stack import (
     StoreRow,
     utc_now,
 )
-from aws_reconciler_sandbox.demo.summary import EXAMPLE_BATCH_TASKS, EXAMPLE_EXPECTED, INVALID_CONFIG_EXPECTED
+from aws_reconciler_sandbox.demo.summary import (
+    EXAMPLE_BATCH_TASKS,
+    EXAMPLE_DEFERRED_TASKS,
+    EXAMPLE_EXPECTED,
+    INVALID_CONFIG_EXPECTED,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
-EXAMPLE_TIS = 21  # make_items, 15 x square, total, flaky, long_running, batch_sum, report
+EXAMPLE_TIS = 22  # make_items, 15 x square, total, flaky, long_running, wait_in_triggerer, batch_sum, report
 #: Task instances of the example besides the mapped ``square`` ones.
-UNMAPPED_TIS = 6
+UNMAPPED_TIS = 7
+
+
+def _ended_well(row: StoreRow) -> bool:
+    """Succeeded; or, for the first queueing of a deferred try, stopped as no longer wanted."""
+    return row.phase == "succeeded" or (row.task_id in EXAMPLE_DEFERRED_TASKS and row.phase == "revoked")
 
 
 @pytest.fixture(scope="module")
@@ -70,9 +80,9 @@ def test_example_dag_reaches_expected_states(stack: DemoStack) -> None:
     assert_as_expected(results, count=EXAMPLE_TIS)
     assert run["state"] == "success"
     rows = wait_rows_reported(stack, EXAMPLE_DAG_ID, run_id)
-    # One queueing per try: 21 task instances, flaky twice.
-    assert len(rows) == EXAMPLE_TIS + 1
-    assert all(r.phase == "succeeded" for r in rows), [(r.task_id, r.phase, r.status_reason) for r in rows]
+    # One queueing per try: 22 task instances, flaky twice; the deferrable sensor's try twice.
+    assert len(rows) == EXAMPLE_TIS + 2
+    assert all(_ended_well(r) for r in rows), [(r.task_id, r.phase, r.status_reason) for r in rows]
     assert all(r.external_id for r in results)
     # Both executors at once: batch_sum and report ran as Batch jobs, everything else as ECS tasks.
     backends = {(r.task_id, r.map_index, r.try_number): r.backend for r in rows}
@@ -184,8 +194,13 @@ def _wait_rows_settled(
         ti = airflow_rows[(row.task_id, row.map_index)]
         if row.owner != str(old_job):
             return False
-        # An earlier try (flaky's first) that failed meanwhile, or the final try, never adopted.
-        return ti["try_number"] > row.try_number or (ti["queued_by_job_id"] == old_job and ti["state"] == "success")
+        # An earlier try (flaky's first) that failed meanwhile, or the final try, never adopted; or
+        # an earlier queueing of the try (a deferred sensor's) that the new scheduler queued again.
+        return (
+            ti["try_number"] > row.try_number
+            or (ti["queued_by_job_id"] == old_job and ti["state"] == "success")
+            or ti["external_executor_id"] != row.id
+        )
 
     def settled() -> list[StoreRow] | None:
         rows = stack.store_rows(dag_id=EXAMPLE_DAG_ID, run_id=run_id)
@@ -260,8 +275,8 @@ def test_reconciler_kill9_while_launching_loses_nothing_and_duplicates_nothing(h
 
     # Nothing lost: every queueing finished and was reported to Airflow.
     rows = wait_rows_reported(stack, EXAMPLE_DAG_ID, run_id)
-    assert len(rows) == 8 + UNMAPPED_TIS + 1
-    assert all(r.phase == "succeeded" for r in rows), [(r.task_id, r.map_index, r.phase, r.status_reason) for r in rows]
+    assert len(rows) == 8 + UNMAPPED_TIS + 2
+    assert all(_ended_well(r) for r in rows), [(r.task_id, r.map_index, r.phase, r.status_reason) for r in rows]
     # No duplicate: per record, one ECS task ran; repeated launches of an attempt were idempotent.
     assert_one_ecs_task_per_record(stack, rows)
     assert_one_batch_job_per_record(stack, rows)

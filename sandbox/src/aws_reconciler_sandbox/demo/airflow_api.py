@@ -74,14 +74,18 @@ class AirflowApi:
         self.timeout = timeout
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
-    def request(self, method: str, path: str, body: Any = None, **query: Any) -> Any:
+    def request(
+        self, method: str, path: str, body: Any = None, *, headers: dict[str, str] | None = None, **query: Any
+    ) -> Any:
         """One JSON call; ``query`` values that are lists repeat the parameter."""
         url = f"{self.base_url}{path}"
         params = {k: v for k, v in query.items() if v is not None}
         if params:
             url += "?" + urllib.parse.urlencode(params, doseq=True)
         data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            url, data=data, method=method, headers={"Content-Type": "application/json", **(headers or {})}
+        )
         try:
             with self._opener.open(request, timeout=self.timeout) as response:
                 payload = response.read()
@@ -148,6 +152,26 @@ class AirflowApi:
         """Airflow's audit/event log (``state mismatch``, ``stuck in queued reschedule`` ...)."""
         page = self.get("/api/v2/eventLogs", dag_id=dag_id, event=event, limit=100, order_by="-when")
         return list(page["event_logs"])
+
+    def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int, map_index: int = -1) -> list[Any]:
+        """The try's log as the UI's log view gets it (its ``content``: source details and lines)."""
+        run = urllib.parse.quote(run_id, safe="")
+        page = self.get(
+            f"/api/v2/dags/{dag_id}/dagRuns/{run}/taskInstances/{task_id}/logs/{try_number}", map_index=map_index
+        )
+        return list(page["content"])
+
+    # ---- connection tests (``[core] test_connection = Enabled``) --------------------------------
+
+    def enqueue_connection_test(self, body: dict[str, Any]) -> str:
+        """Ask Airflow to test a connection on an executor's worker; returns the polling token."""
+        return str(self.request("POST", "/api/v2/connections/enqueue-test", body)["token"])
+
+    def connection_test(self, token: str) -> dict[str, Any]:
+        """The state (``pending`` ... ``success`` / ``failed``) and result message of a queued test."""
+        return dict(
+            self.request("GET", "/api/v2/connections/enqueue-test", headers={"Airflow-Connection-Test-Token": token})
+        )
 
     def wait_run_finished(self, dag_id: str, run_id: str, *, timeout: float) -> dict[str, Any]:
         """Block until the DAG run succeeded or failed; returns the run."""

@@ -1,5 +1,5 @@
 """The whole system on one machine: sandbox (fake AWS that runs the tasks), database, reconciler
-and Airflow 3 (api-server, scheduler, dag-processor as separate processes), for the demo and
+and Airflow 3 (api-server, scheduler, dag-processor, triggerer as separate processes), for the demo and
 for the end-to-end tests.
 
 Usage::
@@ -27,7 +27,8 @@ The processes, as an operator would run them: ``aws-reconciler sandbox``
 (the sandbox with its ECS task and Batch job runners; ECS tasks and Batch jobs get Airflow's
 settings from the task definition's and job definition's environment), ``aws-reconciler db
 migrate`` and ``aws-reconciler run`` (both backends), ``airflow db migrate``, ``airflow
-api-server``, ``airflow dag-processor`` and ``airflow scheduler`` with
+api-server``, ``airflow dag-processor``, ``airflow triggerer`` (deferrable operators wait there) and
+``airflow scheduler`` with
 ``AIRFLOW__CORE__EXECUTOR=aws_reconciler.executor.EcsExecutor,aws_reconciler.executor.BatchExecutor``
 (ECS the default; a task with ``executor="BatchExecutor"`` becomes a Batch job; ``airflow
 standalone`` would force the LocalExecutor). Ports are picked free at start; the simple auth manager makes every
@@ -37,6 +38,7 @@ REST call an admin's, so the demo and the tests drive Airflow through its public
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import secrets
@@ -67,6 +69,7 @@ from .processes import STACK_MARKER, ManagedProcess, free_port, process_tree, sw
 SHIPPED_DAGS = Path(__file__).resolve().parent / "dags"
 EXAMPLE_DAG_ID = "aws_reconciler_example"
 INVALID_CONFIG_DAG_ID = "aws_reconciler_invalid_config"
+DEADLINE_DAG_ID = "aws_reconciler_deadline"
 
 DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
 ADMIN_URL_ENV = "AWS_RECONCILER_TEST_DATABASE_URL"
@@ -76,16 +79,17 @@ EXECUTORS = "aws_reconciler.executor.EcsExecutor,aws_reconciler.executor.BatchEx
 REGION = "us-east-1"
 
 #: Processes in start order; stopped in :data:`STOP_ORDER`.
-SANDBOX, RECONCILER, API_SERVER, DAG_PROCESSOR, SCHEDULER = (
+SANDBOX, RECONCILER, API_SERVER, DAG_PROCESSOR, SCHEDULER, TRIGGERER = (
     "sandbox",
     "reconciler",
     "api-server",
     "dag-processor",
     "scheduler",
+    "triggerer",
 )
 # Airflow first (no new work), the reconciler before the sandbox (so it does not see its tasks
 # vanish), the sandbox before the api-server (its task processes talk to the api-server).
-STOP_ORDER = (SCHEDULER, DAG_PROCESSOR, RECONCILER, SANDBOX, API_SERVER)
+STOP_ORDER = (SCHEDULER, TRIGGERER, DAG_PROCESSOR, RECONCILER, SANDBOX, API_SERVER)
 
 # Our environment must not leak into the stack: an operator's AIRFLOW__*, AWS_* or PYTHONPATH
 # would silently change what runs. Everything the processes need is set explicitly.
@@ -156,6 +160,12 @@ class StoreRow:
     started_at: datetime | None
     finished_at: datetime | None
     reported_at: datetime | None
+    #: ``task``, ``callback`` or ``connection_test``.
+    kind: str = "task"
+    #: Airflow's team of the executor that wrote the row (multi-team stacks).
+    team: str | None = None
+    #: Airflow's state of the try when the executor reported the row.
+    ti_state: str | None = None
 
 
 class StackError(RuntimeError):
@@ -247,12 +257,15 @@ class DemoStack:
             self.airflow_env(),
         )
         self._spawn(DAG_PROCESSOR, [sys.executable, "-m", "airflow", "dag-processor"], self.airflow_env())
+        # Deferrable operators hand their wait to a trigger; a real deployment runs a triggerer.
+        self._spawn(TRIGGERER, [sys.executable, "-m", "airflow", "triggerer", "--skip-serve-logs"], self.airflow_env())
         self.start_scheduler()
 
         deadline = self.options.startup_timeout
         self.wait(lambda: self.api.health(), "the api-server to answer", deadline)
         self.wait_scheduler_running(started_after=airflow_started, timeout=deadline)
         self.wait(lambda: self.api.component_healthy("dag_processor"), "the dag-processor to heartbeat", deadline)
+        self.wait(lambda: self.api.component_healthy("triggerer"), "the triggerer to heartbeat", deadline)
         self.wait_reconciler_leading(timeout=deadline)
         for dag_id in self.options.wait_for_dags:
             self.wait(partial(self.api.dag, dag_id), f"DAG {dag_id} to be parsed", deadline)
@@ -442,7 +455,7 @@ class DemoStack:
 
     def check_processes(self) -> None:
         """Raise :class:`StackError` when a long-running process exited that should not have."""
-        for name in (SANDBOX, RECONCILER, API_SERVER, DAG_PROCESSOR, SCHEDULER):
+        for name in (SANDBOX, RECONCILER, API_SERVER, DAG_PROCESSOR, TRIGGERER, SCHEDULER):
             process = self.processes.get(name)
             if process is not None and process.popen is not None and not process.running and name not in self._down:
                 raise StackError(f"{name} exited with code {process.returncode}\n{self.describe_logs(name)}")
@@ -631,13 +644,16 @@ class DemoStack:
     def engine(self) -> Engine:
         """An engine on the stack's database (Airflow's tables and the task store)."""
         if self._engine is None:
-            from aws_reconciler.store.engine import create_store_engine
+            from aws_reconciler.store.database import create_store_engine
 
             self._engine = create_store_engine(self.database_url, pool_size=2)
         return self._engine
 
-    def store_rows(self, *, dag_id: str | None = None, run_id: str | None = None) -> list[StoreRow]:
-        """Rows of the task store, oldest first, optionally of one DAG (run)."""
+    def store_rows(
+        self, *, dag_id: str | None = None, run_id: str | None = None, kind: str | None = None
+    ) -> list[StoreRow]:
+        """Rows of the task store, oldest first, optionally of one DAG (run) and of one kind
+        (``task``, ``callback``: a callback's row carries its DAG and run)."""
         from aws_reconciler.store.tables import task
 
         query = sa.select(*[task.c[name] for name in StoreRow.__dataclass_fields__]).order_by(task.c.created_at)
@@ -645,8 +661,30 @@ class DemoStack:
             query = query.where(task.c.dag_id == dag_id)
         if run_id is not None:
             query = query.where(task.c.run_id == run_id)
+        if kind is not None:
+            query = query.where(task.c.kind == kind)
         with self.engine.connect() as conn:
             return [StoreRow(**dict(row)) for row in conn.execute(query).mappings()]
+
+    def airflow_callbacks(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
+        """Airflow's ``callback`` rows of the run's missed deadlines (id, state, output, path,
+        executor), which no REST endpoint shows."""
+        found = []
+        with self.engine.connect() as conn:
+            for row in conn.execute(sa.text("SELECT id, state, output, data FROM callback")).mappings():
+                data = _plain(row["data"] if isinstance(row["data"], dict) else json.loads(row["data"]))
+                run = ((data.get("kwargs") or {}).get("context") or {}).get("dag_run") or {}
+                if data.get("dag_id") == dag_id and run.get("dag_run_id") == run_id:
+                    found.append(
+                        {
+                            "id": str(row["id"]),
+                            "state": row["state"],
+                            "output": row["output"],
+                            "path": data.get("path"),
+                            "executor": data.get("executor"),
+                        }
+                    )
+        return found
 
     def task_instance_rows(self, dag_id: str, run_id: str) -> dict[tuple[str, int], dict[str, Any]]:
         """Airflow's own ``task_instance`` rows of the run (fields the REST API does not show:
@@ -664,6 +702,17 @@ class DemoStack:
     def elapsed(self) -> float:
         """Seconds since :meth:`start` began."""
         return time.monotonic() - self._started_at
+
+
+def _plain(value: Any) -> Any:
+    """A value of Airflow's extended JSON columns without its type wrappers (``{"__type": ..., "__var": ...}``)."""
+    if isinstance(value, dict):
+        if "__type" in value and "__var" in value:
+            return _plain(value["__var"])
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _psycopg(url: str, *, database: str | None = None) -> str:
@@ -728,6 +777,7 @@ def utc_now() -> datetime:
 
 
 __all__ = [
+    "DEADLINE_DAG_ID",
     "EXAMPLE_DAG_ID",
     "INVALID_CONFIG_DAG_ID",
     "SHIPPED_DAGS",

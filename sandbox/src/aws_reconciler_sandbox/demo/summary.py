@@ -29,6 +29,10 @@ EXAMPLE_EXPECTED: Mapping[str, Expectation] = {
 }
 #: The example DAG's tasks that run on AWS Batch.
 EXAMPLE_BATCH_TASKS = frozenset(k for k, v in EXAMPLE_EXPECTED.items() if v.backend == "batch")
+#: The example DAG's deferrable tasks: each try is queued twice (before deferring and after its
+#: trigger fired). The first queueing's row is ``revoked`` when the second arrives before the
+#: first container's end was seen (no longer wanted), else ``succeeded``.
+EXAMPLE_DEFERRED_TASKS = frozenset({"wait_in_triggerer"})
 #: The invalid-config DAG: the bad task fails without running, its neighbour succeeds.
 INVALID_CONFIG_EXPECTED: Mapping[str, Expectation] = {"bad_config": Expectation("failed", 1)}
 

@@ -3,7 +3,8 @@
 Airflow runs both executors: ``EcsExecutor`` (the default) and ``BatchExecutor``, which the
 tasks with ``executor="BatchExecutor"`` (``batch_sum`` and ``report``) use.
 
-21 task instances in one run (20 ECS tasks, ``flaky`` runs twice, and 2 Batch jobs):
+22 task instances in one run (21 ECS tasks, ``flaky`` runs twice, ``wait_in_triggerer`` is queued
+twice, and 2 Batch jobs):
 
 - ``make_items`` returns 15 numbers; ``square`` is mapped over them (dynamic task mapping, 15
   task instances); ``total`` adds the squares up (XComs travel through the Execution API);
@@ -12,6 +13,9 @@ tasks with ``executor="BatchExecutor"`` (``batch_sum`` and ``report``) use.
   retry re-runs it as a *new* ECS task; the reconciler never relaunches a task that ran;
 - ``long_running`` works for about 20 seconds and prints its progress (visible in the Airflow UI
   while it runs: the executor serves the container's CloudWatch log);
+- ``wait_in_triggerer`` is a deferrable sensor: its ECS task hands the wait to a trigger and exits,
+  the triggerer (not a container) waits, and when the trigger fires Airflow queues the same try
+  again, as a second ECS task that finishes it;
 - ``report`` waits for all of them, also as a Batch job.
 
 Every task is cheap on purpose: each task instance is a full Airflow task runner process
@@ -28,10 +32,33 @@ import time
 from datetime import timedelta
 from typing import Any
 
-from airflow.sdk import dag, get_current_context, task
+from airflow.providers.standard.triggers.temporal import TimeDeltaTrigger
+from airflow.sdk import BaseSensorOperator, dag, get_current_context, task
 
 ITEMS = 15
 LONG_RUNNING_SECONDS = 20
+DEFERRED_SECONDS = 5
+
+
+class WaitInTriggerer(BaseSensorOperator):
+    """A deferrable sensor: waits ``seconds`` in the triggerer, then resumes in a new container.
+
+    The standard ``TimeDeltaSensor`` measures from the run's start and does not defer at all when
+    it starts late; this one always defers, so every run goes through the triggerer.
+    """
+
+    def __init__(self, *, seconds: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.seconds = seconds
+
+    def execute(self, context: Any) -> None:
+        print(f"deferring for {self.seconds} s: the triggerer waits, this container exits", flush=True)
+        self.defer(trigger=TimeDeltaTrigger(timedelta(seconds=self.seconds)), method_name="execute_complete")
+
+    def execute_complete(self, context: Any, event: Any = None) -> str:
+        """Runs in the second queueing of the same try, after the trigger fired."""
+        print(f"resumed after the trigger fired: {event}", flush=True)
+        return "resumed"
 
 
 @dag(
@@ -96,7 +123,8 @@ def aws_reconciler_example() -> None:
         print(f"sum of squares {result}; sum of items {items_sum}; flaky {flaky_result}; long task ran {seconds} s")
 
     items = make_items()
-    report(total(square.expand(x=items)), batch_sum(items), flaky(), long_running())
+    waited = WaitInTriggerer(task_id="wait_in_triggerer", seconds=DEFERRED_SECONDS)
+    waited >> report(total(square.expand(x=items)), batch_sum(items), flaky(), long_running())
 
 
 aws_reconciler_example()
