@@ -64,12 +64,18 @@ class Monkey(threading.Thread):
 
     def _kill(self, kill: ReconcilerKill) -> None:
         world = self.world
-        leader = wait_for(world.leader, what="a reconciler to lead", timeout=self._deadline)
+
+        def leading() -> ManagedProcess | None:
+            world.check_alive()
+            return world.leader()
+
+        leader = wait_for(leading, what="a reconciler to lead", timeout=self._deadline)
         # The drawn uptime is the random point of the kill, not a wait for something to happen.
         if self.stop_event.wait(kill.uptime):
             return
         before = world.lease()
         assert before is not None
+        world.down.add(leader.name)
         if kill.signal == "SIGKILL":
             leader.kill()
             killed_at = world.database_now()
@@ -80,6 +86,7 @@ class Monkey(threading.Thread):
             self._restart(leader)
 
         def taken() -> Lease | None:
+            world.check_alive()
             lease = world.lease()
             return lease if lease is not None and lease.holder != before.holder else None
 
@@ -98,3 +105,4 @@ class Monkey(threading.Thread):
             # A SIGTERMed replica finishes its calls in flight and releases the lease first.
             wait_for(lambda: not process.running, what=f"{process.name} to exit", timeout=30)
         process.start()
+        self.world.down.discard(process.name)

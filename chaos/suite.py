@@ -108,6 +108,9 @@ def run_scenario(
             next_beat = time.monotonic()
             last_note = next_beat
             while True:
+                if monkey.error is not None:
+                    raise RuntimeError(f"the reconciler killer failed: {monkey.error}") from monkey.error
+                world.check_alive()
                 load.step(scheduler, time.monotonic() - clock0)
                 scheduler.heartbeat()
                 if until():
@@ -133,8 +136,6 @@ def run_scenario(
                 time.monotonic() + 4 * plan.load_seconds + 300,
                 "load",
             )
-            if monkey.error is not None:
-                raise RuntimeError(f"the reconciler killer failed: {monkey.error}") from monkey.error
             beat(lambda: scheduler.waiting() == 0, time.monotonic() + DRAIN_TIMEOUT, "drain")
             # Checked every few heartbeats: a snapshot of every task costs the sandbox's lock.
             checks = iter(range(10**9))

@@ -91,6 +91,8 @@ class World:
         self.sandbox: ManagedProcess | None = None
         self.exports: dict[str, str] = {}
         self.replicas: list[ManagedProcess] = []
+        #: Replicas down on purpose (killed, not restarted yet): any other that is not running died.
+        self.down: set[str] = set()
         self.store_url = ""
         #: Leave the schema in place at close (a failed run's rows are evidence).
         self.keep_store = False
@@ -108,8 +110,9 @@ class World:
     # ---- starting ---------------------------------------------------------------------------
 
     def _base_env(self) -> dict[str, str]:
-        # Nothing of the caller's Airflow, AWS or Python path may leak into the processes.
-        dropped = ("AIRFLOW", "AWS_", "PYTHONPATH")
+        # Nothing of the caller's Airflow or AWS settings may leak into the processes. PYTHONPATH
+        # stays: the processes must run the same code as the suite (a snapshot of the tree, say).
+        dropped = ("AIRFLOW", "AWS_")
         env = {k: v for k, v in os.environ.items() if not k.startswith(dropped)}
         env.update({STACK_MARKER: self.stack_id, "PYTHONUNBUFFERED": "1"})
         return env
@@ -182,6 +185,17 @@ class World:
         return process
 
     # ---- looking ------------------------------------------------------------------------------
+
+    def check_alive(self) -> None:
+        """Raise, with the end of its log, when the sandbox or a replica not down on purpose died."""
+        dead = [p for p in self.replicas if not p.running and p.name not in self.down]
+        if self.sandbox is not None and not self.sandbox.running:
+            dead.insert(0, self.sandbox)
+        if dead:
+            process = dead[0]
+            raise RuntimeError(
+                f"{process.name} exited by itself (status {process.returncode}); its log ends:\n{process.tail(20)}"
+            )
 
     def lease(self) -> Lease | None:
         """The lease row, or None before anyone took it."""
