@@ -7,6 +7,9 @@ asked for, notices the exit and, when the sandbox stops, ends whatever is left. 
 between ECS tasks and Batch jobs (their statuses, the fields AWS sets, the variables the agent
 puts into a container) is a ``Driver``: ``ecsrunner.EcsTasks`` and ``batchrunner.BatchJobs``.
 
+An Airflow workload reaches its process in a private file (``--json-path``), never in the
+arguments every local user can read (see ``workloadfiles``).
+
 A workload fails before it starts as on AWS: an image whose name contains ``does-not-exist``, a
 planned ``fail_next_start``, a start failure drawn by the realism policy, a missing log group, a
 command that cannot be executed.
@@ -38,6 +41,7 @@ from .motoenv import MOTO_LOCK
 from .procs import ContainerProcess
 from .realism import Realism
 from .taskspec import ContainerPlan, LogTarget, container_env, local_argv, pull_failure
+from .workloadfiles import WorkloadFiles
 
 __all__ = ["DEFAULT_START_FAILURE", "Driver", "Ending", "RunnerOptions", "ShimDriver", "TaskRunner", "Workload"]
 
@@ -316,6 +320,8 @@ class TaskRunner:
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
         self._log_pump = LogPump()
+        # Airflow workloads go to their processes in private files, not in their arguments.
+        self._workload_files = WorkloadFiles()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -436,6 +442,7 @@ class TaskRunner:
             for name, proc in exited:
                 del self._procs[name]
                 self._pids.pop(name, None)
+                self._workload_files.release(name)
                 work = self._work.pop(name, None)
                 if work is not None and not work.driver.finished(work):
                     work.driver.end(work, Ending(exit_code=proc.finish()))
@@ -551,7 +558,7 @@ class TaskRunner:
         work.env = container_env(
             plan, base=host_environment(self.options.python), agent=agent, extra=self.options.extra_env
         )
-        work.argv = local_argv(plan.argv, self.options.python)
+        work.argv = self._workload_files.keep_out_of_argv(work.key, local_argv(plan.argv, self.options.python))
         work.spawning = True
         return True
 
@@ -559,6 +566,8 @@ class TaskRunner:
         work.spawning = False
         if proc is not None:
             self._watch(work.key, proc)
+        else:
+            self._workload_files.release(work.key)
         if self._work.get(work.key) is not work or work.driver.finished(work):
             return  # reset or ended from outside meanwhile: _advance kills the process
         if proc is None:
@@ -591,6 +600,7 @@ class TaskRunner:
             self._work.clear()
             self._procs.clear()
             self._pids.clear()
+            self._workload_files.close()
 
     def _kill_all_now(self) -> None:
         """At interpreter exit without ``stop()``: SIGKILL every process group."""
