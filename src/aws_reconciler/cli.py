@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -302,10 +303,11 @@ def _cmd_config_show(args: argparse.Namespace) -> int:
 
 
 def _cmd_config_migrate(args: argparse.Namespace) -> int:
+    from .config.loader import TEAM_ENV
     from .config.migration import plan_migration, render_cfg, render_env
     from .config.sources import RawConfig
 
-    plan = plan_migration(RawConfig())
+    plan = plan_migration(RawConfig().scoped(os.environ.get(TEAM_ENV) or None))
     if plan.empty:
         print(
             "aws-reconciler config migrate: no [aws_ecs_executor] or [aws_batch_executor] settings found "
@@ -386,6 +388,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-v", "--verbose", action="store_const", const="DEBUG", dest="log_level", help="the same as --log-level DEBUG"
     )
+    parser.add_argument(
+        "--team",
+        metavar="NAME",
+        help=(
+            "an Airflow team's own settings and rows (multi-team deployments: one reconciler per team); "
+            "the same as AWS_RECONCILER_TEAM=NAME"
+        ),
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="reconcile the task store with AWS until stopped")
@@ -457,6 +467,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):
         logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLogger().level))
     try:
+        if args.team is not None:
+            from .config.loader import TEAM_ENV, check_team_name
+
+            os.environ[TEAM_ENV] = check_team_name(args.team)
         return int(args.func(args) or 0)
     except (ConfigError, StoreMisconfigured) as exc:
         print(f"aws-reconciler: configuration error: {exc}", file=sys.stderr)

@@ -15,6 +15,7 @@ from typing import Any, NamedTuple, Protocol, TypeVar
 
 from ..config import ConfigError, Settings
 from ..config.models import BackendSettings
+from ..config.sources import config_section, env_var_name
 from ..model import Backend, Clock, TiKey
 from .base import TaskBackend
 
@@ -80,6 +81,7 @@ class BuildRequest(Protocol):
         key: TiKey,
         command: Sequence[str],
         executor_config: Any,
+        team: str | None = None,
     ) -> dict[str, Any]:
         """The request, or :class:`~aws_reconciler.backends.requests.InvalidExecutorConfig` naming the bad key."""
 
@@ -122,7 +124,8 @@ class BackendDescriptor:
         section = self.section(settings)
         if not section.enabled:
             option = section.target_field
-            env = f"AIRFLOW__{section.section.upper()}__{option.upper()}"
-            raise ConfigError(f"{self.executor_name} needs [{section.section}] {option} ({env})")
+            env = env_var_name(section.section, option, settings.team)
+            named = config_section(section.section, settings.team)
+            raise ConfigError(f"{self.executor_name}{settings.of_team} needs [{named}] {option} ({env})")
         self.check_settings(section)
         return section

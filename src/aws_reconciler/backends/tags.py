@@ -9,7 +9,10 @@ from ..model import TiKey
 
 DEPLOYMENT_TAG = "aws-reconciler:deployment"
 ID_TAG = "aws-reconciler:id"
-IDENTITY_TAGS = frozenset({DEPLOYMENT_TAG, ID_TAG})
+#: The Airflow team of the executor that queued it (multi-team deployments): a team's reconciler
+#: owns only its own team's tasks, even where teams share a deployment name and a cluster.
+TEAM_TAG = "aws-reconciler:team"
+IDENTITY_TAGS = frozenset({DEPLOYMENT_TAG, ID_TAG, TEAM_TAG})
 _TAG_VALUE_MAX = 256
 _DISALLOWED = re.compile(r"[^\w +\-=.:/@]", re.ASCII)
 
@@ -19,11 +22,13 @@ def sanitize_tag_value(value: str) -> str:
     return _DISALLOWED.sub("_", value)[:_TAG_VALUE_MAX]
 
 
-def identity_tags(*, deployment: str, record_id: str, key: TiKey) -> dict[str, str]:
-    """Tags on every task/job. Only the first two identify; the rest are for humans and billing."""
+def identity_tags(*, deployment: str, record_id: str, key: TiKey, team: str | None = None) -> dict[str, str]:
+    """Tags on every task/job. Only the first two (and a team's tag) identify; the rest are for
+    humans and billing."""
     return {
         DEPLOYMENT_TAG: deployment,
         ID_TAG: record_id,
+        **({TEAM_TAG: team} if team else {}),
         "airflow:dag_id": sanitize_tag_value(key.dag_id),
         "airflow:task_id": sanitize_tag_value(key.task_id),
         "airflow:run_id": sanitize_tag_value(key.run_id),
@@ -32,8 +37,9 @@ def identity_tags(*, deployment: str, record_id: str, key: TiKey) -> dict[str, s
     }
 
 
-def owned_record_id(tags: Mapping[str, str], *, deployment: str) -> str | None:
-    """The record id when the tags say this deployment owns the resource, else ``None``."""
-    if tags.get(DEPLOYMENT_TAG) != deployment:
+def owned_record_id(tags: Mapping[str, str], *, deployment: str, team: str | None = None) -> str | None:
+    """The record id when the tags say this deployment (and this team: no team tag for the
+    deployment-wide executors) owns the resource, else ``None``."""
+    if tags.get(DEPLOYMENT_TAG) != deployment or tags.get(TEAM_TAG) != team:
         return None
     return tags.get(ID_TAG) or None

@@ -7,6 +7,7 @@ and the value (never the value of a secret), so an operator can fix it without r
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import subprocess
 from collections.abc import Callable, Mapping
@@ -18,7 +19,7 @@ from pydantic import SecretStr, ValidationError
 
 from .migration import provider_warnings
 from .models import EMPTY_MEANS_OFF, SECRET_OPTIONS, BatchSettings, CoreSettings, EcsSettings, SectionSettings
-from .sources import RawConfig, env_var_name
+from .sources import RawConfig, config_section, env_var_name
 
 SECTIONS: tuple[type[SectionSettings], ...] = (CoreSettings, EcsSettings, BatchSettings)
 DEFAULT_TASK_QUEUED_TIMEOUT = 600.0
@@ -27,6 +28,30 @@ REDACTED = "***"
 
 class ConfigError(ValueError):
     """A setting is missing or invalid; the message names the option and its origin."""
+
+
+#: The environment variable naming the Airflow team whose settings a process reads (a team's own
+#: reconciler; ``aws-reconciler --team`` sets it). The executors get their team from Airflow.
+TEAM_ENV = "AWS_RECONCILER_TEAM"
+#: Airflow's rule for team names (``airflow teams create``).
+TEAM_NAME = re.compile(r"^[A-Za-z0-9_-]{3,50}$")
+
+
+class _FromEnvironment:
+    """The default of ``load_settings(team=...)``: the team named by :data:`TEAM_ENV`, if any."""
+
+
+FROM_ENVIRONMENT = _FromEnvironment()
+
+
+def check_team_name(team: str) -> str:
+    """``team`` when Airflow would accept it as a team's name; else :class:`ConfigError` saying why."""
+    if not TEAM_NAME.match(team):
+        raise ConfigError(
+            f"invalid team name {team!r}: Airflow's team names are 3-50 letters, digits, '-' and '_' "
+            f"(from --team or {TEAM_ENV})"
+        )
+    return team
 
 
 #: Airflow's own resolved value of ``[section] option`` (``conf.get``), for the scheduler side,
@@ -56,6 +81,8 @@ class Settings:
     warnings: tuple[str, ...] = field(default=())
     #: ``[aws_reconciler] token_key`` (or the output of ``token_key_cmd``); ``None``: not configured.
     token_key: SecretStr | None = field(default=None, repr=False)
+    #: The Airflow team these settings are of (multi-team deployments); ``None``: deployment-wide.
+    team: str | None = None
 
     @property
     def store_url(self) -> str:
@@ -71,11 +98,18 @@ class Settings:
     def require_backend(self) -> None:
         """Fail clearly when the reconciler would have nothing to reconcile."""
         if not self.ecs.enabled and not self.batch.enabled:
+            ecs = config_section("aws_reconciler_ecs", self.team)
+            batch = config_section("aws_reconciler_batch", self.team)
             raise ConfigError(
-                f"no backend is configured: set [aws_reconciler_ecs] cluster "
-                f"(env {env_var_name('aws_reconciler_ecs', 'cluster')}) and/or [aws_reconciler_batch] job_queue "
-                f"(env {env_var_name('aws_reconciler_batch', 'job_queue')})"
+                f"no backend is configured{self.of_team}: set [{ecs}] cluster "
+                f"(env {env_var_name('aws_reconciler_ecs', 'cluster', self.team)}) and/or [{batch}] job_queue "
+                f"(env {env_var_name('aws_reconciler_batch', 'job_queue', self.team)})"
             )
+
+    @property
+    def of_team(self) -> str:
+        """`` for team <name>`` in messages, or nothing outside multi-team deployments."""
+        return f" for team {self.team}" if self.team else ""
 
     @property
     def token_key_origin(self) -> str:
@@ -89,18 +123,34 @@ class Settings:
 
 
 def load_settings(
-    *, environ: Mapping[str, str] | None = None, cfg_path: Path | None = None, airflow_conf: AirflowConf | None = None
+    *,
+    environ: Mapping[str, str] | None = None,
+    cfg_path: Path | None = None,
+    airflow_conf: AirflowConf | None = None,
+    team: str | _FromEnvironment | None = FROM_ENVIRONMENT,
 ) -> Settings:
     """Read defaults < ``airflow.cfg`` < environment and validate every section.
 
     ``airflow_conf`` (the scheduler side) resolves what only Airflow can: ``sql_alchemy_conn_secret``
     through its secrets backend, and its default database.
+
+    ``team``: the Airflow team whose settings to read (Airflow 3's team-scoped convention:
+    ``AIRFLOW__<TEAM>___AWS_RECONCILER_ECS__CLUSTER``, ``[<team>=aws_reconciler_ecs]``; no
+    fallback to the deployment-wide values, as Airflow's own ``ExecutorConf``). Airflow's
+    ``[database]`` and ``[scheduler]`` are deployment-wide, so a team's store defaults to
+    Airflow's database like everyone's. By default the team named by ``AWS_RECONCILER_TEAM``
+    (what ``aws-reconciler --team`` sets), else none.
     """
     raw = RawConfig(environ=environ, cfg_path=cfg_path)
+    if isinstance(team, _FromEnvironment):
+        team = raw.environ.get(TEAM_ENV) or None
+    if team is not None:
+        check_team_name(team)
+    ours = raw.scoped(team)
     origins: dict[tuple[str, str], str] = {}
     models: dict[str, SectionSettings] = {}
     for model in SECTIONS:
-        models[model.section] = _load_section(model, raw, origins)
+        models[model.section] = _load_section(model, ours, origins)
     core = models["aws_reconciler"]
     ecs = models["aws_reconciler_ecs"]
     batch = models["aws_reconciler_batch"]
@@ -112,8 +162,9 @@ def load_settings(
         resolved_store_url=_store_url(core, raw, origins, airflow_conf),
         task_queued_timeout=_task_queued_timeout(core, raw, origins),
         origins=origins,
-        warnings=tuple(provider_warnings(raw)),
+        warnings=tuple(provider_warnings(ours)),
         token_key=_token_key(core, origins),
+        team=team,
     )
 
 
@@ -123,7 +174,8 @@ def _load_section(model: type[SectionSettings], raw: RawConfig, origins: dict[tu
     for option, found in raw.options(section).items():
         if option not in model.model_fields:
             known = ", ".join(sorted(model.model_fields))
-            raise ConfigError(f"unknown option [{section}] {option} (from {found.origin}); known options: {known}")
+            shown = config_section(section, raw.team)
+            raise ConfigError(f"unknown option [{shown}] {option} (from {found.origin}); known options: {known}")
         if not found.value.strip() and option not in EMPTY_MEANS_OFF:
             # `airflow config` writes provider options out as "option = ": empty means unset.
             continue
@@ -132,22 +184,28 @@ def _load_section(model: type[SectionSettings], raw: RawConfig, origins: dict[tu
     try:
         return model(**values)
     except ValidationError as exc:
-        raise ConfigError(_explain(section, exc, values, origins)) from None
+        raise ConfigError(_explain(section, exc, values, origins, team=raw.team)) from None
 
 
 def _explain(
-    section: str, exc: ValidationError, values: Mapping[str, Any], origins: Mapping[tuple[str, str], str]
+    section: str,
+    exc: ValidationError,
+    values: Mapping[str, Any],
+    origins: Mapping[tuple[str, str], str],
+    *,
+    team: str | None = None,
 ) -> str:
     lines = []
+    named = config_section(section, team)
     for error in exc.errors():
         option = str(error["loc"][0]) if error["loc"] else ""
         message = error["msg"].removeprefix("Value error, ")
         if option:
             shown = REDACTED if option in SECRET_OPTIONS else values.get(option, "<default>")
             origin = origins.get((section, option), "default")
-            lines.append(f"invalid setting [{section}] {option} = {shown!r} (from {origin}): {message}")
+            lines.append(f"invalid setting [{named}] {option} = {shown!r} (from {origin}): {message}")
         else:
-            lines.append(f"invalid settings in [{section}]: {message}")
+            lines.append(f"invalid settings in [{named}]: {message}")
     return "; ".join(lines)
 
 

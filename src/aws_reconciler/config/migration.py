@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .sources import RawConfig, env_var_name
+from .sources import RawConfig, config_section, env_var_name
 
 PROVIDER_ECS = "aws_ecs_executor"
 PROVIDER_BATCH = "aws_batch_executor"
@@ -80,6 +80,8 @@ class MigrationPlan:
     conflicts: list[str] = field(default_factory=list)
     #: Provider options this release does not know (a newer provider, or a typo).
     unknown: list[str] = field(default_factory=list)
+    #: The Airflow team whose settings these are (the provider's team-scoped ones map to ours).
+    team: str | None = None
 
     @property
     def empty(self) -> bool:
@@ -88,13 +90,14 @@ class MigrationPlan:
 
 
 def plan_migration(raw: RawConfig) -> MigrationPlan:
-    """Every provider setting in ``raw``, mapped to ours where one exists."""
-    plan = MigrationPlan()
+    """Every provider setting in ``raw``, mapped to ours where one exists (``raw`` scoped to a team:
+    that team's provider settings, mapped to that team's own of ours)."""
+    plan = MigrationPlan(team=raw.team)
     for section in (PROVIDER_ECS, PROVIDER_BATCH):
         for option, found in sorted(raw.options(section).items()):
             if not found.value.strip():
                 continue  # `airflow config` writes unset provider options as "option = "
-            where = f"[{section}] {option} (from {found.origin})"
+            where = f"[{config_section(section, raw.team)}] {option} (from {found.origin})"
             if (section, option) in NOT_MAPPED:
                 plan.dropped.append((where, NOT_MAPPED[(section, option)]))
                 continue
@@ -105,7 +108,8 @@ def plan_migration(raw: RawConfig) -> MigrationPlan:
             ours = raw.get(ours_section, ours_option)
             if ours is not None and ours.value.strip() and ours.value.strip() != found.value.strip():
                 plan.conflicts.append(
-                    f"[{ours_section}] {ours_option} = {ours.value!r} (from {ours.origin}) but {where} = "
+                    f"[{config_section(ours_section, raw.team)}] {ours_option} = {ours.value!r} (from {ours.origin}) "
+                    f"but {where} = "
                     f"{found.value!r}: ours wins"
                 )
             if any(s.section == ours_section and s.option == ours_option for s in plan.settings):
@@ -133,7 +137,8 @@ def render_cfg(plan: MigrationPlan) -> str:
     for section in (CORE, ECS, BATCH):
         rows = [s for s in plan.settings if s.section == section]
         if rows:
-            lines += ["", f"[{section}]"] if lines else [f"[{section}]"]
+            header = f"[{config_section(section, plan.team)}]"
+            lines += ["", header] if lines else [header]
             lines += [f"# from {s.source}\n{s.option} = {s.value}" for s in rows]
     return "\n".join(lines) + ("\n" if lines else "")
 
@@ -142,4 +147,6 @@ def render_env(plan: MigrationPlan) -> str:
     """The settings as environment variables (``export`` lines, shell-quoted)."""
     import shlex
 
-    return "".join(f"export {env_var_name(s.section, s.option)}={shlex.quote(s.value)}\n" for s in plan.settings)
+    return "".join(
+        f"export {env_var_name(s.section, s.option, plan.team)}={shlex.quote(s.value)}\n" for s in plan.settings
+    )

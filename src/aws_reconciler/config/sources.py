@@ -15,11 +15,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ENV_PREFIX = "AIRFLOW__"
+#: Airflow 3's team-scoped config file section: ``[<team>=<section>]``.
+TEAM_SECTION_SEPARATOR = "="
 
 
-def env_var_name(section: str, option: str) -> str:
-    """The environment variable Airflow uses for ``[section] option``."""
-    return f"{ENV_PREFIX}{section.upper()}__{option.upper()}"
+def env_var_name(section: str, option: str, team: str | None = None) -> str:
+    """The environment variable Airflow uses for ``[section] option``; for a team's own value,
+    ``AIRFLOW__<TEAM>___<SECTION>__<OPTION>`` (Airflow 3's multi-team convention)."""
+    return f"{_env_prefix(section, team)}{option.upper()}"
+
+
+def _env_prefix(section: str, team: str | None) -> str:
+    team_part = f"{team.upper()}___" if team else ""
+    return f"{ENV_PREFIX}{team_part}{section.upper()}__"
+
+
+def config_section(section: str, team: str | None = None) -> str:
+    """The airflow.cfg section holding ``section``'s options (for a team: ``<team>=<section>``)."""
+    return f"{team}{TEAM_SECTION_SEPARATOR}{section}" if team else section
 
 
 def airflow_cfg_path(environ: Mapping[str, str]) -> Path:
@@ -47,31 +60,48 @@ class RawConfig:
 
     Environment beats the file, as in Airflow. Interpolation is disabled because Airflow writes
     literal values and a ``%`` inside a database password must not be interpreted.
+
+    ``team``: the view of one Airflow team's own values, as Airflow 3 reads a team's executor
+    configuration (``ExecutorConf``): ``AIRFLOW__<TEAM>___<SECTION>__<OPTION>`` and the file's
+    ``[<team>=<section>]``, with no fallback to the deployment-wide values (only to the defaults).
     """
 
-    def __init__(self, *, environ: Mapping[str, str] | None = None, cfg_path: Path | None = None) -> None:
+    def __init__(
+        self, *, environ: Mapping[str, str] | None = None, cfg_path: Path | None = None, team: str | None = None
+    ) -> None:
         self.environ: Mapping[str, str] = os.environ if environ is None else environ
         self.cfg_path = cfg_path if cfg_path is not None else airflow_cfg_path(self.environ)
+        self.team = team
         self._parser = configparser.ConfigParser(interpolation=None)
         if self.cfg_path.is_file():
             self._parser.read(self.cfg_path, encoding="utf-8")
 
+    def scoped(self, team: str | None) -> RawConfig:
+        """The same file and environment, seen as ``team``'s values (``None``: deployment-wide)."""
+        if team == self.team:
+            return self
+        view = RawConfig.__new__(RawConfig)
+        view.environ, view.cfg_path, view.team, view._parser = self.environ, self.cfg_path, team, self._parser
+        return view
+
     def get(self, section: str, option: str) -> RawValue | None:
         """The highest-precedence raw value of ``[section] option``, or ``None`` when unset."""
-        name = env_var_name(section, option)
+        name = env_var_name(section, option, self.team)
         if name in self.environ:
             return RawValue(self.environ[name], f"env {name}")
-        if self._parser.has_option(section, option):
-            return RawValue(self._parser.get(section, option), f"{self.cfg_path} [{section}]")
+        cfg_section = config_section(section, self.team)
+        if self._parser.has_option(cfg_section, option):
+            return RawValue(self._parser.get(cfg_section, option), f"{self.cfg_path} [{cfg_section}]")
         return None
 
     def options(self, section: str) -> dict[str, RawValue]:
         """Every option set for ``section`` in the file or the environment, keyed by lower-case name."""
         found: dict[str, RawValue] = {}
-        if self._parser.has_section(section):
-            for option in self._parser.options(section):
-                found[option] = RawValue(self._parser.get(section, option), f"{self.cfg_path} [{section}]")
-        prefix = f"{ENV_PREFIX}{section.upper()}__"
+        cfg_section = config_section(section, self.team)
+        if self._parser.has_section(cfg_section):
+            for option in self._parser.options(cfg_section):
+                found[option] = RawValue(self._parser.get(cfg_section, option), f"{self.cfg_path} [{cfg_section}]")
+        prefix = _env_prefix(section, self.team)
         for name, value in self.environ.items():
             if name.upper().startswith(prefix):
                 found[name[len(prefix) :].lower()] = RawValue(value, f"env {name}")

@@ -62,6 +62,9 @@ class ReconcilerExecutor(BaseExecutor):
     # that sets QUEUED; it is our record id, clientToken stem and identity tag.
     pre_assigns_external_executor_id: ClassVar[bool] = True
     supports_ad_hoc_ti_run = True
+    # One instance per Airflow team ("...;team_a=aws_reconciler.executor.EcsExecutor"), each with
+    # the team's own settings, rows and identity tag; its team's reconciler alone runs its tasks.
+    supports_multi_team = True
     # ExecuteCallback workloads (deadline alerts) run as ECS tasks / Batch jobs like tasks do.
     supports_callbacks = True
     # TestConnection workloads too: the connection is tested from where tasks run (their network,
@@ -95,14 +98,15 @@ class ReconcilerExecutor(BaseExecutor):
         """Settings, loaded on first use (a bad value raises :class:`ConfigError`)."""
         if self._settings is None:
             # Airflow resolves what our loader cannot: sql_alchemy_conn_secret, its default database.
-            self._settings = load_settings(airflow_conf=_airflow_conf)
+            # A team's executor reads the team's own values, as Airflow's ExecutorConf does.
+            self._settings = load_settings(airflow_conf=_airflow_conf, team=self.team_name)
         return self._settings
 
     @property
     def store(self) -> TaskStore:
         """The task store, connected on first use."""
         if self._store is None:
-            self._store = TaskStore(create_store_engine(self.settings.store_url))
+            self._store = TaskStore(create_store_engine(self.settings.store_url), team=self.settings.team)
         return self._store
 
     @property
@@ -144,7 +148,11 @@ class ReconcilerExecutor(BaseExecutor):
         if not sealer.encrypting:
             self.log.warning("%s", CLEAR_WARNING)
         self.log.info(
-            "%s started: deployment %s, store %s", type(self).__name__, settings.core.deployment, self.store_label()
+            "%s%s started: deployment %s, store %s",
+            type(self).__name__,
+            settings.of_team,
+            settings.core.deployment,
+            self.store_label(),
         )
 
     def store_label(self) -> str:
@@ -168,6 +176,7 @@ class ReconcilerExecutor(BaseExecutor):
                 key=stored_key(workload, record_id),
                 command=workload_command(workload),
                 executor_config=ti.executor_config if ti is not None else None,
+                team=self.settings.team,
             )
         except InvalidExecutorConfig as exc:
             raise SpecError(str(exc)) from None

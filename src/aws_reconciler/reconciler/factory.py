@@ -82,6 +82,15 @@ def token_sealer(settings: Settings) -> TokenSealer:
         raise ConfigError(str(exc)) from None
 
 
+def lease_name(settings: Settings) -> str:
+    """One leader per deployment, and per Airflow team: each team's reconciler leads its own rows.
+
+    ``#`` is in neither a deployment name nor a team name, so no two pairs share a lease.
+    """
+    base = f"reconciler-{settings.core.deployment}"
+    return f"{base}#{settings.team}" if settings.team else base
+
+
 def holder_identity() -> str:
     """Unique per process: host name (the pod name on Kubernetes), pid and a random suffix."""
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -94,11 +103,11 @@ def build_manager(settings: Settings, *, metrics: Metrics | None = None) -> Mana
     metrics = metrics or Metrics()
     db = create_store_engine(settings.store_url)
     check_schema(db)
-    store = TaskStore(db)
+    store = TaskStore(db, team=settings.team)
     core = settings.core
     elector = LeaderElector(
         leases=LeaseStore(db),
-        name=f"reconciler-{core.deployment}",
+        name=lease_name(settings),
         holder=holder_identity(),
         lease_duration=core.lease_duration,
         renew_deadline=core.renew_deadline,

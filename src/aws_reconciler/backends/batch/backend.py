@@ -43,9 +43,12 @@ class BatchBackend:
         throttle_pause: float = 1.0,
         may_act: Callable[[], bool] = always,
         lookup_delay: float = 15.0,
+        team: str | None = None,
     ) -> None:
         self.client = client
         self.deployment = deployment
+        # Only jobs tagged with this Airflow team are ours (None: only untagged ones).
+        self.team = team
         self.job_queues = list(job_queues)
         self.submit_bucket = submit_bucket
         self.describe_bucket = describe_bucket
@@ -75,7 +78,9 @@ class BatchBackend:
         """Submits within the next ``within`` seconds: each costs a SubmitJob and a ListJobs lookup."""
         return min(self.submit_bucket.capacity(within), self.describe_bucket.capacity(within))
 
-    def launch(self, *, record_id: str, attempt: int, spec: Mapping[str, Any]) -> str:
+    def launch(
+        self, *, record_id: str, attempt: int, spec: Mapping[str, Any], in_time: Callable[[], bool] | None = None
+    ) -> str:
         """SubmitJob named ``af-<id>-<attempt>``, unless a job of that name is already in the queue.
 
         Batch has no client token. The engine calls this for every claimed attempt, and a claimed
@@ -83,14 +88,16 @@ class BatchBackend:
         first (ListJobs' JOB_NAME filter). The engine relaunches such an attempt only
         ``relaunch_delay`` after it may have been sent, once ListJobs can be expected to list it;
         should a second job slip through anyway, the engine keeps the most advanced and stops the
-        other.
+        other. ``in_time`` is checked before the SubmitJob only: a job found is taken whatever the time.
         """
         name = job_name(record_id, attempt)
         queue = str(spec["jobQueue"])
         existing = self.find_job(queue=queue, name=name)
         if existing is not None:
             return existing
-        response = self._caller(self.submit_bucket, self.client.submit_job, mutating=True, **{**spec, "jobName": name})
+        response = self._caller(
+            self.submit_bucket, self.client.submit_job, mutating=True, in_time=in_time, **{**spec, "jobName": name}
+        )
         return str(response["jobId"])
 
     def find_job(self, *, queue: str, name: str) -> str | None:
@@ -138,7 +145,9 @@ class BatchBackend:
                 continue
             answered.update(batch)
             for job in response.get("jobs") or []:
-                obs = observe_job(job, deployment=self.deployment, runnable_timeout=self.runnable_timeout, now=now)
+                obs = observe_job(
+                    job, deployment=self.deployment, runnable_timeout=self.runnable_timeout, now=now, team=self.team
+                )
                 observations.append(obs)
                 self._remember(obs)
         return observations, answered, errors

@@ -31,6 +31,7 @@ def _build(settings: Settings, *, client: Any, may_act: Callable[[], bool], cloc
         clock=clock,
         may_act=may_act,
         lookup_delay=batch.lookup_delay,
+        team=settings.team,
     )
 
 

@@ -103,8 +103,10 @@ def build_submit_job_request(
     key: TiKey,
     command: Sequence[str],
     executor_config: Any = None,
+    team: str | None = None,
 ) -> dict[str, Any]:
-    """The full SubmitJob request (without ``jobName``) or :class:`InvalidExecutorConfig`."""
+    """The full SubmitJob request (without ``jobName``) or :class:`InvalidExecutorConfig`;
+    ``team``: the Airflow team whose executor queued it (tagged for its reconciler)."""
     overrides = _check_executor_config(executor_config, batch)
     request = deep_merge(base_request(batch), overrides)
     container = request.setdefault("containerOverrides", {})
@@ -116,7 +118,7 @@ def build_submit_job_request(
     user_tags = request.get("tags") or {}
     if not isinstance(user_tags, Mapping):
         raise InvalidExecutorConfig("tags", "Batch tags are a dict of key: value")
-    request["tags"] = {**user_tags, **identity_tags(deployment=deployment, record_id=record_id, key=key)}
+    request["tags"] = {**user_tags, **identity_tags(deployment=deployment, record_id=record_id, key=key, team=team)}
     if len(request["tags"]) > MAX_TAGS:
         raise InvalidExecutorConfig("tags", f"{len(request['tags'])} tags, over AWS's limit of {MAX_TAGS}")
 

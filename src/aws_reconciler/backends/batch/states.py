@@ -54,12 +54,17 @@ def _reasons(job: Mapping[str, Any]) -> Iterator[str]:
 
 
 def observe_job(
-    job: Mapping[str, Any], *, deployment: str, runnable_timeout: float | None = None, now: datetime | None = None
+    job: Mapping[str, Any],
+    *,
+    deployment: str,
+    runnable_timeout: float | None = None,
+    now: datetime | None = None,
+    team: str | None = None,
 ) -> Observation:
     """One job's state. ``runnable_timeout`` (seconds since submission) marks a RUNNABLE job stuck."""
     status = str(job.get("status", ""))
     tags = {str(k): str(v) for k, v in (job.get("tags") or {}).items()}
-    record_id = owned_record_id(tags, deployment=deployment)
+    record_id = owned_record_id(tags, deployment=deployment, team=team)
     common: dict[str, Any] = {
         "external_id": job["jobId"],
         "target": job.get("jobQueue"),

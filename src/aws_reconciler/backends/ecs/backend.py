@@ -58,9 +58,12 @@ class EcsBackend:
         fargate_bucket: TokenBucket,
         throttle_pause: float = 1.0,
         may_act: Callable[[], bool] = always,
+        team: str | None = None,
     ) -> None:
         self.client = client
         self.deployment = deployment
+        # Only tasks tagged with this Airflow team are ours (None: only untagged ones).
+        self.team = team
         self.clusters = list(clusters)
         self.container_name = container_name
         self.run_task_bucket = run_task_bucket
@@ -83,14 +86,16 @@ class EcsBackend:
         (the rows' launch types are not known before their specs are read, so assume Fargate)."""
         return min(self.run_task_bucket.capacity(within), self.fargate_bucket.capacity(within))
 
-    def launch(self, *, record_id: str, attempt: int, spec: Mapping[str, Any]) -> str:
+    def launch(
+        self, *, record_id: str, attempt: int, spec: Mapping[str, Any], in_time: Callable[[], bool] | None = None
+    ) -> str:
         """RunTask with ``clientToken`` = ``<id>-<attempt>``; a task in the response wins over
-        ``failures`` (AWS can report both when a task did launch)."""
+        ``failures`` (AWS can report both when a task did launch). ``in_time``: see ``TaskBackend``."""
         request = dict(spec)
         request["clientToken"] = client_token(record_id, attempt)
         if is_fargate(spec):
             self.fargate_bucket.acquire()
-        response = self._caller(self.run_task_bucket, self.client.run_task, mutating=True, **request)
+        response = self._caller(self.run_task_bucket, self.client.run_task, mutating=True, in_time=in_time, **request)
         tasks = response.get("tasks") or []
         if tasks:
             return str(tasks[0]["taskArn"])
@@ -118,7 +123,9 @@ class EcsBackend:
                     errors.append(exc)
                     continue
                 for task in response.get("tasks") or []:
-                    obs = observe_task(task, container_name=self.container_name, deployment=self.deployment)
+                    obs = observe_task(
+                        task, container_name=self.container_name, deployment=self.deployment, team=self.team
+                    )
                     found[obs.external_id] = obs
                 for failure in response.get("failures") or []:
                     arn = failure.get("arn")
@@ -156,7 +163,11 @@ class EcsBackend:
                     include=["TAGS"],
                 )
                 for task in response.get("tasks") or []:
-                    found.append(observe_task(task, container_name=self.container_name, deployment=self.deployment))
+                    found.append(
+                        observe_task(
+                            task, container_name=self.container_name, deployment=self.deployment, team=self.team
+                        )
+                    )
         return found
 
     def stop(self, *, external_id: str, target: str | None, reason: str) -> None:

@@ -32,6 +32,7 @@ def _build(settings: Settings, *, client: Any, may_act: Callable[[], bool], cloc
         describe_bucket=TokenBucket(rate=core.ecs_describe_rate, burst=core.ecs_describe_burst),
         fargate_bucket=TokenBucket(rate=core.fargate_launch_rate, burst=core.fargate_launch_burst),
         may_act=may_act,
+        team=settings.team,
     )
 
 

@@ -78,8 +78,10 @@ def build_run_task_request(
     key: TiKey,
     command: Sequence[str],
     executor_config: Any = None,
+    team: str | None = None,
 ) -> dict[str, Any]:
-    """The full RunTask request (without ``clientToken``) or :class:`InvalidExecutorConfig`."""
+    """The full RunTask request (without ``clientToken``) or :class:`InvalidExecutorConfig`;
+    ``team``: the Airflow team whose executor queued it (tagged for its reconciler)."""
     overrides = _check_executor_config(executor_config, ecs)
     base = base_request(ecs)
     # A task choosing its own launch mode replaces the configured one rather than adding to it:
@@ -103,7 +105,7 @@ def build_run_task_request(
         request.pop("platformVersion", None)
     request["startedBy"] = deployment
     user_tags = {t["key"]: t["value"] for t in request.get("tags", []) if isinstance(t, Mapping)}
-    tags = {**user_tags, **identity_tags(deployment=deployment, record_id=record_id, key=key)}
+    tags = {**user_tags, **identity_tags(deployment=deployment, record_id=record_id, key=key, team=team)}
     request["tags"] = [{"key": k, "value": v} for k, v in tags.items()]
 
     validate(request, run_task_shape())

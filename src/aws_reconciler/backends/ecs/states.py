@@ -27,13 +27,15 @@ def tags_of(task: Mapping[str, Any]) -> dict[str, str]:
     return {t["key"]: t.get("value", "") for t in task.get("tags") or [] if "key" in t}
 
 
-def observe_task(task: Mapping[str, Any], *, container_name: str, deployment: str) -> Observation:
+def observe_task(
+    task: Mapping[str, Any], *, container_name: str, deployment: str, team: str | None = None
+) -> Observation:
     """One task's state. The exit code of ``container_name`` decides success; in Airflow 3 a zero
     exit only means the task runner finished normally (the task's own state went through the
     Execution API), a non-zero one that the container ended abnormally."""
     status = str(task.get("lastStatus", ""))
     tags = tags_of(task)
-    record_id = owned_record_id(tags, deployment=deployment)
+    record_id = owned_record_id(tags, deployment=deployment, team=team)
     common: dict[str, Any] = {
         "external_id": task["taskArn"],
         "target": task.get("clusterArn"),
