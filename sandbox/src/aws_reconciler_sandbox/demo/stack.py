@@ -78,6 +78,8 @@ DEPLOYMENT = "airflow"
 EXECUTORS = "aws_reconciler.executor.EcsExecutor,aws_reconciler.executor.BatchExecutor"
 REGION = "us-east-1"
 
+#: Each team's executors in multi-team stacks (``<team>=...`` in ``[core] executor``).
+TEAM_EXECUTORS = "aws_reconciler.executor.EcsExecutor"
 #: Processes in start order; stopped in :data:`STOP_ORDER`.
 SANDBOX, RECONCILER, API_SERVER, DAG_PROCESSOR, SCHEDULER, TRIGGERER = (
     "sandbox",
@@ -133,6 +135,11 @@ class StackOptions:
     #: long one models a cluster without capacity, where task instances get stuck in queued.
     provisioning_delay: float | None = None
     startup_timeout: float = 240.0
+    #: Airflow teams (multi-team mode), each with its own DAG folder (a DAG bundle of the team), its
+    #: own EcsExecutor in the scheduler and its own reconciler (``aws-reconciler --team <team> run``).
+    #: Every team gets the deployment-wide settings as its own (Airflow's team settings do not fall
+    #: back to them); ``airflow_env`` adds or overrides a team's (``AIRFLOW__<TEAM>___...``).
+    teams: Mapping[str, Path] = field(default_factory=dict)
     log: Log = _default_log
 
 
@@ -188,6 +195,7 @@ class DemoStack:
         self.api_port = 0
         self.sandbox_port = 0
         self.metrics_port = 0
+        self.team_metrics_ports: dict[str, int] = {}
         self.sandbox_env: dict[str, str] = {}
         self.api = AirflowApi("http://127.0.0.1:0")
         self._admin_url: str | None = None
@@ -227,18 +235,28 @@ class DemoStack:
         self.api_port = free_port()
         self.sandbox_port = free_port()
         self.metrics_port = free_port()
+        self.team_metrics_ports = {team: free_port() for team in self.options.teams}
         self.api = AirflowApi(f"http://127.0.0.1:{self.api_port}")
         self.log(f"work directory {self.work_dir}")
 
         self._create_database()
         self._start_sandbox()
         self._run_step("airflow-db-migrate", [sys.executable, "-m", "airflow", "db", "migrate"], self.airflow_env())
+        for team in self.options.teams:
+            # The scheduler refuses executors of teams its database does not know.
+            self._run_step(
+                f"airflow-teams-create-{team}",
+                [sys.executable, "-m", "airflow", "teams", "create", team],
+                self.airflow_env(),
+            )
         self._run_step(
             "reconciler-db-migrate",
             [sys.executable, "-m", "aws_reconciler.cli", "db", "migrate"],
             self.reconciler_env(),
         )
         self.start_reconciler()
+        for team in self.options.teams:
+            self.start_reconciler(team)
         airflow_started = utc_now()
         self._spawn(
             API_SERVER,
@@ -267,6 +285,8 @@ class DemoStack:
         self.wait(lambda: self.api.component_healthy("dag_processor"), "the dag-processor to heartbeat", deadline)
         self.wait(lambda: self.api.component_healthy("triggerer"), "the triggerer to heartbeat", deadline)
         self.wait_reconciler_leading(timeout=deadline)
+        for team in self.options.teams:
+            self.wait_reconciler_leading(timeout=deadline, team=team)
         for dag_id in self.options.wait_for_dags:
             self.wait(partial(self.api.dag, dag_id), f"DAG {dag_id} to be parsed", deadline)
             self.api.unpause(dag_id)
@@ -294,9 +314,12 @@ class DemoStack:
         if any(p.running for p in self.processes.values()):
             self.log("stopping every process of the stack ...")
         for name in STOP_ORDER:
-            process = self.processes.get(name)
-            if process is not None and process.popen is not None:
-                process.stop()
+            # Teams' reconcilers stop with the deployment-wide one, before the sandbox.
+            teams = [reconciler_of(team) for team in self.options.teams] if name == RECONCILER else []
+            for each in (name, *teams):
+                process = self.processes.get(each)
+                if process is not None and process.popen is not None:
+                    process.stop()
         for process in self.processes.values():  # anything not in STOP_ORDER
             process.stop()
         left = sweep(self.stack_id, log=self.log)
@@ -327,8 +350,37 @@ class DemoStack:
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{self.api_port}/execution/",
             # Task processes too: parsing the DAG file checks every task's ``executor=`` against
             # this list (an unknown "BatchExecutor" fails the whole DAG file in the task).
-            "AIRFLOW__CORE__EXECUTOR": EXECUTORS,
+            "AIRFLOW__CORE__EXECUTOR": EXECUTORS + "".join(f";{team}={TEAM_EXECUTORS}" for team in self.options.teams),
+            **self._multi_team(),
         }
+
+    def _multi_team(self) -> dict[str, str]:
+        """Multi-team mode: each team's DAG folder is a DAG bundle of that team (task processes
+        find their bundle by name through the same list)."""
+        if not self.options.teams:
+            return {}
+        local = "airflow.dag_processing.bundles.local.LocalDagBundle"
+        bundles = [{"name": "dags-folder", "classpath": local, "kwargs": {}}] + [
+            {"name": f"{team}-dags", "classpath": local, "kwargs": {"path": str(folder)}, "team_name": team}
+            for team, folder in self.options.teams.items()
+        ]
+        return {
+            "AIRFLOW__CORE__MULTI_TEAM": "True",
+            "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST": json.dumps(bundles),
+        }
+
+    def _team_settings(self) -> dict[str, str]:
+        """Each team's own copy of our deployment-wide settings (``AIRFLOW__<TEAM>___AWS_RECONCILER...``),
+        with its reconciler's own metrics port: a team's settings never fall back to the others."""
+        ours = {**self.sandbox_env, **self._reconciler_settings()}
+        env: dict[str, str] = {}
+        for team in self.options.teams:
+            for name, value in ours.items():
+                if name.startswith("AIRFLOW__AWS_RECONCILER"):
+                    env[f"AIRFLOW__{team.upper()}___{name.removeprefix('AIRFLOW__')}"] = value
+            port = self.team_metrics_ports[team]
+            env[f"AIRFLOW__{team.upper()}___AWS_RECONCILER__METRICS_ADDRESS"] = f"127.0.0.1:{port}"
+        return env
 
     def task_env(self) -> dict[str, str]:
         """What ECS task and Batch job processes get on top of the sandbox's environment (through the
@@ -357,6 +409,7 @@ class DemoStack:
         env.update(self._airflow_common())
         env.update(self.sandbox_env)
         env.update(self._reconciler_settings())
+        env.update(self._team_settings())
         env.update(
             {
                 "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self.database_url,
@@ -392,6 +445,7 @@ class DemoStack:
         env["AIRFLOW_HOME"] = str(self.airflow_home)
         env.update(self.sandbox_env)
         env.update(self._reconciler_settings())
+        env.update(self._team_settings())
         env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = self.database_url
         # Its own free port: the default (9109) would collide between stacks and after restarts
         # of another reconciler on this machine.
@@ -455,7 +509,8 @@ class DemoStack:
 
     def check_processes(self) -> None:
         """Raise :class:`StackError` when a long-running process exited that should not have."""
-        for name in (SANDBOX, RECONCILER, API_SERVER, DAG_PROCESSOR, TRIGGERER, SCHEDULER):
+        teams = [reconciler_of(team) for team in self.options.teams]
+        for name in (SANDBOX, RECONCILER, *teams, API_SERVER, DAG_PROCESSOR, TRIGGERER, SCHEDULER):
             process = self.processes.get(name)
             if process is not None and process.popen is not None and not process.running and name not in self._down:
                 raise StackError(f"{name} exited with code {process.returncode}\n{self.describe_logs(name)}")
@@ -511,6 +566,10 @@ class DemoStack:
         """The reconciler's Prometheus endpoint (``/healthz`` and ``/readyz`` beside it)."""
         return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
+    def team_metrics_url(self, team: str) -> str:
+        """A team's reconciler's Prometheus endpoint."""
+        return f"http://127.0.0.1:{self.team_metrics_ports[team]}/metrics"
+
     @property
     def sandbox(self) -> Any:
         """A ``SandboxControlClient`` for the sandbox (faults, task snapshots)."""
@@ -528,10 +587,12 @@ class DemoStack:
 
     # ---- reconciler and scheduler: start, kill -9, restart ----------------------------------
 
-    def start_reconciler(self) -> ManagedProcess:
-        """Start (again) ``aws-reconciler run``."""
-        self._down.discard(RECONCILER)
-        return self._spawn(RECONCILER, [sys.executable, "-m", "aws_reconciler.cli", "run"], self.reconciler_env())
+    def start_reconciler(self, team: str | None = None) -> ManagedProcess:
+        """Start (again) ``aws-reconciler run`` (``team``: that team's, ``aws-reconciler --team <team> run``)."""
+        name = reconciler_of(team)
+        self._down.discard(name)
+        scope = ["--team", team] if team else []
+        return self._spawn(name, [sys.executable, "-m", "aws_reconciler.cli", *scope, "run"], self.reconciler_env())
 
     def start_scheduler(self) -> ManagedProcess:
         """Start (again) ``airflow scheduler``."""
@@ -544,6 +605,9 @@ class DemoStack:
         """Start again the reconciler or scheduler if a test left it down (killed on purpose)."""
         if RECONCILER in self._down:
             self.start_reconciler()
+        for team in self.options.teams:
+            if reconciler_of(team) in self._down:
+                self.start_reconciler(team)
         if SCHEDULER in self._down:
             self.start_scheduler()
 
@@ -569,15 +633,16 @@ class DemoStack:
         self.log(f"kill -9 {name} (pid {process.pid}, group {sorted(process_tree(process.pid or 0))})")
         process.kill()
 
-    def wait_reconciler_leading(self, timeout: float = 60) -> None:
-        """Until the current reconciler process holds the lease (a restart waits for expiry)."""
-        pid = self.processes[RECONCILER].pid
+    def wait_reconciler_leading(self, timeout: float = 60, *, team: str | None = None) -> None:
+        """Until the current reconciler process (of ``team``) holds its lease (a restart waits for expiry)."""
+        pid = self.processes[reconciler_of(team)].pid
+        lease = f"reconciler-{DEPLOYMENT}" + (f"#{team}" if team else "")
 
         def holder_is_current() -> bool:
             with self.engine.connect() as conn:
                 row = conn.execute(
                     sa.text("SELECT holder, expires_at FROM aws_reconciler_lease WHERE name = :name"),
-                    {"name": f"reconciler-{DEPLOYMENT}"},
+                    {"name": lease},
                 ).first()
             return row is not None and f"-{pid}-" in str(row.holder)
 
@@ -702,6 +767,11 @@ class DemoStack:
     def elapsed(self) -> float:
         """Seconds since :meth:`start` began."""
         return time.monotonic() - self._started_at
+
+
+def reconciler_of(team: str | None) -> str:
+    """The process name of the reconciler of ``team`` (``None``: the deployment-wide one)."""
+    return f"{RECONCILER}-{team}" if team else RECONCILER
 
 
 def _plain(value: Any) -> Any:
