@@ -28,6 +28,8 @@ from aws_reconciler.reconciler.plan import (
     Transition,
     launch_failed,
     launch_succeeded,
+    launch_too_late,
+    launch_without_token,
     plan,
     requeue_after,
 )
@@ -733,3 +735,193 @@ def test_the_rows_own_task_from_discovery_stands_in_for_a_failed_describe() -> N
     p = discover([launched()], [found("arn-1", "r1", started_at=ago(4))], {})
     t = only_transition(p)
     assert (t.effect, t.changes["phase"]) == (Effect.PROGRESS, Phase.RUNNING)
+
+
+# ---- the workload token's deadline ------------------------------------------------------------------
+
+#: Seconds from NOW (the database's time unless a case says otherwise).
+MARGIN = SETTINGS.token_margin
+
+
+def tokened(record_id: str = "r1", *, expires_in: float, **fields: Any) -> TaskRecord:
+    """A row whose workload token expires ``expires_in`` seconds after NOW."""
+    return row(record_id, token_expires_at=NOW + timedelta(seconds=expires_in), **fields)
+
+
+LAUNCHING_SENT = {"phase": Phase.LAUNCHING, "attempt": 1, "next_attempt_at": ago(200), "updated_at": ago(200)}
+
+
+@pytest.mark.parametrize(
+    ("case", "subject", "database_now", "discovered", "decision", "requeue"),
+    [
+        ("ten minutes left: launched", tokened(expires_in=600), NOW, False, "launch", 5),
+        ("just over the margin: launched", tokened(expires_in=MARGIN + 1), NOW, False, "launch", 5),
+        ("within the margin: waits for the expiry", tokened(expires_in=3), NOW, False, "wait", 3),
+        ("at the margin: not launched", tokened(expires_in=MARGIN), NOW, False, "wait", 5),
+        ("expired: fails, never launched", tokened(expires_in=-1), NOW, False, "expire", 5),
+        (
+            "queued long ago, its token still valid: the token decides, not created_at",
+            tokened(expires_in=300, created_at=ago(3600), next_attempt_at=ago(1)),
+            NOW,
+            False,
+            "launch",
+            5,
+        ),
+        # This replica's clock (NOW) is 50 s behind the database's: the database's decides.
+        (
+            "valid by the local clock, within the margin by the database's",
+            tokened(expires_in=60),
+            ago(-50),
+            False,
+            "wait",
+            5,
+        ),
+        # And 50 s ahead of it.
+        ("expired by the local clock, valid by the database's", tokened(expires_in=-10), ago(60), False, "launch", 5),
+        (
+            "launching, within the margin: not relaunched, discovery may find its task",
+            tokened(expires_in=10, **LAUNCHING_SENT),
+            NOW,
+            False,
+            "wait",
+            5,
+        ),
+        (
+            "launching, expired, no discovery this cycle: waits for one",
+            tokened(expires_in=-1, **LAUNCHING_SENT),
+            NOW,
+            False,
+            "nothing",
+            5,
+        ),
+        (
+            "launching, expired, a discovery after missing_grace found nothing: fails",
+            tokened(expires_in=-1, **LAUNCHING_SENT),
+            NOW,
+            True,
+            "expire",
+            5,
+        ),
+        (
+            "launching, expired, sent too recently for a discovery to be sure",
+            tokened(expires_in=-1, **{**LAUNCHING_SENT, "updated_at": ago(60)}),
+            NOW,
+            True,
+            "nothing",
+            5,
+        ),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
+def test_launch_decisions_by_the_tokens_own_expiry_on_the_databases_clock(
+    case: str, subject: TaskRecord, database_now: datetime, discovered: bool, decision: str, requeue: float
+) -> None:
+    p = decide([subject], database_now=database_now, discovered=[] if discovered else None)
+    assert p.requeue_after == pytest.approx(requeue), case
+    if decision == "launch":
+        assert p.launches == (subject,) and not p.transitions, case
+    elif decision == "expire":
+        t = only_transition(p)
+        assert (t.effect, t.changes["phase"], t.expect_phases) == (Effect.FAILED, Phase.FAILED, (subject.phase,))
+        reason = t.changes["status_reason"]
+        assert reason.startswith("not launched: its Airflow workload token expired at 2030-01-01T1"), reason
+        assert "requeues" in reason
+    else:
+        assert nothing(p), case
+
+
+def test_a_row_without_a_readable_expiry_keeps_the_queueing_time_rule() -> None:
+    """Chaos-tested behaviour of rows whose token has no ``exp``: ``task_queued_timeout`` after
+    ``created_at``, on this replica's clock, whatever the database's says."""
+    assert decide([row(created_at=ago(599))], database_now=ago(-3600)).launches
+    t = only_transition(decide([row(created_at=ago(601))], database_now=ago(3600)))
+    assert "task_queued_timeout" in t.changes["status_reason"]
+
+
+def test_the_expiry_keeps_the_last_launch_error() -> None:
+    t = only_transition(decide([tokened(expires_in=-1, last_error="launch failed: RESOURCE:MEMORY")]))
+    assert t.changes["status_reason"].endswith("; last error: launch failed: RESOURCE:MEMORY")
+
+
+CAPACITY = RetriableError("RESOURCE:MEMORY", outcome=Outcome.REJECTED)
+
+
+@pytest.mark.parametrize(
+    ("case", "subject", "retried", "latest"),
+    [
+        # Without a known deadline the attempt budget (3) decides, as before.
+        ("no expiry known, attempts spent", replace(CLAIMED, attempt=3), False, None),
+        ("no expiry known, attempts left", replace(CLAIMED, attempt=1), True, 2.0),
+        # With one, capacity is retried until the deadline, at most half-way to it each time.
+        (
+            "attempts spent, 5 min left",
+            replace(CLAIMED, attempt=3, token_expires_at=NOW + timedelta(minutes=5)),
+            True,
+            8.0,
+        ),
+        (
+            "attempt 40, 5 min left",
+            replace(CLAIMED, attempt=40, token_expires_at=NOW + timedelta(minutes=5)),
+            True,
+            135.0,
+        ),
+        (
+            "attempt 40, 40 s left",
+            replace(CLAIMED, attempt=40, token_expires_at=NOW + timedelta(seconds=40)),
+            True,
+            5.0,
+        ),
+        (
+            "past the deadline: due at once, then left to expire",
+            replace(CLAIMED, attempt=9, token_expires_at=NOW + timedelta(seconds=10)),
+            True,
+            0.0,
+        ),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
+def test_capacity_shortages_are_retried_until_the_tokens_deadline(
+    case: str, subject: TaskRecord, retried: bool, latest: float | None
+) -> None:
+    t = launch_failed(subject, CAPACITY, now=NOW, settings=SETTINGS, rng=lambda: 1.0, token_now=NOW)
+    if not retried:
+        assert t.effect is Effect.FAILED and "gave up after 3 launch attempts" in t.changes["status_reason"], case
+        return
+    assert (t.effect, t.retry, t.changes["phase"]) == (Effect.RETRY, Retry.CAPACITY, Phase.PENDING), case
+    assert latest is not None
+    assert (t.changes["next_attempt_at"] - NOW).total_seconds() == pytest.approx(latest), case
+
+
+def test_a_container_that_never_starts_still_has_an_attempt_budget() -> None:
+    """An image that cannot be pulled will not be pulled by trying until the deadline."""
+    stopped = obs(phase=Phase.FAILED, never_started=True, reason="CannotPullContainerError")
+    subject = launched(attempt=3, token_expires_at=NOW + timedelta(minutes=5))
+    t = only_transition(decide([subject], {"arn-1": stopped}))
+    assert t.effect is Effect.FAILED and "gave up after 3 launch attempts" in t.changes["status_reason"]
+
+
+@pytest.mark.parametrize("claimed", [True, False], ids=["claimed this cycle", "a relaunch"])
+def test_a_launch_stopped_right_before_the_call_gives_back_only_a_fresh_attempt(claimed: bool) -> None:
+    t = launch_too_late(CLAIMED, now=NOW, claimed=claimed)
+    if not claimed:
+        assert t is None, "a relaunch's attempt may have reached AWS: it stays launching"
+        return
+    assert t is not None
+    assert (t.effect, t.expect_phases, t.expect_attempt) == (Effect.TOO_LATE, (Phase.LAUNCHING,), 1)
+    assert (t.changes["phase"], t.changes["attempt"], t.changes["next_attempt_at"]) == (Phase.PENDING, 0, NOW)
+    assert "token_margin" in t.changes["last_error"]
+    # The planner then leaves it alone until the expiry, and fails it then.
+    waiting = replace(CLAIMED, phase=Phase.PENDING, attempt=0, token_expires_at=NOW + timedelta(seconds=20))
+    assert nothing(decide([waiting]))
+
+
+@pytest.mark.parametrize(
+    ("lost", "effect", "phase"),
+    [(True, Effect.FAILED, Phase.FAILED), (False, Effect.RETRY, Phase.PENDING)],
+    ids=["token discarded", "this reconciler cannot open it"],
+)
+def test_a_token_that_cannot_be_put_back(lost: bool, effect: Effect, phase: Phase) -> None:
+    t = launch_without_token(CLAIMED, "why", lost=lost, now=NOW, settings=SETTINGS, rng=lambda: 1.0)
+    assert (t.effect, t.changes["phase"]) == (effect, phase)
+    if not lost:
+        assert (t.retry, t.changes["attempt"]) == (Retry.CREDENTIALS, 0), "the key, not the task, is at fault"

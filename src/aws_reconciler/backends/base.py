@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -72,8 +72,13 @@ class TaskBackend(Protocol):
     #: lookup needs to see a new job where the backend looks it up first (Batch).
     relaunch_delay: float
 
-    def launch(self, *, record_id: str, attempt: int, spec: Mapping[str, Any]) -> str:
-        """Start attempt ``attempt`` of a record idempotently; returns the external id."""
+    def launch(
+        self, *, record_id: str, attempt: int, spec: Mapping[str, Any], in_time: Callable[[], bool] | None = None
+    ) -> str:
+        """Start attempt ``attempt`` of a record idempotently; returns the external id.
+
+        ``in_time``: checked right before the request is sent (after every rate-limit wait); once
+        it says no, nothing is sent and :class:`~.calls.TooLate` is raised."""
         ...
 
     def observe(self, *, targets: Mapping[str, str | None]) -> Observed:

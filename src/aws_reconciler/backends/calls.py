@@ -23,6 +23,14 @@ class NotLeader(Exception):
     """
 
 
+class TooLate(Exception):
+    """A launch's deadline passed while it waited for a rate-limit token: the call was not made.
+
+    Checked after the bucket wait for the same reason as :class:`NotLeader`: the workload token
+    must still be valid, with a margin, when the call leaves, not when it was queued.
+    """
+
+
 def always() -> bool:
     """The default ``may_act``: a backend used without leader election always acts."""
     return True
@@ -35,11 +43,22 @@ class Caller:
         self.throttle_pause = throttle_pause
         self.may_act = may_act
 
-    def __call__(self, bucket: TokenBucket, fn: Callable[..., T], *, mutating: bool = False, **kwargs: Any) -> T:
-        """Call ``fn(**kwargs)``; ``mutating`` calls (launch, stop) are fenced by ``may_act``."""
+    def __call__(
+        self,
+        bucket: TokenBucket,
+        fn: Callable[..., T],
+        *,
+        mutating: bool = False,
+        in_time: Callable[[], bool] | None = None,
+        **kwargs: Any,
+    ) -> T:
+        """Call ``fn(**kwargs)``; ``mutating`` calls (launch, stop) are fenced by ``may_act``, and
+        a call with ``in_time`` is not made once that says its deadline has passed."""
         bucket.acquire()
         if mutating and not self.may_act():
             raise NotLeader(f"not the active reconciler any more: {getattr(fn, '__name__', 'call')} not sent")
+        if in_time is not None and not in_time():
+            raise TooLate(f"{getattr(fn, '__name__', 'call')} not sent: its deadline passed while it waited")
         try:
             return fn(**kwargs)
         except Exception as exc:

@@ -396,7 +396,11 @@ class EcsSettings(BackendSettings):
         3,
         ge=1,
         le=100,
-        description="Launch attempts per queueing before the task instance fails (retriable failures only).",
+        description=(
+            "Launch attempts per queueing before the task instance fails (retriable failures only). Capacity "
+            "shortages of a task whose workload token's expiry is known are retried until [aws_reconciler] "
+            "token_margin before it instead."
+        ),
     )
 
     @model_validator(mode="after")

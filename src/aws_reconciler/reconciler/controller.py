@@ -25,7 +25,7 @@ from ..store.lease import Fence
 from ..store.records import TaskRecord
 from ..store.sealing import TokenSealer
 from ..store.tasks import TaskStore
-from .effector import Effector, Tally
+from .effector import DatabaseTime, Effector, Tally
 from .plan import ControllerSettings, plan, requeue_after
 from .result import Result
 
@@ -74,6 +74,7 @@ class Controller:
             is_leader=is_leader,
             fence=fence,
             tokens=tokens,
+            monotonic=monotonic,
         )
         self.stopping = self.effector.stopping
         self._orphans: dict[str, datetime] = {}
@@ -105,6 +106,7 @@ class Controller:
                 log.warning("%s discovery failed (%s); retried next cycle", self._kind, exc.reason)
         interval = self.settings.reconcile_interval
         budget = self.backend.launch_capacity(within=interval) - self.effector.launches_in_flight()
+        database_time = self._database_time(rows)
         decided = plan(
             rows,
             observed.observations,
@@ -115,12 +117,13 @@ class Controller:
             busy=self.effector.busy(),
             launch_budget=budget,
             rng=self._rng,
+            database_now=database_time.at if database_time is not None else None,
         )
         if decided.orphans is not None:
             self._orphans = dict(decided.orphans)
             if decided.new_orphans:
                 self.metrics.orphans_found.labels(self._kind).inc(decided.new_orphans)
-        self.effector.execute(decided, tally)
+        self.effector.execute(decided, tally, database_time=database_time)
         # Give the calls just sent one interval to come back, so a healthy cycle reports them;
         # whatever takes longer is collected by a later cycle.
         self.effector.settle(interval, tally, self._monotonic)
@@ -135,6 +138,13 @@ class Controller:
             stats=stats,
             errors=tuple(errors),
         )
+
+    def _database_time(self, rows: list[TaskRecord]) -> DatabaseTime | None:
+        """The database's time, read only when a row waiting for a launch has a token deadline
+        (which is measured on that clock, shared with the scheduler that signed the token)."""
+        if not any(r.token_expires_at is not None and r.phase.waiting_for_launch for r in rows):
+            return None
+        return DatabaseTime(at=self.store.database_now(), monotonic=self._monotonic())
 
     def _forget_stopped(self, tally: Tally) -> None:
         for external_id in tally.stopped_orphans:

@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, assert_never
 
 from ..backends.base import TaskBackend
-from ..backends.calls import NotLeader
+from ..backends.calls import NotLeader, TooLate
 from ..backends.errors import AwsError, Outcome, classify
 from ..metrics.definitions import Metrics
 from ..model import Phase
@@ -39,6 +40,7 @@ from .plan import (
     Transition,
     launch_failed,
     launch_impossible,
+    launch_too_late,
     launch_without_token,
 )
 from .plan import launch_succeeded as launch_succeeded_transition
@@ -91,6 +93,23 @@ class Tally:
 
 
 @dataclass(frozen=True)
+class DatabaseTime:
+    """The database's time ``at``, read when this process's monotonic clock said ``monotonic``:
+    carried forward on the monotonic clock, so token deadlines never meet the local wall clock."""
+
+    at: datetime
+    monotonic: float
+
+    def now(self, monotonic: float) -> datetime:
+        """The database's time when the monotonic clock says ``monotonic``."""
+        return self.at + timedelta(seconds=monotonic - self.monotonic)
+
+    def deadline(self, expires_at: datetime, margin: float) -> float:
+        """The monotonic time ``margin`` seconds before ``expires_at`` (database time)."""
+        return self.monotonic + (expires_at - self.at).total_seconds() - margin
+
+
+@dataclass(frozen=True)
 class _Call:
     """A launch or stop in flight, and the ids it keeps busy."""
 
@@ -113,6 +132,7 @@ class Effector:
         is_leader: Callable[[], bool],
         fence: Callable[[], Fence | None] | None,
         tokens: TokenSealer | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         # Opens the sealed workload tokens (``[aws_reconciler] token_key``); without a key only
@@ -125,6 +145,7 @@ class Effector:
         self.rng = rng
         self.is_leader = is_leader
         self._fence = fence
+        self._monotonic = monotonic
         self._kind = backend.kind.value
         self._pool = ThreadPoolExecutor(max_workers=settings.launch_concurrency, thread_name_prefix="aws-call")
         self._in_flight: dict[Future[list[Done]], _Call] = {}
@@ -168,9 +189,12 @@ class Effector:
 
     # ---- executing a plan ---------------------------------------------------------------------
 
-    def execute(self, plan: Plan, tally: Tally) -> None:
+    def execute(self, plan: Plan, tally: Tally, *, database_time: DatabaseTime | None = None) -> None:
         """Transitions first (in order; a row whose earlier transition lost skips its later ones),
-        then stops and launches into the pool. A replica that does not lead writes nothing."""
+        then stops and launches into the pool. A replica that does not lead writes nothing.
+
+        ``database_time``: the database's time of the cycle, which the launches' token deadlines
+        are measured against (None: no row waiting for a launch has one)."""
         if not self.is_leader():
             return
         lost: set[str] = set()
@@ -193,7 +217,7 @@ class Effector:
                 continue
             keys = (stop.external_id,) if stop.record_id is None else (stop.external_id, stop.record_id)
             self._submit(keys, False, self._stop, stop)
-        self._launch([r for r in plan.launches if r.id not in lost], tally)
+        self._launch([r for r in plan.launches if r.id not in lost], tally, database_time)
 
     def _write(self, transition: Transition) -> Done | None:
         """Apply one transition; None when its compare-and-set lost or leadership is gone."""
@@ -215,7 +239,7 @@ class Effector:
     def _submit(self, keys: tuple[str, ...], launch: bool, fn: Callable[..., list[Done]], *args: Any) -> None:
         self._in_flight[self._pool.submit(fn, *args)] = _Call(keys=keys, launch=launch)
 
-    def _launch(self, rows: Sequence[TaskRecord], tally: Tally) -> None:
+    def _launch(self, rows: Sequence[TaskRecord], tally: Tally, database_time: DatabaseTime | None) -> None:
         if not rows or self.stopping.is_set() or not self.is_leader():
             return
         kwargs: dict[str, Any] = {}
@@ -224,7 +248,10 @@ class Effector:
             if fence is None:
                 return
             kwargs["fence"] = fence
-        claimed = self.store.claim_for_launch([r.id for r in rows if r.phase is Phase.PENDING], **kwargs)
+        # The claim checks the tokens again, on the database's clock, as it writes.
+        claimed = self.store.claim_for_launch(
+            [r.id for r in rows if r.phase is Phase.PENDING], token_margin=self.settings.token_margin, **kwargs
+        )
         now = self.clock()
         batch = [
             # As the claim left it: the attempt's clock (next_attempt_at - updated_at) starts at 0.
@@ -238,12 +265,32 @@ class Effector:
             return
         requests = self.store.launch_requests([r.id for r in batch])
         for row in batch:
-            self._submit((row.id,), True, self._launch_one, row, requests.get(row.id))
+            in_time = self._in_time(row, database_time)
+            fresh = row.id in claimed
+            self._submit((row.id,), True, self._launch_one, row, requests.get(row.id), fresh, in_time, database_time)
+
+    def _in_time(self, row: TaskRecord, database_time: DatabaseTime | None) -> Callable[[], bool] | None:
+        """Whether ``row``'s launch may still leave: its token is not within ``token_margin`` of
+        its expiry. Asked right before the call is sent, after every rate-limit wait."""
+        if row.token_expires_at is None or database_time is None:
+            return None
+        deadline = database_time.deadline(row.token_expires_at, self.settings.token_margin)
+        return lambda: self._monotonic() < deadline
 
     # ---- in the pool -------------------------------------------------------------------------
 
-    def _launch_one(self, row: TaskRecord, request: LaunchRequest | None) -> list[Done]:
-        """Launch one claimed (``launching``) row and record the outcome the planner decides."""
+    def _launch_one(
+        self,
+        row: TaskRecord,
+        request: LaunchRequest | None,
+        claimed: bool = True,
+        in_time: Callable[[], bool] | None = None,
+        database_time: DatabaseTime | None = None,
+    ) -> list[Done]:
+        """Launch one claimed (``launching``) row and record the outcome the planner decides.
+
+        ``claimed``: this cycle claimed the attempt (else it is a relaunch of one that may have
+        reached AWS); ``in_time``: see :meth:`_in_time`."""
         if self.stopping.is_set() or not self.is_leader():
             return []  # stays `launching`: whoever leads next relaunches it with the same client token
         try:
@@ -257,12 +304,20 @@ class Effector:
             except TokenUnavailable as exc:
                 return self._token_unavailable(row, exc)
             try:
-                external_id = self.backend.launch(record_id=row.id, attempt=row.attempt, spec=spec)
+                deadline = {"in_time": in_time} if in_time is not None else {}
+                external_id = self.backend.launch(record_id=row.id, attempt=row.attempt, spec=spec, **deadline)
             except NotLeader:
                 return []  # fenced: stays `launching` for the next leader, same client token
+            except TooLate:
+                too_late = launch_too_late(row, now=self.clock(), claimed=claimed)
+                written = self._write(too_late) if too_late is not None else None
+                return [written] if written else []
             except Exception as exc:
                 error = classify(exc)
-                transition = launch_failed(row, error, now=self.clock(), settings=self.settings, rng=self.rng)
+                token_now = database_time.now(self._monotonic()) if database_time is not None else None
+                transition = launch_failed(
+                    row, error, now=self.clock(), settings=self.settings, rng=self.rng, token_now=token_now
+                )
                 if error.outcome is Outcome.AMBIGUOUS:
                     log.warning(
                         "task %s: launch outcome unknown (%s); retrying attempt %d", row.id, error.reason, row.attempt
@@ -390,5 +445,12 @@ class Effector:
                 )
             case Effect.STOPPING:
                 pass  # counted with its stop
+            case Effect.TOO_LATE:
+                log.info(
+                    "task %s: not launched, its workload token expires within token_margin (%.0f s); "
+                    "it waits for Airflow to queue it again",
+                    row.id,
+                    self.settings.token_margin,
+                )
             case _:
                 assert_never(t.effect)

@@ -44,6 +44,7 @@ def controller_settings(settings: Settings, backend: Backend = Backend.ECS) -> C
         backoff_max=core.backoff_max,
         launch_concurrency=core.launch_concurrency,
         missing_grace=core.missing_grace,
+        token_margin=core.token_margin,
     )
 
 

@@ -25,6 +25,20 @@ Launch attempts and idempotency:
   unexpected exception) retries the same attempt with a delay that doubles each time.
 - AWS is eventually consistent: a task it does not know (yet) within ``missing_grace`` of its
   launch is not taken for gone.
+
+The workload token (a row whose token's ``exp`` is known; rows without one keep the older rule,
+``task_queued_timeout`` after ``created_at`` on this process's clock):
+
+- Its expiry is compared with the DATABASE's time (``database_now``), the one clock the
+  scheduler that signed it and every reconciler replica share.
+- A row is not launched within ``token_margin`` of the expiry (a container has to start and call
+  the API server before it), and is checked again right before the call leaves.
+- Capacity shortages are retried until then, however many attempts that takes.
+- At the expiry the row fails, never launched. The executor holds that report while Airflow still
+  has the try QUEUED, so Airflow's stuck-in-queued handling revokes it and queues it again with
+  a fresh token (``[scheduler] num_stuck_in_queued_retries``) instead of a failure burning a try.
+  A row that may have reached AWS (``launching``) ends only once a discovery, run
+  ``missing_grace`` after its last send, has not found its task.
 """
 
 from __future__ import annotations
@@ -61,6 +75,8 @@ class ControllerSettings:
     missing_grace: float = 120.0
     #: The backend's :attr:`~aws_reconciler.backends.base.TaskBackend.relaunch_delay`.
     relaunch_delay: float = 0.0
+    #: No launch within this many seconds of the workload token's expiry.
+    token_margin: float = 30.0
 
 
 class Effect(Enum):
@@ -75,6 +91,7 @@ class Effect(Enum):
     FAILED = "failed"
     REVOKED = "revoked"  # ended because Airflow no longer wants it
     RETRY = "retry"  # launched again after backoff (a new attempt, or the same one)
+    TOO_LATE = "too_late"  # not sent: its token expires within token_margin; it waits for the expiry
 
 
 class Retry(StrEnum):
@@ -159,6 +176,7 @@ def plan(
     busy: Collection[str] = (),
     launch_budget: int | None = None,
     rng: Callable[[], float] = random.random,
+    database_now: datetime | None = None,
 ) -> Plan:
     """Decide one cycle.
 
@@ -167,9 +185,17 @@ def plan(
     deployment a discovery found, or None when none ran. ``orphans_seen``: the previous
     discovery's first-seen times. ``busy``: record and external ids with a launch or stop still
     in flight (left alone). ``launch_budget``: launches the rate limits let out within one
-    interval (None: no bound).
+    interval (None: no bound). ``database_now``: the database's time, which workload token
+    expiries are compared with (None: ``now``).
     """
-    planner = _Planner(settings=settings, now=now, rng=rng, busy=frozenset(busy))
+    planner = _Planner(
+        settings=settings,
+        now=now,
+        rng=rng,
+        busy=frozenset(busy),
+        token_now=database_now or now,
+        discovered=discovered is not None,
+    )
     observed = dict(observations)
     rows = list(rows)
     orphans: dict[str, tuple[Observation, StopWhy]] = {}
@@ -237,10 +263,17 @@ def launch_succeeded(row: TaskRecord, external_id: str, *, now: datetime) -> Tra
 
 
 def launch_failed(
-    row: TaskRecord, error: AwsError, *, now: datetime, settings: ControllerSettings, rng: Callable[[], float]
+    row: TaskRecord,
+    error: AwsError,
+    *,
+    now: datetime,
+    settings: ControllerSettings,
+    rng: Callable[[], float],
+    token_now: datetime | None = None,
 ) -> Transition:
     """The launch of claimed ``row`` failed with ``error``: fail, give the attempt back, move to the
-    next attempt, or retry the same one (the call may have started a task)."""
+    next attempt, or retry the same one (the call may have started a task). ``token_now``: the
+    database's time, for the row's token deadline (None: ``now``)."""
     match error.outcome:
         case Outcome.TERMINAL:
             return _fail(row, f"launch failed: {error.reason}")
@@ -263,7 +296,13 @@ def launch_failed(
         case Outcome.REJECTED:
             # Certainly nothing started (capacity): the next attempt gets a new client token.
             return _retry_or_fail(
-                row, f"launch failed: {error.reason}", Retry.CAPACITY, now=now, settings=settings, rng=rng
+                row,
+                f"launch failed: {error.reason}",
+                Retry.CAPACITY,
+                now=now,
+                settings=settings,
+                rng=rng,
+                token_now=token_now or now,
             )
         case Outcome.AMBIGUOUS:
             # The call may have started a task: retry the SAME attempt (same clientToken / job
@@ -283,6 +322,27 @@ def launch_failed(
             )
         case _:
             assert_never(error.outcome)
+
+
+def launch_too_late(row: TaskRecord, *, now: datetime, claimed: bool) -> Transition | None:
+    """The launch of ``row`` was not sent: right before the call its token was within
+    ``token_margin`` of its expiry. A freshly claimed attempt reached nothing: it is given back,
+    and the row waits for the expiry. A relaunch (``claimed`` false) may have reached AWS before:
+    the row stays ``launching`` for discovery to find what it started (None: nothing to write)."""
+    if not claimed:
+        return None
+    return Transition(
+        row=row,
+        effect=Effect.TOO_LATE,
+        changes={
+            "phase": Phase.PENDING,
+            "attempt": row.attempt - 1,
+            "next_attempt_at": now,
+            "last_error": "not launched: its Airflow workload token expires within [aws_reconciler] token_margin",
+        },
+        expect_phases=(Phase.LAUNCHING,),
+        expect_attempt=row.attempt,
+    )
 
 
 def launch_impossible(row: TaskRecord, reason: str) -> Transition:
@@ -319,12 +379,27 @@ def _fail(row: TaskRecord, reason: str) -> Transition:
 
 
 def _retry_or_fail(
-    row: TaskRecord, reason: str, why: Retry, *, now: datetime, settings: ControllerSettings, rng: Callable[[], float]
+    row: TaskRecord,
+    reason: str,
+    why: Retry,
+    *,
+    now: datetime,
+    settings: ControllerSettings,
+    rng: Callable[[], float],
+    token_now: datetime | None = None,
 ) -> Transition:
-    """Nothing ran: a new attempt after backoff, unless the attempts are spent."""
-    if row.attempt >= settings.max_launch_attempts:
+    """Nothing ran: a new attempt after backoff, unless the attempts are spent.
+
+    A capacity shortage of a row whose token deadline is known is retried until that deadline,
+    each retry at most half-way there, so the last ones come close to it: capacity frees up by
+    itself, and a row given up early would fail a try Airflow could have requeued.
+    """
+    until_deadline = _launchable_for(row, token_now or now, settings) if why is Retry.CAPACITY else None
+    if until_deadline is None and row.attempt >= settings.max_launch_attempts:
         return _fail(row, f"gave up after {row.attempt} launch attempts: {reason}")
     delay = backoff_delay(attempt=row.attempt, base=settings.backoff_base, cap=settings.backoff_max, rng=rng)
+    if until_deadline is not None:
+        delay = min(delay, max(0.0, until_deadline / 2))
     return Transition(
         row=row,
         effect=Effect.RETRY,
@@ -337,6 +412,23 @@ def _retry_or_fail(
         expect_phases=(row.phase,),
         expect_attempt=row.attempt,
         retry=why,
+    )
+
+
+def _launchable_for(row: TaskRecord, token_now: datetime, settings: ControllerSettings) -> float | None:
+    """Seconds left to launch ``row`` before its token is within ``token_margin`` of its expiry
+    (negative once past); None when the token's expiry is not known."""
+    left = row.token_seconds_left(token_now)
+    return None if left is None else left - settings.token_margin
+
+
+def _expired(row: TaskRecord, token_now: datetime) -> Transition:
+    assert row.token_expires_at is not None
+    return _fail(
+        row,
+        f"not launched: its Airflow workload token expired at {row.token_expires_at.isoformat(timespec='seconds')}; "
+        "Airflow requeues the task instance with a fresh token ([scheduler] task_queued_timeout)"
+        + (f"; last error: {row.last_error}" if row.last_error else ""),
     )
 
 
@@ -362,6 +454,10 @@ class _Planner:
     now: datetime
     rng: Callable[[], float]
     busy: frozenset[str]
+    # The database's time, which token expiries are compared with.
+    token_now: datetime
+    # A discovery ran this cycle (it would have found the task of a launch whose answer was lost).
+    discovered: bool = False
     transitions: list[Transition] = field(default_factory=list)
     stops: list[Stop] = field(default_factory=list)
     due: list[tuple[datetime, datetime, TaskRecord]] = field(default_factory=list)
@@ -544,6 +640,9 @@ class _Planner:
         )
 
     def launch_or_expire(self, row: TaskRecord) -> None:
+        if row.token_expires_at is not None:
+            self.launch_before_the_token_expires(row)
+            return
         if (self.now - row.created_at).total_seconds() > self.settings.task_queued_timeout:
             self.transitions.append(
                 _fail(
@@ -554,6 +653,25 @@ class _Planner:
                 )
             )
             return
+        self.launch_when_due(row)
+
+    def launch_before_the_token_expires(self, row: TaskRecord) -> None:
+        """The rules of a row whose token's expiry is known (see the module's docstring)."""
+        left = row.token_seconds_left(self.token_now)
+        assert left is not None
+        if left <= 0:
+            if row.phase is Phase.PENDING or (
+                self.discovered and (self.now - row.updated_at).total_seconds() >= self.settings.missing_grace
+            ):
+                self.transitions.append(_expired(row, self.token_now))
+            return  # a `launching` row waits for a discovery that would find what it started
+        if left <= self.settings.token_margin:
+            # Too late for a container to start in time: wait for the expiry, then fail.
+            self.wake.append(self.now + timedelta(seconds=left))
+            return
+        self.launch_when_due(row)
+
+    def launch_when_due(self, row: TaskRecord) -> None:
         due_at = row.next_attempt_at or row.created_at
         if row.phase is Phase.LAUNCHING and self.settings.relaunch_delay > 0:
             # It may have been sent when the row last changed: relaunch once a lookup can see it.
