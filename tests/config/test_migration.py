@@ -57,15 +57,13 @@ def test_every_provider_option_maps_or_says_why_not(tmp_path: Path) -> None:
         ("aws_reconciler_ecs", "assign_public_ip"): "False",
         ("aws_reconciler_ecs", "max_launch_attempts"): "5",
         ("aws_reconciler_ecs", "run_task_kwargs"): '{"propagateTags": "TASK_DEFINITION"}',
+        ("aws_reconciler_ecs", "aws_conn_id"): "aws_default",
         ("aws_reconciler", "check_health_on_startup"): "False",
         ("aws_reconciler_batch", "job_queue"): "jobs",
         ("aws_reconciler_batch", "job_definition"): "airflow-job",
         ("aws_reconciler_batch", "max_submit_job_attempts"): "4",
     }
-    assert sorted(where.split(" (")[0] for where, _ in plan.dropped) == [
-        "[aws_batch_executor] job_name",
-        "[aws_ecs_executor] conn_id",
-    ]
+    assert sorted(where.split(" (")[0] for where, _ in plan.dropped) == ["[aws_batch_executor] job_name"]
     assert plan.unknown == [] and plan.conflicts == []
 
 
@@ -115,7 +113,8 @@ def test_config_migrate_command(tmp_path: Path) -> None:
     assert "\n[aws_reconciler_ecs]\n# from [aws_ecs_executor] assign_public_ip" in result.stdout
     assert "\ncluster = prod\n" in result.stdout
     assert "max_launch_attempts = 5" in result.stdout
-    assert "note: [aws_ecs_executor] conn_id" in result.stderr and "boto3 credential chain" in result.stderr
+    assert "# from [aws_ecs_executor] conn_id (from " in result.stdout and "\naws_conn_id = aws_default\n" in result.stdout
+    assert "note: [aws_batch_executor] job_name" in result.stderr
     shown = subprocess.run(
         [sys.executable, "-m", "aws_reconciler", "config", "show"], env=env, capture_output=True, text=True
     )

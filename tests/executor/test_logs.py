@@ -380,3 +380,38 @@ def test_sources_never_contain_the_workload_token(world: World) -> None:
     command_json = spec["overrides"]["containerOverrides"][0]["command"][-1]
     assert command_json not in " ".join(sources)
     assert "last error: launch failed: ThrottlingException: Rate exceeded" in sources[0]
+
+
+def test_the_log_view_reads_with_the_identity_of_the_airflow_connection(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``[aws_reconciler_ecs] aws_conn_id``: the API server's AWS calls use that Airflow connection
+    (defined here the way Airflow reads connections from the environment), not its own chain."""
+    import dataclasses
+    import json
+
+    record_id = world.add("read with the connection")
+    world.launch()
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_LOGS_READER",
+        json.dumps(
+            {
+                "conn_type": "aws",
+                "login": "AKIALOGSREADER",
+                "password": "from-the-connection",
+                "extra": {"region_name": REGION, "endpoint_url": world.sandbox.endpoint_url},
+            }
+        ),
+    )
+    # Nothing of the process's own chain leads to the sandbox: only the connection's endpoint does.
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIATHECHAIN")
+    settings = world.executor.settings
+    world.executor._settings = dataclasses.replace(
+        settings, ecs=settings.ecs.model_copy(update={"aws_conn_id": "logs_reader"})
+    )
+    world.executor._task_logs = None
+
+    assert wait_for(lambda: world.log(record_id)[1] == ["read with the connection"], timeout=30, what="the line")
+    credentials = world.executor.task_logs().client("logs")._request_signer._credentials
+    assert credentials.access_key == "AKIALOGSREADER"

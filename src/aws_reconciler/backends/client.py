@@ -7,6 +7,8 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
+from .credentials import assumed_role_session
+
 
 def aws_client_config(*, max_pool_connections: int, call_timeout: float | None = None) -> Config:
     """No botocore retries: the reconciler classifies failures and backs off per row, so one
@@ -31,12 +33,18 @@ def aws_client_config(*, max_pool_connections: int, call_timeout: float | None =
 
 
 def make_client(
-    service: str, *, region_name: str | None, max_pool_connections: int = 16, call_timeout: float | None = None
+    service: str,
+    *,
+    region_name: str | None,
+    max_pool_connections: int = 16,
+    call_timeout: float | None = None,
+    role_arn: str | None = None,
 ) -> Any:
-    """A client from the standard credential chain (IRSA, instance role, env), refreshed by boto3.
+    """A client from the standard credential chain (IRSA, instance role, env), refreshed by boto3;
+    with ``role_arn``, as that role (assumed with the chain's identity, refreshed before expiry).
 
     ``AWS_ENDPOINT_URL`` (the sandbox) is honoured by boto3 itself.
     """
-    session = boto3.session.Session()
+    session = assumed_role_session(role_arn, region_name=region_name) if role_arn else boto3.session.Session()
     config = aws_client_config(max_pool_connections=max_pool_connections, call_timeout=call_timeout)
     return session.client(service, region_name=region_name, config=config)

@@ -34,6 +34,9 @@ MAPPED: dict[tuple[str, str], tuple[str, str]] = {
         )
     },
     (PROVIDER_ECS, "max_run_task_attempts"): (ECS, "max_launch_attempts"),
+    # The scheduler's and API server's calls (task logs); the reconciler keeps the boto3 chain.
+    (PROVIDER_ECS, "conn_id"): (ECS, "aws_conn_id"),
+    (PROVIDER_BATCH, "conn_id"): (BATCH, "aws_conn_id"),
     (PROVIDER_ECS, "check_health_on_startup"): (CORE, "check_health_on_startup"),
     **{
         (PROVIDER_BATCH, option): (BATCH, option)
@@ -44,14 +47,6 @@ MAPPED: dict[tuple[str, str], tuple[str, str]] = {
 
 #: Provider options with no equivalent, and what to do instead.
 NOT_MAPPED: dict[tuple[str, str], str] = {
-    (PROVIDER_ECS, "conn_id"): (
-        "the reconciler uses the standard boto3 credential chain (IRSA, instance role, environment), not an "
-        "Airflow connection: give its service account the role the connection held (docs/migrating.md)"
-    ),
-    (PROVIDER_BATCH, "conn_id"): (
-        "the reconciler uses the standard boto3 credential chain (IRSA, instance role, environment), not an "
-        "Airflow connection: give its service account the role the connection held (docs/migrating.md)"
-    ),
     (PROVIDER_BATCH, "job_name"): (
         "the reconciler names every submit attempt af-<id>-<attempt>: the name is how it finds a job again after "
         "a crash (Batch has no client token)"

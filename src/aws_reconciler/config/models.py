@@ -19,7 +19,7 @@ DEPLOYMENT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9+=._:/@-]{0,35}$"
 # Options whose value must never be printed, exported or logged.
 SECRET_OPTIONS = frozenset({"store_url", "token_key"})
 # Options whose empty value means "off" rather than "unset" (every other empty option is unset).
-EMPTY_MEANS_OFF = frozenset({"metrics_address"})
+EMPTY_MEANS_OFF = frozenset({"metrics_address", "aws_conn_id"})
 
 
 def _split_list(value: Any) -> Any:
@@ -301,6 +301,22 @@ class BackendSettings(SectionSettings):
 
     region_name: str | None = Field(
         None, description="AWS region; defaults to the boto3 chain (AWS_DEFAULT_REGION...)."
+    )
+    aws_conn_id: str = Field(
+        "aws_default",
+        description=(
+            "Airflow connection whose AWS identity the scheduler and the API server use for their AWS calls "
+            "(task logs), as the amazon provider's executors do; a missing connection or an empty value means "
+            "the boto3 credential chain. The reconciler has no Airflow: it uses the boto3 chain (and role_arn)."
+        ),
+    )
+    role_arn: str | None = Field(
+        None,
+        description=(
+            "IAM role the reconciler assumes for this backend's calls (a cluster or job queue in another "
+            "account); its own identity from the boto3 chain must be allowed sts:AssumeRole on it. "
+            "Refreshed before it expires."
+        ),
     )
 
     @field_validator("*", mode="before")

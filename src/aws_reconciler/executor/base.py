@@ -34,7 +34,9 @@ from ..store.queries import TaskQueries
 from ..store.records import NewTask, TaskRecord
 from ..store.sealing import CLEAR_WARNING, TokenKeyError, TokenSealer
 from ..store.tasks import TaskStore
+from .credentials import connection_clients
 from .logs import TaskLogs, read_task_log
+from .logs.cloudwatch import log_client_config
 from .logs.never_ran import NeverRanLog, never_ran_lines
 from .reporting import Action, Decision, TryState, decide, decide_by_exit, may_hold, never_ran
 from .workload import record_id_of, stored_key, ti_key_of_model, token_expiry, workload_command, workload_kind
@@ -444,7 +446,12 @@ class ReconcilerExecutor(BaseExecutor):
         """This executor's CloudWatch reader and cache, created on first use (``__init__`` stays I/O-free)."""
         with self._task_logs_lock:
             if self._task_logs is None:
-                self._task_logs = TaskLogs(region_name=self.descriptor.settings_of(self.settings).region_name)
+                section = self.descriptor.settings_of(self.settings)
+                # The Airflow way on the Airflow side: the identity of [<section>] aws_conn_id.
+                self._task_logs = TaskLogs(
+                    region_name=section.region_name,
+                    client_factory=connection_clients(section.aws_conn_id or None, config=log_client_config()),
+                )
             return self._task_logs
 
     def _log_location(self, record: TaskRecord) -> LogLocation | None:

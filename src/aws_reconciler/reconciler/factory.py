@@ -68,6 +68,7 @@ def build_backend(
             max_pool_connections=settings.core.launch_concurrency + 4,
             # Every call lands within the lease (renew_deadline + this < lease_duration).
             call_timeout=settings.core.call_timeout,
+            role_arn=section.role_arn,
         )
         if metrics is not None:
             instrument_client(client, metrics)

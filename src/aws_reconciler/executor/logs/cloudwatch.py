@@ -36,7 +36,7 @@ class LogPage:
     truncated: bool
 
 
-def _client_config() -> Config:
+def log_client_config() -> Config:
     # The API server waits for this inside an HTTP request: fail fast, retry once, never hang.
     return Config(
         retries={"mode": "standard", "total_max_attempts": 2},
@@ -84,7 +84,7 @@ class TaskLogs:
         # Called under self._lock: a boto3 Session is not thread-safe, its clients are.
         if self._session is None:
             self._session = boto3.session.Session()
-        return self._session.client(service, region_name=region, config=_client_config())
+        return self._session.client(service, region_name=region, config=log_client_config())
 
     def client(self, service: str, region: str | None = None) -> Any:
         """A cached client (standard credential chain, ``AWS_ENDPOINT_URL`` honoured) of ``service``."""
