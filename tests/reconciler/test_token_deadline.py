@@ -165,3 +165,13 @@ def test_the_databases_clock_decides_not_this_replicas(tmp_path: Path) -> None:
     record = store.get(later)
     assert record is not None and record.phase is Phase.PROVISIONING
     store.engine.dispose()
+
+
+def test_a_short_token_lifetime_keeps_time_to_launch() -> None:
+    """The margin never takes more than a quarter of the token's lifetime: with a 15 s
+    ``task_queued_timeout`` a 30 s margin would launch nothing at all."""
+    assert controller_settings(SETTINGS).token_margin == 30
+    short = make_settings("sqlite://", AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT="15")
+    assert controller_settings(short).token_margin == 3.75
+    custom = make_settings("sqlite://", AIRFLOW__AWS_RECONCILER__TOKEN_MARGIN="5")
+    assert controller_settings(custom).token_margin == 5

@@ -141,7 +141,7 @@ class CoreSettings(SectionSettings):
             "Seconds before its Airflow workload token expires when a task is no longer launched: a container "
             "has to start and call the API server before the token's expiry, so a launch closer to it would "
             "only waste the container. Such a task waits for Airflow to requeue it with a fresh token "
-            "([scheduler] task_queued_timeout handling)."
+            "([scheduler] task_queued_timeout handling). At most a quarter of task_queued_timeout is used."
         ),
     )
     reconcile_interval: float = Field(

@@ -44,7 +44,9 @@ def controller_settings(settings: Settings, backend: Backend = Backend.ECS) -> C
         backoff_max=core.backoff_max,
         launch_concurrency=core.launch_concurrency,
         missing_grace=core.missing_grace,
-        token_margin=core.token_margin,
+        # A margin over a quarter of the token's lifetime would leave a short task_queued_timeout
+        # no time to launch at all.
+        token_margin=min(core.token_margin, settings.task_queued_timeout / 4),
     )
 
 
