@@ -82,7 +82,9 @@ def get_provider_info() -> dict[str, Any]:
         "package-name": "airflow-aws-reconciler",
         "name": "AWS Reconciler",
         "description": (
-            "Executors that run task instances as ECS tasks or AWS Batch jobs, driven by a separate reconciler."
+            "Executors that run task instances, deadline alert callbacks and connection tests as ECS tasks or "
+            "AWS Batch jobs, launched by a separate reconciler; multi-team: one executor, reconciler and "
+            "identity tag per team."
         ),
         "versions": [__version__],
         "executors": list(EXECUTORS),

@@ -25,6 +25,7 @@ EXECUTOR = "aws_reconciler.executor.EcsExecutor"
 BATCH_EXECUTOR = "aws_reconciler.executor.BatchExecutor"
 COMMANDS = {
     "executors": ["providers", "executors", "--output", "json"],
+    "providers": ["providers", "list", "--output", "json"],
     # Every section at once (one Airflow start-up instead of one per section); split below.
     "config": ["config", "list", "--defaults", "--show-values"],
 }
@@ -60,6 +61,18 @@ def test_airflow_lists_the_executor(cli_output: dict[str, str]) -> None:
     listed = [row["executor_class_names"] for row in json.loads(cli_output["executors"])]
     assert EXECUTOR in listed
     assert BATCH_EXECUTOR in listed
+
+
+def test_airflow_describes_what_the_executors_run(cli_output: dict[str, str]) -> None:
+    from aws_reconciler.executor import BatchExecutor, EcsExecutor
+
+    (ours,) = [p for p in json.loads(cli_output["providers"]) if p["package_name"] == "airflow-aws-reconciler"]
+    for ability in ("task instances", "deadline alert callbacks", "connection tests", "multi-team"):
+        assert ability in ours["description"], ours["description"]
+    # What the description says, the executors declare to Airflow's scheduler and loader.
+    for executor in (EcsExecutor, BatchExecutor):
+        assert executor.supports_callbacks and executor.supports_connection_test and executor.supports_multi_team
+        assert executor.pre_assigns_external_executor_id and executor.supports_ad_hoc_ti_run
 
 
 def test_the_listed_executors_import_through_airflows_loader() -> None:

@@ -310,6 +310,9 @@ class ReconcilerExecutor(BaseExecutor):
             counts[decision.outcome.value] += 1
             if row.kind is WorkloadKind.TASK and never_ran(row, states.get(row.id), decision):
                 self._explain_never_ran(row, key, decision.info or row.phase.value)
+            elif row.kind is WorkloadKind.CONNECTION_TEST and decision.action is Action.FAILED:
+                # Airflow drains this event without a word; its reaper fails the test much later.
+                self.log.warning("connection test %s ended without a result: %s", key, decision.info)
         for name, n in counts.items():
             self._count(name, n)
 
