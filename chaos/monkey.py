@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from dataclasses import dataclass
 
 from aws_reconciler_sandbox.demo.processes import ManagedProcess
@@ -33,6 +34,8 @@ class Takeover:
 
     signal: str
     seconds: float
+    #: After a SIGTERM: seconds until the process had exited (its pod's termination time).
+    exit_seconds: float | None = None
 
 
 class Monkey(threading.Thread):
@@ -70,6 +73,19 @@ class Monkey(threading.Thread):
             return world.leader()
 
         leader = wait_for(leading, what="a reconciler to lead", timeout=self._deadline)
+        others = [p for p in world.replicas if p is not leader]
+        if others:
+            # A standby still starting up is no standby: the takeover would measure its start.
+
+            def standing_by() -> bool:
+                world.check_alive()
+                return all(world.standing_by(p) for p in others)
+
+            wait_for(
+                standing_by,
+                what="every other replica to stand by",
+                timeout=self._deadline,
+            )
         # The drawn uptime is the random point of the kill, not a wait for something to happen.
         if self.stop_event.wait(kill.uptime):
             return
@@ -82,6 +98,7 @@ class Monkey(threading.Thread):
         else:
             leader.signal_group(signal.SIGTERM)
             killed_at = world.database_now()
+            terminated = time.monotonic()
         if kill.signal == "SIGKILL" or len(world.replicas) == 1:
             self._restart(leader)
 
@@ -96,9 +113,13 @@ class Monkey(threading.Thread):
             timeout=self._deadline,
             every=0.02,
         )
-        self.takeovers.append(Takeover(kill.signal, max(0.0, (lease.acquired_at - killed_at).total_seconds())))
-        if kill.signal == "SIGTERM" and len(world.replicas) > 1:
-            self._restart(leader)
+        seconds = max(0.0, (lease.acquired_at - killed_at).total_seconds())
+        if kill.signal == "SIGKILL" or len(world.replicas) == 1:
+            self.takeovers.append(Takeover(kill.signal, seconds))
+            return
+        wait_for(lambda: not leader.running, what=f"{leader.name} to exit after SIGTERM", timeout=60, every=0.02)
+        self.takeovers.append(Takeover(kill.signal, seconds, exit_seconds=time.monotonic() - terminated))
+        self._restart(leader)
 
     def _restart(self, process: ManagedProcess) -> None:
         if process.running:

@@ -169,17 +169,18 @@ def render(results: Sequence[ScenarioResult], scenarios: Sequence[Scenario], *, 
         bound = f"{scenario.timing.takeover_bound:g}" if scenario is not None else "-"
         after_kill = [t.seconds for t in result.takeovers if t.signal == "SIGKILL"]
         after_term = [t.seconds for t in result.takeovers if t.signal == "SIGTERM"]
+        exits = [t.exit_seconds for t in result.takeovers if t.exit_seconds is not None]
         replicas = scenario.replicas if scenario is not None else "-"
         takeover_rows.append(
             [
                 result.scenario, replicas, len(after_kill), _seconds(after_kill), len(after_term),
-                _seconds(after_term), bound,
+                _seconds(after_term), _seconds(exits), bound,
             ]
         )  # fmt: skip
     lines += _table(
         [
             "scenario", "replicas", "SIGKILLs", "after SIGKILL", "SIGTERMs", "after SIGTERM",
-            "lease_duration + retry_period",
+            "SIGTERM to exit", "lease_duration + retry_period",
         ],
         takeover_rows,
     )  # fmt: skip

@@ -66,6 +66,7 @@ def _parser() -> argparse.ArgumentParser:
         help=f"write the table into this document (default with --long: {DOCS.relative_to(DOCS.parent.parent)})",
     )
     parser.add_argument("--no-write", action="store_true", help="with --long, do not touch docs/reliability.md")
+    parser.add_argument("--note", default=None, help="a line put above the table (e.g. the commit that was run)")
     return parser
 
 
@@ -102,6 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         assert total is not None
         results.append(total)
     text = render(results, scenarios, variant=name, seed=seed)
+    if args.note:
+        text = f"{args.note}\n\n{text}"
     print(text)
     target = args.write if args.write is not None else (DOCS if args.long and not args.no_write else None)
     if target is not None:

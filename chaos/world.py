@@ -9,11 +9,13 @@ marker and a final sweep stops whatever still carries it.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import signal
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,7 +31,7 @@ from aws_reconciler.backends.tags import DEPLOYMENT_TAG, ID_TAG
 from aws_reconciler.config import Settings, load_settings
 from aws_reconciler.store import create_store_engine, migrate
 from aws_reconciler_sandbox import SandboxControlClient
-from aws_reconciler_sandbox.demo.processes import STACK_MARKER, ManagedProcess, sweep
+from aws_reconciler_sandbox.demo.processes import STACK_MARKER, ManagedProcess, free_port, sweep
 
 from .facts import ROLE_TAG, Launched, launched
 from .scenarios import Timing
@@ -93,6 +95,9 @@ class World:
         self.replicas: list[ManagedProcess] = []
         #: Replicas down on purpose (killed, not restarted yet): any other that is not running died.
         self.down: set[str] = set()
+        self._metrics_ports: dict[str, int] = {}
+        # Local endpoints only: never through a proxy from the environment.
+        self._http = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         self.store_url = ""
         #: Leave the schema in place at close (a failed run's rows are evidence).
         self.keep_store = False
@@ -170,15 +175,16 @@ class World:
         return load_settings(environ=self.settings_env(), cfg_path=self.work_dir / "absent-airflow.cfg")
 
     def replica(self, name: str) -> ManagedProcess:
-        """A new ``aws-reconciler run`` (not started)."""
+        """A new ``aws-reconciler run`` (not started); it keeps its metrics port across restarts."""
+        port = self._metrics_ports.setdefault(name, free_port())
         env = {
             **self._base_env(),
             **{k: v for k, v in self.exports.items() if k.startswith("AWS_")},
             **self.settings_env(),
             "AIRFLOW_HOME": str(self.work_dir),
             "AIRFLOW_CONFIG": str(self.work_dir / "absent-airflow.cfg"),
-            # Leadership is read from the lease row: no metrics port to race for between replicas.
-            "AIRFLOW__AWS_RECONCILER__METRICS_ADDRESS": "",
+            # Leadership is read from the lease row; /readyz says when a standby is up.
+            "AIRFLOW__AWS_RECONCILER__METRICS_ADDRESS": f"127.0.0.1:{port}",
         }
         process = ManagedProcess(name, [sys.executable, "-m", "aws_reconciler", "run"], env, self.work_dir)
         self.replicas.append(process)
@@ -213,6 +219,17 @@ class World:
         with self._store.connect() as conn:
             now: datetime = conn.execute(sa.text("SELECT now()")).scalar_one()
             return now
+
+    def standing_by(self, process: ManagedProcess) -> bool:
+        """``process`` is up and its /readyz says it is a standby (it waits for the lease)."""
+        if not process.running:
+            return False
+        url = f"http://127.0.0.1:{self._metrics_ports[process.name]}/readyz"
+        try:
+            with self._http.open(url, timeout=2) as response:
+                return bool(json.loads(response.read()).get("role") == "standby")
+        except (OSError, ValueError):  # not serving yet, or not ready (503)
+            return False
 
     def leader(self) -> ManagedProcess | None:
         """The replica that holds the lease, if it is alive."""

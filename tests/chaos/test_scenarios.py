@@ -78,7 +78,7 @@ def _result(name: str, *, lost: int = 0) -> ScenarioResult:
         sigkills=2,
         sigterms=1,
         executor_kills=1,
-        takeovers=[Takeover("SIGKILL", 5.0), Takeover("SIGKILL", 4.0), Takeover("SIGTERM", 0.5)],
+        takeovers=[Takeover("SIGKILL", 5.0), Takeover("SIGKILL", 4.0), Takeover("SIGTERM", 0.5, exit_seconds=2.0)],
         faults=faults_by_backend(
             {"phantom ecs:RunTask": 2, "phantom ecs:StopTask": 1, "lag batch": 4, "5xx logs:X": 9}
         ),
@@ -95,7 +95,7 @@ def test_the_table() -> None:
     # A lag strikes a job, not a call: it does not count as a faulted call.
     assert "| ha | ecs | 30 | 10.0% | 0 | 0 | 0 | 3 | 0 | 0 | 0 | 0 | 0 | 0 |" in text
     assert "| ha | batch | 8 | 0.0% | 0 | 0 | 0 | 0 | 0 | 0 | 4 | 0 | 0 | 0 |" in text
-    assert "| ha | 2 | 2 | 5.0 / 4.5 | 1 | 0.5 / 0.5 | 5.5 |" in text
+    assert "| ha | 2 | 2 | 5.0 / 4.5 | 1 | 0.5 / 0.5 | 2.0 / 2.0 | 5.5 |" in text
 
 
 def test_runs_of_a_scenario_add_up() -> None:
