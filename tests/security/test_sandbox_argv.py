@@ -63,7 +63,9 @@ def test_a_running_sandbox_task_shows_no_token_in_its_arguments(
     pid = wait_for(lambda: sandbox.task_processes().get(arn), timeout=30, what="the task's process")
 
     argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    shown = subprocess.run(["ps", "-ww", "-o", "args=", "-p", str(pid)], capture_output=True, text=True, check=True).stdout
+    shown = subprocess.run(
+        ["ps", "-ww", "-o", "args=", "-p", str(pid)], capture_output=True, text=True, check=True
+    ).stdout
     for what, text in (("/proc/<pid>/cmdline", b" ".join(argv).decode()), ("ps", shown)):
         assert workload.token not in text, f"{what} shows the workload token"
         assert workload.token.split(".")[2] not in text, f"{what} shows the token's signature"
