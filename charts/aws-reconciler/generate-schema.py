@@ -51,11 +51,14 @@ Schema = dict[str, Any]
 Option = tuple[str, str]
 
 _FROM_SECRET = "the store URL comes only from the Secret named in database.existingSecret"
+_TOKEN_FROM_SECRET = "the token key comes only from the Secret named in tokenKey.existingSecret"
 #: Options the chart sets itself or must never carry: why, and so what to do instead.
 REFUSED: dict[Option, str] = {
     ("aws_reconciler", "store_url"): _FROM_SECRET,
     ("aws_reconciler", "store_url_cmd"): _FROM_SECRET,
     ("aws_reconciler", "metrics_address"): "the chart sets it from metrics.port, which the probes and the Service use",
+    ("aws_reconciler", "token_key"): _TOKEN_FROM_SECRET,
+    ("aws_reconciler", "token_key_cmd"): _TOKEN_FROM_SECRET,
 }
 
 #: Options with a field validator the JSON Schema keywords pydantic emits cannot express:

@@ -34,6 +34,7 @@ from deploy_support import (
     engine,
     env_of,
     load_values,
+    merge_values,
     missing_tool,
     render,
     render_file,
@@ -53,14 +54,15 @@ OPTIONS: dict[str, set[str]] = {model.section: set(model.model_fields) for model
 NOT_IN_VALUES_ALL = {
     # Excludes capacity_provider_strategy, which values-all sets: test_launch_type_settings_load.
     "aws_reconciler_ecs": {"launch_type"},
-    # Refused by the chart (the store URL comes from the Secret): test_refused_options_say_what_to_do.
-    "aws_reconciler": {"store_url_cmd"},
+    # Refused by the chart (the store URL and the token key come from Secrets):
+    # test_refused_options_say_what_to_do, test_the_token_key_comes_from_its_secret_only.
+    "aws_reconciler": {"store_url_cmd", "token_key_cmd"},
 }
 SETTINGS_ENV = re.compile(r"^AIRFLOW__(AWS_RECONCILER(?:_[A-Z0-9]+)?)__([A-Z0-9_]+)$")
 #: Keys that would hold a secret in plain text.
 SECRET_KEYS = {"password", "passwd", "pass", "secret", "token", "apikey", "api_key", "secretaccesskey"}
 #: Environment variable names that carry credentials.
-SECRET_ENV = re.compile(r"PASSWORD|SECRET|TOKEN|SQL_ALCHEMY_CONN|STORE_URL")
+SECRET_ENV = re.compile(r"PASSWORD|SECRET|TOKEN_KEY|_TOKEN$|SQL_ALCHEMY_CONN|STORE_URL")
 #: Matches credentials in a URL (scheme://user:password@host).
 URL_WITH_PASSWORD = re.compile(r"[a-z][a-z0-9+.-]*://[^\s/:@'\"]+:[^\s/@'\"]+@")
 
@@ -1111,3 +1113,15 @@ def _leaves(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[tuple[Any, ...
     if isinstance(value, list):
         return [leaf for index, item in enumerate(value) for leaf in _leaves(item, (*path, index))]
     return [(path, value)]
+
+
+def test_the_token_key_comes_from_its_secret_only(helm: Engine) -> None:
+    """The Fernet key sealing workload tokens reaches the reconciler from a Secret, never from values."""
+    values = merge_values(load_values(VALUES_FILES["all"]), {"tokenKey": {"existingSecret": "airflow-token-key"}})
+    rendered = render(helm, values, base={})
+    env = env_of(container(rendered.one("Deployment")["spec"]["template"]["spec"]))
+    assert env["AIRFLOW__AWS_RECONCILER__TOKEN_KEY"]["valueFrom"] == {
+        "secretKeyRef": {"name": "airflow-token-key", "key": "token-key"}
+    }
+    without = env_of(container(render_file(helm, "all").one("Deployment")["spec"]["template"]["spec"]))
+    assert "AIRFLOW__AWS_RECONCILER__TOKEN_KEY" not in without

@@ -101,6 +101,13 @@ database URL from the existing Secret (never a literal), AWS region, airflow.cfg
     secretKeyRef:
       name: {{ .Values.database.existingSecret }}
       key: {{ .Values.database.existingSecretKey }}
+{{- with .Values.tokenKey.existingSecret }}
+- name: AIRFLOW__AWS_RECONCILER__TOKEN_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $.Values.tokenKey.existingSecretKey }}
+{{- end }}
 {{- with .Values.aws.region }}
 - name: AWS_REGION
   value: {{ . | quote }}
