@@ -6,12 +6,13 @@ STAMP := $(VENV)/.installed
 DEMO_STAMP := $(VENV)/.installed-demo
 PYTEST_ARGS ?=
 
-.PHONY: help venv test lint typecheck unit demo bench clean
+.PHONY: help venv test lint typecheck unit demo bench chaos clean
 
 help:
 	@echo "make test   - lint, type-check and run the whole test suite (needs PostgreSQL for the store tests)"
 	@echo "make demo   - run the reconciler against the embedded sandbox (no AWS account needed)"
 	@echo "make bench  - EcsExecutor vs the amazon provider's AwsEcsExecutor (needs PostgreSQL, ~7 min; BENCH_ARGS=--quick)"
+	@echo "make chaos  - the long chaos run (kills, faults, leader kills; ECS and Batch): rewrites docs/reliability.md"
 	@echo "make lint / typecheck / unit / clean"
 
 $(STAMP): pyproject.toml sandbox/pyproject.toml
@@ -49,6 +50,12 @@ $(DEMO_STAMP): pyproject.toml sandbox/pyproject.toml
 
 demo: $(DEMO_STAMP)
 	$(BIN)/python -m aws_reconciler_sandbox.demo
+
+# The long chaos run (the short one is part of `make test`); CHAOS_ARGS=--seed N replays a run.
+CHAOS_ARGS ?=
+
+chaos: $(STAMP)
+	$(BIN)/python -m chaos.run --long $(CHAOS_ARGS)
 
 BENCH_VENV ?= .venv-bench
 BENCH_ARGS ?=
