@@ -222,6 +222,7 @@ def test_run_waits_for_an_unreachable_store_unready_then_stops_on_sigterm(tmp_pa
     with err.open("w") as stderr:
         proc = subprocess.Popen([sys.executable, "-m", "aws_reconciler", "run"], env=env, stderr=stderr)
     try:
+
         def waiting() -> tuple[int, dict[str, object]] | None:
             answer = _readyz(port)
             return answer if answer and answer[1].get("status") != "waiting for start-up" else None

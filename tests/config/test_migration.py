@@ -113,7 +113,8 @@ def test_config_migrate_command(tmp_path: Path) -> None:
     assert "\n[aws_reconciler_ecs]\n# from [aws_ecs_executor] assign_public_ip" in result.stdout
     assert "\ncluster = prod\n" in result.stdout
     assert "max_launch_attempts = 5" in result.stdout
-    assert "# from [aws_ecs_executor] conn_id (from " in result.stdout and "\naws_conn_id = aws_default\n" in result.stdout
+    assert "# from [aws_ecs_executor] conn_id (from " in result.stdout
+    assert "\naws_conn_id = aws_default\n" in result.stdout
     assert "note: [aws_batch_executor] job_name" in result.stderr
     shown = subprocess.run(
         [sys.executable, "-m", "aws_reconciler", "config", "show"], env=env, capture_output=True, text=True
