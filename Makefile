@@ -24,8 +24,8 @@ $(STAMP): pyproject.toml sandbox/pyproject.toml
 venv: $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check src sandbox/src tests
-	$(BIN)/ruff format --check src sandbox/src tests
+	$(BIN)/ruff check src sandbox/src tests chaos
+	$(BIN)/ruff format --check src sandbox/src tests chaos
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
