@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
+import os
 from typing import Any
 
 import jsonschema
@@ -13,7 +12,7 @@ import pytest
 from aws_reconciler.cli import ExitCode, main
 from aws_reconciler.model import Backend, Phase, TiKey
 from aws_reconciler.store import NewTask, TaskStore, create_store_engine, migrate
-from aws_reconciler_sandbox import SandboxServer, bootstrap
+from aws_reconciler_sandbox import SandboxServer
 
 REGION = "us-east-1"
 _STR_OR_NULL = {"type": ["string", "null"]}
@@ -98,33 +97,12 @@ CHECK_SCHEMA: dict[str, Any] = {
 }
 
 
-@pytest.fixture(scope="module")
-def sandbox() -> Iterator[SandboxServer]:
-    server = SandboxServer(region=REGION)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def configured(sandbox: SandboxServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
-    sandbox.reset()
-    for name, value in bootstrap(endpoint_url=sandbox.endpoint_url, region=REGION, batch=True).items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("AIRFLOW_CONFIG", str(tmp_path / "absent.cfg"))
-    url = f"sqlite:///{tmp_path / 'store.db'}"
-    monkeypatch.setenv("AIRFLOW__AWS_RECONCILER__STORE_URL", url)
-    return url
-
-
 def _json(capsys: pytest.CaptureFixture[str], argv: list[str], code: int = ExitCode.OK) -> Any:
     assert main(argv) == code
     return json.loads(capsys.readouterr().out)
 
 
-def test_config_show_json(configured: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_config_show_json(configured: SandboxServer, capsys: pytest.CaptureFixture[str]) -> None:
     document = _json(capsys, ["config", "show", "--json"])
     jsonschema.validate(document, CONFIG_SCHEMA)
     assert {b["backend"]: b["enabled"] for b in document["backends"]} == {"ecs": True, "batch": True}
@@ -132,8 +110,10 @@ def test_config_show_json(configured: str, capsys: pytest.CaptureFixture[str]) -
     assert store["value"].startswith("sqlite:///")
 
 
-def test_status_json_counts_rows_and_lists_failures(configured: str, capsys: pytest.CaptureFixture[str]) -> None:
-    engine = create_store_engine(configured)
+def test_status_json_counts_rows_and_lists_failures(
+    configured: SandboxServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    engine = create_store_engine(os.environ["AIRFLOW__AWS_RECONCILER__STORE_URL"])
     migrate(engine)
     store = TaskStore(engine)
     for n, phase in enumerate([Phase.PENDING, Phase.PENDING, Phase.FAILED]):
@@ -159,7 +139,7 @@ def test_status_json_counts_rows_and_lists_failures(configured: str, capsys: pyt
     assert document["oldest_waiting"]["ecs"]["phase"] == "pending"
 
 
-def test_check_json(configured: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_check_json(configured: SandboxServer, capsys: pytest.CaptureFixture[str]) -> None:
     document = _json(capsys, ["check", "--json", "--store"], code=ExitCode.SCHEMA)
     jsonschema.validate(document, CHECK_SCHEMA)
     assert document["identity"]["ok"] is True and document["identity"]["account"]
