@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pytest
 from metrics_support import Replica, free_port
 
 from aws_reconciler.store import create_store_engine, migrate
@@ -118,3 +119,34 @@ def test_a_loop_that_stops_making_progress_fails_healthz(
     status = wait_for(lambda: _get(e, "/healthz")[0] == 503 and 503, timeout=10, what="/healthz to fail")
     body = _get(e, "/healthz")[1]
     assert status == 503 and body["ok"] is False and body["seconds_since_progress"] >= 0.5
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE"])
+def test_endpoints_are_read_only_and_answer_in_json(method: str) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from aws_reconciler.metrics.server import HealthStatus, MetricsServer
+
+    server = MetricsServer(
+        registry=CollectorRegistry(),
+        liveness=lambda: HealthStatus(True),
+        readiness=lambda: HealthStatus(True),
+        host="127.0.0.1",
+        port=0,
+    )
+    server.start()
+    try:
+        import http.client
+
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+        conn.request(method, "/metrics")
+        answer = conn.getresponse()
+        assert (answer.status, answer.getheader("Allow")) == (405, "GET, HEAD")
+        assert answer.getheader("Content-Type") == "application/json"
+        assert b"method not allowed" in answer.read()
+        conn.request("HEAD", "/readyz")
+        head = conn.getresponse()
+        assert head.status == 200 and head.read() == b""
+        assert int(head.getheader("Content-Length")) > 0
+    finally:
+        server.stop()

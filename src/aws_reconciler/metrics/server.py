@@ -43,12 +43,31 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send(404, b'{"error": "not found"}', "application/json")
 
-    def _send(self, status: int, body: bytes, content_type: str) -> None:
+    def do_HEAD(self) -> None:
+        # What GET would answer, without the body (load balancers and curl -I ask so).
+        self._head_only = True
+        try:
+            self.do_GET()
+        finally:
+            self._head_only = False
+
+    def _method_not_allowed(self) -> None:
+        # The endpoints are read-only: a short JSON answer, not the standard library's HTML 501.
+        self._send(405, b'{"error": "method not allowed; use GET"}', "application/json", allow="GET, HEAD")
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = _method_not_allowed
+
+    _head_only = False
+
+    def _send(self, status: int, body: bytes, content_type: str, *, allow: str | None = None) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
+        if allow:
+            self.send_header("Allow", allow)
         self.end_headers()
-        self.wfile.write(body)
+        if not self._head_only:
+            self.wfile.write(body)
 
     def log_message(self, format: str, *args: Any) -> None:
         # Probes hit these endpoints every few seconds: keep them out of the logs.
