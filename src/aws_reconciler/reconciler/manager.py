@@ -39,6 +39,9 @@ class Health:
 class Manager:
     """Runs every engine's cycle while this replica leads; standbys only wait."""
 
+    # `run --once` logs its cycle's summary even when it did nothing.
+    _log_every_cycle = False
+
     def __init__(
         self,
         *,
@@ -119,8 +122,9 @@ class Manager:
             if result.errors:
                 partial = partial or (kind, result.errors[0])
             stats = result.stats
-            if stats.launched or stats.failed or stats.finished or stats.revoked:
-                log.info("%s cycle: %s", kind, stats)
+            # `run --once` always says what its cycle did; the loop only when something happened.
+            if self._log_every_cycle or stats.launched or stats.failed or stats.finished or stats.revoked:
+                log.info("%s cycle: %s", kind, stats.summary())
         if error is None and partial is not None:
             kind, failure = partial
             self._record_failure(kind, failure)
@@ -182,6 +186,7 @@ class Manager:
                 if not self.elector.try_once():
                     log.error("another reconciler holds the lease (%s); nothing done", self.elector.current_holder)
                     return 1
+                self._log_every_cycle = True
                 self.cycle()
                 return 0 if self.health.consecutive_failures == 0 else 1
             self.elector.start()

@@ -26,6 +26,13 @@ class CycleStats:
     # Launch and stop calls still running when the cycle ended; the next cycle collects them.
     in_flight: int = 0
 
+    def summary(self) -> str:
+        """One line for operators: the main counts always, the others when not zero."""
+        main = ("launched", "finished", "failed", "revoked", "stopped")
+        parts = [f"{name} {getattr(self, name)}" for name in main]
+        parts += [f"{name} {value}" for name, value in vars(self).items() if name not in main and value]
+        return ", ".join(parts)
+
 
 @dataclass(frozen=True)
 class Result:
