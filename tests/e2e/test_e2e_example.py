@@ -72,6 +72,20 @@ def healthy(stack: DemoStack) -> Iterator[DemoStack]:
         stack.sandbox.clear_faults()
 
 
+def assert_no_workload_token_in_the_store(stack: DemoStack) -> None:
+    """A dump of the task store after the run holds no JWT: every token was cleared (or sealed)
+    once its task could no longer launch (docs/security.md)."""
+    import re
+
+    import sqlalchemy as sa
+
+    jwt = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.")
+    with stack.engine.connect() as conn:
+        dump = [str(value) for row in conn.execute(sa.text("SELECT * FROM aws_reconciler_task")) for value in row]
+    assert dump, "the store has rows"
+    assert not [value[:80] for value in dump if jwt.search(value)]
+
+
 def test_example_dag_reaches_expected_states(stack: DemoStack) -> None:
     run_id = stack.api.trigger(EXAMPLE_DAG_ID)
     run = stack.api.wait_run_finished(EXAMPLE_DAG_ID, run_id, timeout=RUN_TIMEOUT)
@@ -103,6 +117,7 @@ def test_example_dag_reaches_expected_states(stack: DemoStack) -> None:
     assert [r.try_number for r in flaky] == [1, 2]
     assert flaky[0].external_id != flaky[1].external_id
     wait_no_ecs_task_running(stack)
+    assert_no_workload_token_in_the_store(stack)
 
 
 def test_invalid_executor_config_fails_only_that_task(stack: DemoStack) -> None:
