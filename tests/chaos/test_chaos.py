@@ -30,11 +30,13 @@ def run_and_judge(scenario: Scenario, seed: int, work_dir: Path) -> None:
     findings = [line for verdict in result.verdicts.values() for line in verdict.details]
     replay = f"python -m chaos.run --seed {seed} --scenario {scenario.name}"
     assert not findings, f"{len(findings)} finding(s); replay: {replay}; logs: {work_dir}\n" + "\n".join(findings)
-    # The promise is lease_duration + retry_period after a SIGKILL; the bound asserted here is
-    # twice that (docs/reliability.md), since processes start slowly on a busy CI machine.
-    bound = scenario.timing.generous_takeover_bound
-    slow = [t.seconds for t in result.takeovers if t.seconds > bound]
-    assert not slow, f"takeovers beyond {bound:g} s: {slow}; replay: {replay}"
+    # The promise, lease_duration + retry_period, is a standby's: with one replica a takeover
+    # also holds the restarted process's start-up. Asserted is twice the promise
+    # (docs/reliability.md): a reported figure, bounded only against a hang.
+    if scenario.replicas > 1:
+        bound = scenario.timing.generous_takeover_bound
+        slow = [t.seconds for t in result.takeovers if t.seconds > bound]
+        assert not slow, f"takeovers beyond {bound:g} s: {slow}; replay: {replay}"
 
 
 @pytest.mark.timeout(600)
