@@ -20,10 +20,3 @@ if "AIRFLOW_HOME" not in os.environ or "AIRFLOW__API_AUTH__JWT_SECRET" not in os
     atexit.register(shutil.rmtree, _home, ignore_errors=True)
     os.environ.setdefault("AIRFLOW_HOME", _home)
     os.environ.setdefault("AIRFLOW__API_AUTH__JWT_SECRET", "chaos-tests-" + "0123456789abcdef" * 4)
-
-
-def pytest_configure(config: object) -> None:
-    """Register the ``chaos`` marker (``--strict-markers``) until pyproject.toml lists it."""
-    config.addinivalue_line(  # type: ignore[attr-defined]
-        "markers", "chaos: the chaos suite: real reconciler processes killed against the realistic sandbox"
-    )
