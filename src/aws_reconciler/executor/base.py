@@ -34,6 +34,7 @@ from ..store.queries import TaskQueries
 from ..store.records import NewTask, TaskRecord
 from ..store.sealing import CLEAR_WARNING, TokenKeyError, TokenSealer
 from ..store.tasks import TaskStore
+from ..store.trouble import classify_store_error
 from .credentials import connection_clients
 from .logs import TaskLogs, read_task_log
 from .logs.cloudwatch import log_client_config
@@ -139,12 +140,21 @@ class ReconcilerExecutor(BaseExecutor):
             _print_start_errors_in_one_line()
             raise ExecutorStartError(f"{type(self).__name__} cannot start: {exc}") from None
         if settings.core.check_health_on_startup:
-            engine = self.store.engine
             try:
-                check_schema(engine)
-            except Exception:
-                migrate(engine)
-                check_schema(engine)
+                engine = self.store.engine
+                try:
+                    check_schema(engine)
+                except Exception:
+                    migrate(engine)
+                    check_schema(engine)
+            except Exception as exc:
+                # A store URL that cannot work, or a store that does not answer while the
+                # scheduler starts: one line naming store_url (password masked), not a traceback.
+                trouble = classify_store_error(exc, label=self._store_label_or_unknown())
+                if trouble is None:
+                    raise
+                _print_start_errors_in_one_line()
+                raise ExecutorStartError(f"{type(self).__name__} cannot start: {trouble}") from None
         for warning in settings.warnings:
             self.log.warning("%s", warning)
         if not sealer.encrypting:
@@ -156,6 +166,12 @@ class ReconcilerExecutor(BaseExecutor):
             settings.core.deployment,
             self.store_label(),
         )
+
+    def _store_label_or_unknown(self) -> str:
+        try:
+            return self.store_label()
+        except Exception:
+            return "(unparsable URL)"
 
     def store_label(self) -> str:
         """The store URL without its password, for logs."""
