@@ -6,14 +6,12 @@ the standby takes over, and across the failover no task is launched twice and no
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 import uuid
@@ -33,6 +31,7 @@ from aws_reconciler.model import Backend, TiKey
 from aws_reconciler.store import NewTask, TaskStore, create_store_engine, database_now, migrate
 from aws_reconciler.store.tables import lease
 from aws_reconciler_sandbox import SandboxServer, bootstrap
+from support.tcpproxy import TcpProxy
 
 REGION = "us-east-1"
 # Short, controller-runtime-shaped timings so failover happens within a test's patience.
@@ -58,61 +57,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-class TcpProxy:
-    """Forwards 127.0.0.1:<port> to PostgreSQL; ``cut()`` drops every connection and refuses new ones."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = int(self._listener.getsockname()[1])
-        self._sockets: list[socket.socket] = []
-        self._lock = threading.Lock()
-        self._cut = False
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            if self._cut:
-                client.close()
-                continue
-            upstream = socket.create_connection(self.target)
-            with self._lock:
-                self._sockets += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-
-    def cut(self) -> None:
-        """Simulate a network partition between this replica and the database."""
-        self._cut = True
-        with self._lock:
-            for s in self._sockets:
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                    s.close()
-                except OSError:
-                    pass
-
-    def close(self) -> None:
-        self.cut()
-        self._listener.close()
 
 
 @dataclass
