@@ -152,6 +152,15 @@ class CoreSettings(SectionSettings):
         gt=0,
         description="Seconds between full discoveries (ListTasks by startedBy) to find orphans and lost launches.",
     )
+    events_resync_interval: float = Field(
+        600.0,
+        gt=0,
+        description=(
+            "Seconds between full resyncs (every open task described, every task of the deployment listed) of "
+            "a backend whose observation is events: the anti-entropy pass that repairs a lost event and counts "
+            "it in aws_reconciler_resync_drift_total. resync_interval applies in poll mode."
+        ),
+    )
     orphan_grace: float = Field(
         120.0, ge=0, description="Seconds a task of ours with no open record may run before the reconciler stops it."
     )
@@ -318,6 +327,30 @@ class BackendSettings(SectionSettings):
             "Refreshed before it expires."
         ),
     )
+
+    observation: Literal["poll", "events"] = Field(
+        "poll",
+        description=(
+            "How the reconciler learns of task state changes: poll (describe every tracked task each cycle) or "
+            "events (AWS's own state-change events, delivered by an EventBridge rule to the SQS queue "
+            "events_queue_url; every [aws_reconciler] events_resync_interval a full describe and discovery "
+            "repairs whatever an event missed)."
+        ),
+    )
+    events_queue_url: str | None = Field(
+        None,
+        description=(
+            "URL of the SQS queue an EventBridge rule fills with this backend's state-change events (ECS Task "
+            "State Change / Batch Job State Change of its clusters / job queues); required with observation = "
+            "events. deploy/events/ holds a CloudFormation template that creates the rule, queue and DLQ."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _events_need_a_queue(self) -> BackendSettings:
+        if self.observation == "events" and not self.events_queue_url:
+            raise ValueError("observation is events but events_queue_url is not set")
+        return self
 
     @field_validator("*", mode="before")
     @classmethod
