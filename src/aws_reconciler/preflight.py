@@ -16,8 +16,9 @@ from typing import Any, Literal
 
 from botocore.exceptions import ClientError
 
-from .backends.descriptor import BackendDescriptor, Probe
+from .backends.descriptor import Probe
 from .backends.errors import classify
+from .backends.events import queue_probes
 from .backends.registry import enabled
 from .config import Settings
 
@@ -118,11 +119,16 @@ def check_store(settings: Settings) -> CheckResult:
     return CheckResult("task store", "ok", f"{label}: schema is current")
 
 
-def check_backends(settings: Settings, client_for: Callable[[BackendDescriptor], Any]) -> list[CheckResult]:
-    """Probe every permission of every configured backend; ``client_for`` makes each backend's client."""
+def check_backends(settings: Settings, client_for: Callable[..., Any]) -> list[CheckResult]:
+    """Probe every permission of every configured backend; ``client_for(descriptor)`` makes each
+    backend's client, ``client_for(descriptor, "sqs")`` the client of its events queue."""
     results: list[CheckResult] = []
     for descriptor in enabled(settings):
         results += [run_probe(probe) for probe in descriptor.probes(settings, client_for(descriptor))]
+        section = descriptor.settings_of(settings)
+        if section.observation == "events" and section.events_queue_url:
+            sqs = client_for(descriptor, "sqs")
+            results += [run_probe(probe) for probe in queue_probes(section.events_queue_url, sqs)]
     return results
 
 

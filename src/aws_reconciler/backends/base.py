@@ -48,6 +48,9 @@ class Observation:
     # When AWS created the task/job (its own clock): an orphan's grace counts from here, so it
     # survives restarts of the reconciler.
     created_at: datetime | None = None
+    # ECS numbers every change of a task (``version``, in DescribeTasks and in its events): of two
+    # reports of one task the higher version is the newer. None where the service has no such number.
+    version: int | None = None
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,12 @@ class TaskBackend(Protocol):
 
     def launch_capacity(self, *, within: float) -> int:
         """Launches the client-side buckets let through in the next ``within`` seconds."""
+        ...
+
+    def observe_event(self, detail: Mapping[str, Any]) -> Observation:
+        """What one state-change event (the ``detail`` of an EventBridge event of this service) says,
+        mapped exactly as a describe of the same task/job would be; ``KeyError``/``ValueError``
+        when it is not such a detail."""
         ...
 
 

@@ -106,6 +106,10 @@ class BackendDescriptor:
     executor_name: str
     # The request key naming the target the reconciler watches (cluster / job queue).
     target_key: str
+    # What AWS's state-change events of this service say of themselves (EventBridge ``source`` and
+    # ``detail-type``): the rule of events mode matches them, and the reconciler checks them.
+    event_source: str
+    event_detail_type: str
     # The settings section that configures it (``settings.ecs``).
     section: Callable[[Settings], BackendSettings]
     build_request: BuildRequest

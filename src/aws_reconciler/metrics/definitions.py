@@ -79,6 +79,52 @@ class Metrics:
         self.aws_throttled = Counter(
             "aws_reconciler_aws_throttled", "AWS API calls refused by throttling.", ["service", "operation"], registry=r
         )
+
+        # Observation by events (EventBridge -> SQS).
+        def events(name: str, text: str) -> Counter:
+            return Counter(f"aws_reconciler_events_{name}", text, ["backend"], registry=r)
+
+        self.events_received = events("received", "State-change events received from the queue.")
+        self.events_applied = events("applied", "Events that told an open task record something new.")
+        self.events_stale = events("stale", "Events older than what the task record (or a newer event) says.")
+        self.events_duplicate = events("duplicate", "Events that said what the task record already says.")
+        self.events_unmatched = events(
+            "unmatched", "Events of a task no open record followed within missing_grace (deleted unused)."
+        )
+        self.events_malformed = events(
+            "malformed", "Messages that are not this backend's events (left for the dead-letter queue)."
+        )
+        self.event_receive_errors = Counter(
+            "aws_reconciler_event_receive_errors",
+            "Failed receives from (or deletes in) the events queue.",
+            ["backend"],
+            registry=r,
+        )
+        self.event_lag = Histogram(
+            "aws_reconciler_event_lag_seconds",
+            "From AWS emitting a state-change event to its change being committed.",
+            ["backend"],
+            buckets=AWS_BUCKETS,
+            registry=r,
+        )
+        self.resync_drift_total = Counter(
+            "aws_reconciler_resync_drift",
+            "Task records a resync moved forward that events should have told of (events lost or late).",
+            ["backend"],
+            registry=r,
+        )
+        self.last_resync_drift = Gauge(
+            "aws_reconciler_last_resync_drift",
+            "Task records the last resync corrected (events mode).",
+            ["backend"],
+            registry=r,
+        )
+        self.observation_mode = Gauge(
+            "aws_reconciler_observation_mode",
+            "1 for the active observation mode of a backend.",
+            ["backend", "mode"],
+            registry=r,
+        )
         self.leader = Gauge(
             "aws_reconciler_leader", "1 while this replica is the active reconciler, else 0.", registry=r
         )

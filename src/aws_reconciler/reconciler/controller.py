@@ -26,7 +26,8 @@ from ..store.records import TaskRecord
 from ..store.sealing import TokenSealer
 from ..store.tasks import TaskStore
 from .effector import DatabaseTime, Effector, Tally
-from .plan import ControllerSettings, plan, requeue_after
+from .events import EventFeed, Verdict, freshest, resync_drift, sort_events
+from .plan import ControllerSettings, Plan, plan, requeue_after
 from .result import Result
 
 __all__ = ["Controller", "ControllerSettings"]
@@ -50,14 +51,22 @@ class Controller:
         metrics: Metrics | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         tokens: TokenSealer | None = None,
+        events: EventFeed | None = None,
     ) -> None:
         self.store = store
+        # Observation by events (None: by polling): the feed of this backend's queue.
+        self.events = events
         self.metrics = metrics or Metrics()
         self._kind = backend.kind.value
         # Series exist from the start at zero, so increase() sees their first event.
         for result in ("success", "retriable_error", "terminal_error", "throttled"):
             self.metrics.launches.labels(self._kind, result)
         self.metrics.orphans_found.labels(self._kind)
+        mode = "poll" if events is None else "events"
+        for each in ("poll", "events"):
+            self.metrics.observation_mode.labels(self._kind, each).set(1 if each == mode else 0)
+        if events is not None:
+            self.metrics.resync_drift_total.labels(self._kind)
         self.backend = backend
         self.settings = replace(settings, relaunch_delay=backend.relaunch_delay)
         self.is_leader = is_leader
@@ -79,9 +88,17 @@ class Controller:
         self.stopping = self.effector.stopping
         self._orphans: dict[str, datetime] = {}
         self._last_discovery: datetime | None = None
+        self._events_taken: list[tuple[str, Observation]] = []
+
+    def start(self, *, wake: Callable[[], None]) -> None:
+        """Start receiving events in the background (events mode), waking the loop when they come."""
+        if self.events is not None:
+            self.events.start(wake=wake)
 
     def close(self) -> None:
-        """Let in-flight AWS calls finish, then release the worker threads."""
+        """Stop receiving events, let in-flight AWS calls finish, then release the worker threads."""
+        if self.events is not None:
+            self.events.close()
         self.effector.close()
 
     def reconcile(self) -> Result:
@@ -94,10 +111,15 @@ class Controller:
         now = self.clock()
         rows = self.store.open_tasks(backend=self.backend.kind)
         self._export_snapshot(rows, now)
-        observed = self._observe(rows)
+        discovery_due = self._discovery_due(now)
+        verdicts: dict[str, Verdict] | None = None
+        if self.events is None:
+            observed = self._observe(rows)
+        else:
+            observed, verdicts = self._observe_events(rows, now, resync=discovery_due)
         errors = list(observed.errors)
         discovered: list[Observation] | None = None
-        if self._discovery_due(now):
+        if discovery_due:
             try:
                 discovered = [o for o in self.backend.discover() if o.owned]
                 self._last_discovery = now
@@ -123,7 +145,9 @@ class Controller:
             self._orphans = dict(decided.orphans)
             if decided.new_orphans:
                 self.metrics.orphans_found.labels(self._kind).inc(decided.new_orphans)
-        self.effector.execute(decided, tally, database_time=database_time)
+        failed = self.effector.execute(decided, tally, database_time=database_time)
+        if verdicts is not None:
+            self._settle_events(decided, verdicts, rows=rows, failed=failed)
         # Give the calls just sent one interval to come back, so a healthy cycle reports them;
         # whatever takes longer is collected by a later cycle.
         self.effector.settle(interval, tally, self._monotonic)
@@ -179,4 +203,73 @@ class Controller:
 
     def _discovery_due(self, now: datetime) -> bool:
         last = self._last_discovery
-        return last is None or (now - last).total_seconds() >= self.settings.resync_interval
+        every = self.settings.resync_interval
+        if self.events is not None and self.settings.events_resync_interval is not None:
+            every = self.settings.events_resync_interval
+        return last is None or (now - last).total_seconds() >= every
+
+    def _observe_events(
+        self, rows: list[TaskRecord], now: datetime, *, resync: bool
+    ) -> tuple[Observed, dict[str, Verdict]]:
+        """This cycle's events (and, when a resync is due, a describe of every row, whose drift
+        from what the events said is counted): observations for the plan, verdicts for the feed."""
+        feed = self.events
+        assert feed is not None
+        errors: list[AwsError] = []
+        if not feed.running:
+            # `run --once` and driven cycles: no receiver in the background, so receive now.
+            try:
+                feed.drain()
+            except AwsError as exc:
+                errors.append(exc)
+        elif feed.last_error is not None:
+            errors.append(feed.last_error)
+        pairs, verdicts = feed.take()
+        self._events_taken = pairs
+        decided = sort_events(rows, pairs, ended=feed.ended)
+        verdicts.update(decided.verdicts)
+        observations = decided.observations
+        if resync:
+            described = self._observe(rows)
+            errors.extend(described.errors)
+            drift = resync_drift(
+                rows,
+                described.observations,
+                from_events=observations,
+                now=now,
+                missing_grace=self.settings.missing_grace,
+            )
+            self.metrics.last_resync_drift.labels(self._kind).set(drift)
+            if drift:
+                self.metrics.resync_drift_total.labels(self._kind).inc(drift)
+                log.warning(
+                    "%s resync: %d task(s) had changed without an event saying so (events lost or late)",
+                    self._kind,
+                    drift,
+                )
+            observations = freshest(observations, described.observations)
+        return Observed(observations, tuple(errors)), verdicts
+
+    def _settle_events(
+        self, decided: Plan, verdicts: dict[str, Verdict], *, rows: list[TaskRecord], failed: set[str]
+    ) -> None:
+        """Delete the messages the committed cycle used; keep those of rows whose write failed
+        (the queue hands them out again), and remember the tasks whose rows ended or moved on."""
+        feed = self.events
+        assert feed is not None
+        if failed:
+            record_of = {r.external_id: r.id for r in rows if r.external_id}
+            for message_id, obs in self._events_taken:
+                if record_of.get(obs.external_id) in failed:
+                    verdicts.pop(message_id, None)
+        moved_on = []
+        for t in decided.transitions:
+            before = t.row.external_id
+            phase = t.changes.get("phase")
+            if before and (
+                ("external_id" in t.changes and t.changes["external_id"] != before)
+                or (isinstance(phase, Phase) and phase.terminal)
+            ):
+                moved_on.append(before)
+        feed.forget(moved_on)
+        feed.settle(verdicts)

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, assert_never
 
+from sqlalchemy.engine import Connection
+
 from ..backends.base import TaskBackend
 from ..backends.calls import NotLeader, TooLate
 from ..backends.errors import AwsError, Outcome, classify
@@ -189,37 +191,70 @@ class Effector:
 
     # ---- executing a plan ---------------------------------------------------------------------
 
-    def execute(self, plan: Plan, tally: Tally, *, database_time: DatabaseTime | None = None) -> None:
+    def execute(self, plan: Plan, tally: Tally, *, database_time: DatabaseTime | None = None) -> set[str]:
         """Transitions first (in order; a row whose earlier transition lost skips its later ones),
         then stops and launches into the pool. A replica that does not lead writes nothing.
+
+        The transitions are written in one transaction (a burst of changes costs one commit, not
+        one per row); should that fail, one by one, so a row the database refuses is the only
+        one left behind. Returns the ids of the rows whose write failed.
 
         ``database_time``: the database's time of the cycle, which the launches' token deadlines
         are measured against (None: no row waiting for a launch has one)."""
         if not self.is_leader():
-            return
+            return set()
         lost: set[str] = set()
-        for transition in plan.transitions:
-            if transition.record_id in lost:
-                continue
-            try:
-                done = self._write(transition)
-            except Exception:
-                lost.add(transition.record_id)
-                tally.add("row_errors")
-                log.exception("reconciling task %s failed; continuing with the others", transition.record_id)
-                continue
-            if done is None:
-                lost.add(transition.record_id)
-            else:
-                self._account([done], tally)
+        failed: set[str] = set()
+        try:
+            with self.store.transaction() as conn:
+                written = self._write_all(plan.transitions, lost, failed, conn=conn, tally=tally)
+        except Exception:
+            if len(plan.transitions) > 1:
+                log.warning("writing %d transitions at once failed; writing them one by one", len(plan.transitions))
+            lost.clear()
+            failed.clear()
+            written = self._write_all(plan.transitions, lost, failed, conn=None, tally=tally)
+        self._account(written, tally)
         for stop in plan.stops:
             if stop.record_id in lost:
                 continue
             keys = (stop.external_id,) if stop.record_id is None else (stop.external_id, stop.record_id)
             self._submit(keys, False, self._stop, stop)
         self._launch([r for r in plan.launches if r.id not in lost], tally, database_time)
+        return failed
 
-    def _write(self, transition: Transition) -> Done | None:
+    def _write_all(
+        self,
+        transitions: Sequence[Transition],
+        lost: set[str],
+        failed: set[str],
+        *,
+        conn: Connection | None,
+        tally: Tally,
+    ) -> list[Done]:
+        """Write ``transitions`` in ``conn``'s transaction (an error raises: the caller retries one
+        by one), or each in its own (``conn`` None: an error skips that row)."""
+        written: list[Done] = []
+        for transition in transitions:
+            if transition.record_id in lost:
+                continue
+            try:
+                done = self._write(transition, conn=conn)
+            except Exception:
+                if conn is not None:
+                    raise
+                lost.add(transition.record_id)
+                failed.add(transition.record_id)
+                tally.add("row_errors")
+                log.exception("reconciling task %s failed; continuing with the others", transition.record_id)
+                continue
+            if done is None:
+                lost.add(transition.record_id)
+            else:
+                written.append(done)
+        return written
+
+    def _write(self, transition: Transition, *, conn: Connection | None = None) -> Done | None:
         """Apply one transition; None when its compare-and-set lost or leadership is gone."""
         kwargs: dict[str, Any] = {}
         if self._fence is not None:
@@ -229,6 +264,7 @@ class Effector:
             kwargs["fence"] = fence
         applied = self.store.transition(
             transition.record_id,
+            conn=conn,
             expect_phases=list(transition.expect_phases),
             expect_attempt=transition.expect_attempt,
             **kwargs,

@@ -12,6 +12,7 @@ from ..backends.base import TaskBackend
 from ..backends.calls import always
 from ..backends.client import make_client
 from ..backends.descriptor import BackendDescriptor
+from ..backends.events import MAX_WAIT, EventQueue
 from ..backends.registry import descriptor_for
 from ..backends.registry import enabled as enabled_backends
 from ..config import ConfigError, Settings
@@ -24,6 +25,7 @@ from ..store.notify import Waker
 from ..store.sealing import TokenKeyError, TokenSealer
 from ..store.tasks import TaskStore
 from .controller import Controller, ControllerSettings
+from .events import EventFeed
 from .instrument import instrument_client
 from .leader import LeaderElector
 from .manager import Manager
@@ -47,6 +49,11 @@ def controller_settings(settings: Settings, backend: Backend = Backend.ECS) -> C
         # A margin over a quarter of the token's lifetime would leave a short task_queued_timeout
         # no time to launch at all.
         token_margin=min(core.token_margin, settings.task_queued_timeout / 4),
+        events_resync_interval=(
+            core.events_resync_interval
+            if descriptor_for(backend).settings_of(settings).observation == "events"
+            else None
+        ),
     )
 
 
@@ -75,6 +82,47 @@ def build_backend(
         if metrics is not None:
             instrument_client(client, metrics)
     return descriptor.build(settings, client=client, may_act=may_act, clock=clock)
+
+
+def event_queue(descriptor: BackendDescriptor, settings: Settings, *, client: object | None = None) -> EventQueue:
+    """The SQS queue of ``descriptor``'s events (``events_queue_url``), with a client whose
+    timeout outlasts a long poll (the other clients' calls must land within the lease; a
+    receive changes nothing, so it need not)."""
+    section = descriptor.settings_of(settings)
+    assert section.events_queue_url is not None
+    if client is None:
+        client = make_client(
+            "sqs", region_name=section.region_name, call_timeout=MAX_WAIT + 10.0, role_arn=section.role_arn
+        )
+    # A message held while its task's launch is not recorded yet must not come back meanwhile.
+    visibility = int(settings.core.missing_grace + 60)
+    return EventQueue(client=client, queue_url=section.events_queue_url, visibility_timeout=visibility)
+
+
+def event_feed(
+    descriptor: BackendDescriptor,
+    settings: Settings,
+    backend: TaskBackend,
+    *,
+    metrics: Metrics,
+    is_leader: Callable[[], bool],
+    client: object | None = None,
+) -> EventFeed | None:
+    """The feed of ``backend``'s events when it observes by events (None: it polls)."""
+    if descriptor.settings_of(settings).observation != "events":
+        return None
+    queue = event_queue(descriptor, settings, client=client)
+    if client is None:
+        instrument_client(queue.client, metrics)
+    return EventFeed(
+        queue=queue,
+        backend=backend,
+        source=descriptor.event_source,
+        detail_type=descriptor.event_detail_type,
+        metrics=metrics,
+        is_leader=is_leader,
+        hold_for=settings.core.missing_grace,
+    )
 
 
 def token_sealer(settings: Settings) -> TokenSealer:
@@ -118,22 +166,21 @@ def build_manager(settings: Settings, *, metrics: Metrics | None = None) -> Mana
         retry_period=core.retry_period,
     )
     # One engine per configured backend, each with its own client, buckets and attempt budget.
-    backends = [
-        build_backend(descriptor, settings, metrics=metrics, may_act=elector.is_leader)
-        for descriptor in enabled_backends(settings)
-    ]
-    engines = [
-        Controller(
-            store=store,
-            backend=backend,
-            settings=controller_settings(settings, backend.kind),
-            is_leader=elector.is_leader,
-            fence=elector.fence,
-            metrics=metrics,
-            tokens=tokens,
+    engines = []
+    for descriptor in enabled_backends(settings):
+        backend = build_backend(descriptor, settings, metrics=metrics, may_act=elector.is_leader)
+        engines.append(
+            Controller(
+                store=store,
+                backend=backend,
+                settings=controller_settings(settings, backend.kind),
+                is_leader=elector.is_leader,
+                fence=elector.fence,
+                metrics=metrics,
+                tokens=tokens,
+                events=event_feed(descriptor, settings, backend, metrics=metrics, is_leader=elector.is_leader),
+            )
         )
-        for backend in backends
-    ]
     return Manager(
         engines=engines,
         elector=elector,

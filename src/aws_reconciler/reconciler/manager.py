@@ -190,6 +190,8 @@ class Manager:
                 self.cycle()
                 return 0 if self.health.consecutive_failures == 0 else 1
             self.elector.start()
+            for engine in self.engines:
+                engine.start(wake=self.waker.wake)
             while not self._stopping.is_set():
                 delay = self.cycle()
                 self.waker.wait(delay)

@@ -77,6 +77,9 @@ class ControllerSettings:
     relaunch_delay: float = 0.0
     #: No launch within this many seconds of the workload token's expiry.
     token_margin: float = 30.0
+    #: Seconds between discoveries and full describes when observing by events (None: polling,
+    #: and ``resync_interval`` is the period). Stops are resent every ``resync_interval`` either way.
+    events_resync_interval: float | None = None
 
 
 class Effect(Enum):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Sequence
+from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -391,6 +392,11 @@ class TaskStore:
                     conn.execute(task.update().where(task.c.id.in_(list(locked)), *conditions).values(**values))
                     claimed.update({record_id: attempt + 1 for record_id, attempt in locked.items()})
         return claimed
+
+    def transaction(self) -> AbstractContextManager[Connection]:
+        """One transaction for several writes (``transition(..., conn=...)``): committed at the end
+        of the ``with`` block, rolled back when it raises."""
+        return self.engine.begin()
 
     def database_now(self) -> datetime:
         """The database's current time: compare token and lease deadlines with this."""

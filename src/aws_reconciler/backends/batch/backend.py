@@ -185,6 +185,17 @@ class BatchBackend:
                     ids[str(summary["jobId"])] = None
         return self._describe(list(ids))
 
+    def observe_event(self, detail: Mapping[str, Any]) -> Observation:
+        """A "Batch Job State Change" event's job: the same shape as DescribeJobs' (epoch-millisecond
+        times, tags included), read the same way."""
+        if not isinstance(detail.get("jobId"), str):
+            raise ValueError("not a Batch job state change: no jobId in detail")
+        obs = observe_job(
+            detail, deployment=self.deployment, runnable_timeout=self.runnable_timeout, now=self.clock(), team=self.team
+        )
+        self._remember(obs)
+        return obs
+
     # ---- stop -----------------------------------------------------------------------------
 
     def stop(self, *, external_id: str, target: str | None, reason: str) -> None:

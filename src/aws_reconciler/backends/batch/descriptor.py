@@ -67,6 +67,8 @@ BATCH = BackendDescriptor(
     service="batch",
     executor_name="BatchExecutor",
     target_key="jobQueue",
+    event_source="aws.batch",
+    event_detail_type="Batch Job State Change",
     section=lambda settings: settings.batch,
     build_request=lambda section, **request: build_submit_job_request(batch=section, **request),
     build=_build,

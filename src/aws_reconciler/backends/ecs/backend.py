@@ -12,7 +12,7 @@ from ..base import Observation, Observed, batched
 from ..calls import Caller, always
 from ..errors import AwsError, RetriableError, classify_failure_reason
 from ..ratelimit import TokenBucket
-from .states import observe_task
+from .states import observe_task, task_from_event
 
 DESCRIBE_BATCH = 100
 
@@ -169,6 +169,14 @@ class EcsBackend:
                         )
                     )
         return found
+
+    def observe_event(self, detail: Mapping[str, Any]) -> Observation:
+        """An "ECS Task State Change" event's task, read as DescribeTasks' answer would be. The event
+        carries no tags (ECS does not send them), so it never proves ownership: it only tells of a
+        task a row already follows."""
+        return observe_task(
+            task_from_event(detail), container_name=self.container_name, deployment=self.deployment, team=self.team
+        )
 
     def stop(self, *, external_id: str, target: str | None, reason: str) -> None:
         """StopTask with a reason ECS shows in the console (<= 255 characters)."""

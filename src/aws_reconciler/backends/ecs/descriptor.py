@@ -78,6 +78,8 @@ ECS = BackendDescriptor(
     service="ecs",
     executor_name="EcsExecutor",
     target_key="cluster",
+    event_source="aws.ecs",
+    event_detail_type="ECS Task State Change",
     section=lambda settings: settings.ecs,
     build_request=lambda section, **request: build_run_task_request(ecs=section, **request),
     build=_build,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 from ...model import Phase
@@ -20,6 +21,23 @@ PRE_START_REASONS = (
     "ContainerRuntimeError",
     "ResourceNotFoundException",
 )
+
+
+# The timestamps an ECS Task State Change event carries as ISO-8601 text (DescribeTasks: datetimes).
+EVENT_TIMESTAMPS = ("createdAt", "startedAt", "stoppedAt", "executionStoppedAt", "stoppingAt", "pullStartedAt")
+
+
+def task_from_event(detail: Mapping[str, Any]) -> dict[str, Any]:
+    """The task of an "ECS Task State Change" event in DescribeTasks' shape: EventBridge renders
+    timestamps as ISO-8601 text (``2026-12-01T18:00:00.123Z``) where boto3 gives datetimes."""
+    if not isinstance(detail.get("taskArn"), str):
+        raise ValueError("not an ECS task state change: no taskArn in detail")
+    task = dict(detail)
+    for name in EVENT_TIMESTAMPS:
+        value = task.get(name)
+        if isinstance(value, str):
+            task[name] = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return task
 
 
 def tags_of(task: Mapping[str, Any]) -> dict[str, str]:
@@ -45,6 +63,7 @@ def observe_task(
         "created_at": task.get("createdAt"),
         "raw_status": status,
         "tags": tags,
+        "version": task.get("version") if isinstance(task.get("version"), int) else None,
     }
     if status in STARTING_STATUSES:
         return Observation(phase=Phase.PROVISIONING, **common)

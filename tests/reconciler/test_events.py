@@ -1,0 +1,232 @@
+"""Observation by events, as tables: rows + events -> what each event means, and resync drift.
+
+Pure functions only (``sort_events``, ``resync_drift``, ``freshest``), plus the parsing of an SQS
+message and of an ECS event's task: no queue, no database.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import pytest
+from test_plan import NOW, ago, launched, obs, row
+
+from aws_reconciler.backends.base import Observation
+from aws_reconciler.backends.ecs.states import observe_task, task_from_event
+from aws_reconciler.backends.events import Malformed, QueuedEvent, parse_message
+from aws_reconciler.model import Phase
+from aws_reconciler.reconciler.events import Verdict, freshest, resync_drift, sort_events
+from aws_reconciler.store.records import TaskRecord
+
+PROVISIONING = launched("r1", phase=Phase.PROVISIONING, arn="arn-1")
+RUNNING = launched("r1", phase=Phase.RUNNING, arn="arn-1", started_at=ago(20))
+STOPPING = launched("r1", phase=Phase.STOPPING, arn="arn-1", started_at=ago(20))
+ENDED = obs("arn-1", Phase.SUCCEEDED, exit_code=0, started_at=ago(20), finished_at=ago(1))
+
+
+@pytest.mark.parametrize(
+    ("rows", "events", "verdicts", "applied"),
+    [
+        pytest.param([PROVISIONING], [("m1", obs("arn-1", Phase.RUNNING))], {"m1": Verdict.APPLIED}, "m1", id="news"),
+        pytest.param(
+            [RUNNING],
+            [("m1", obs("arn-1", Phase.PROVISIONING))],
+            {"m1": Verdict.STALE},
+            None,
+            id="an older event arriving late is stale, never a step back",
+        ),
+        pytest.param(
+            [RUNNING],
+            [("m1", obs("arn-1", Phase.RUNNING, started_at=ago(20)))],
+            {"m1": Verdict.DUPLICATE},
+            None,
+            id="what the row already says",
+        ),
+        pytest.param(
+            [launched("r1", phase=Phase.RUNNING, arn="arn-1")],
+            [("m1", obs("arn-1", Phase.RUNNING, started_at=ago(20)))],
+            {"m1": Verdict.APPLIED},
+            "m1",
+            id="the same phase with the start time the row lacks is news",
+        ),
+        pytest.param(
+            [PROVISIONING],
+            [("m1", obs("arn-1", Phase.RUNNING, version=3)), ("m2", ENDED), ("m3", obs("arn-1", Phase.PROVISIONING))],
+            {"m1": Verdict.STALE, "m2": Verdict.APPLIED, "m3": Verdict.DUPLICATE},
+            "m2",
+            id="of several events of one task the most advanced wins, whatever their order",
+        ),
+        pytest.param(
+            [PROVISIONING],
+            [("m1", ENDED), ("m2", obs("arn-1", Phase.RUNNING, version=3))],
+            {"m1": Verdict.APPLIED, "m2": Verdict.STALE},
+            "m1",
+            id="reordered: the end arrives before the start",
+        ),
+        pytest.param(
+            [PROVISIONING],
+            [("m1", obs("arn-1", Phase.RUNNING, version=4)), ("m2", obs("arn-1", Phase.RUNNING, version=4))],
+            {"m1": Verdict.APPLIED, "m2": Verdict.DUPLICATE},
+            "m1",
+            id="delivered twice",
+        ),
+        pytest.param(
+            [PROVISIONING],
+            [("m1", obs("arn-1", Phase.RUNNING, version=4)), ("m2", obs("arn-1", Phase.RUNNING, version=5))],
+            {"m1": Verdict.STALE, "m2": Verdict.APPLIED},
+            "m2",
+            id="ECS version orders events of the same phase",
+        ),
+        pytest.param(
+            [STOPPING],
+            [("m1", obs("arn-1", Phase.RUNNING)), ("m2", obs("arn-1", Phase.FAILED, exit_code=143))],
+            {"m1": Verdict.DUPLICATE, "m2": Verdict.APPLIED},
+            "m2",
+            id="a stopping row's task runs until it ends",
+        ),
+        pytest.param(
+            [PROVISIONING],
+            [("m1", obs("arn-9", Phase.RUNNING))],
+            {"m1": Verdict.UNMATCHED},
+            None,
+            id="a task no row follows (its launch answer may not be recorded yet)",
+        ),
+        pytest.param(
+            [row("r1")],
+            [("m1", obs("arn-1", Phase.RUNNING))],
+            {"m1": Verdict.UNMATCHED},
+            None,
+            id="a row waiting for its launch follows no task yet",
+        ),
+    ],
+)
+def test_sort_events(
+    rows: list[TaskRecord], events: list[tuple[str, Observation]], verdicts: dict[str, Verdict], applied: str | None
+) -> None:
+    decided = sort_events(rows, events)
+    assert decided.verdicts == verdicts
+    expected = {o.external_id: o for m, o in events if m == applied}
+    assert decided.observations == expected
+
+
+def test_late_events_of_a_task_whose_row_ended_are_duplicates() -> None:
+    decided = sort_events([], [("m1", ENDED), ("m2", obs("arn-2"))], ended={"arn-1"})
+    assert decided.verdicts == {"m1": Verdict.DUPLICATE, "m2": Verdict.UNMATCHED}
+    assert decided.observations == {}
+
+
+MISSING = obs("arn-1", Phase.FAILED, missing=True)
+
+
+@pytest.mark.parametrize(
+    ("row_", "described", "from_events", "drift"),
+    [
+        pytest.param(PROVISIONING, obs("arn-1", Phase.RUNNING), {}, 1, id="an event never came"),
+        pytest.param(PROVISIONING, ENDED, {"arn-1": ENDED}, 0, id="the event came this cycle"),
+        pytest.param(PROVISIONING, ENDED, {"arn-1": obs("arn-1", Phase.RUNNING)}, 1, id="only an earlier event came"),
+        pytest.param(RUNNING, obs("arn-1", Phase.RUNNING, started_at=ago(20)), {}, 0, id="nothing changed"),
+        pytest.param(RUNNING, obs("arn-1", Phase.PROVISIONING), {}, 0, id="a lagging read is not drift"),
+        pytest.param(
+            launched("r1", phase=Phase.PROVISIONING, arn="arn-1", launched_at=ago(300)),
+            MISSING,
+            {},
+            1,
+            id="gone without an event",
+        ),
+        pytest.param(
+            launched("r1", phase=Phase.PROVISIONING, arn="arn-1", launched_at=ago(5), updated_at=ago(5)),
+            MISSING,
+            {},
+            0,
+            id="not known yet right after its launch",
+        ),
+        pytest.param(row("r1"), obs("arn-1"), {}, 0, id="a row without a task"),
+    ],
+)
+def test_resync_drift(
+    row_: TaskRecord, described: Observation, from_events: dict[str, Observation], drift: int
+) -> None:
+    assert (
+        resync_drift([row_], {"arn-1": described}, from_events=from_events, now=NOW, missing_grace=120) == drift
+    )
+
+
+@pytest.mark.parametrize(
+    ("event", "described", "kept"),
+    [
+        pytest.param(obs("arn-1", Phase.RUNNING), ENDED, "described", id="the describe is further along"),
+        pytest.param(ENDED, obs("arn-1", Phase.RUNNING), "event", id="the describe lags behind the event"),
+        pytest.param(obs("arn-1", Phase.RUNNING), MISSING, "event", id="a task AWS does not list yet"),
+        pytest.param(MISSING, ENDED, "described", id="an event never says missing; a describe knows better"),
+    ],
+)
+def test_freshest(event: Observation, described: Observation, kept: str) -> None:
+    merged = freshest({"arn-1": event}, {"arn-1": described})
+    assert merged["arn-1"] is (event if kept == "event" else described)
+
+
+def envelope(**fields: object) -> dict[str, object]:
+    body = {
+        "version": "0",
+        "id": "e1",
+        "detail-type": "ECS Task State Change",
+        "source": "aws.ecs",
+        "time": "2026-12-01T18:00:00Z",
+        "detail": {"taskArn": "arn-1", "lastStatus": "RUNNING"},
+        **fields,
+    }
+    return {"MessageId": "m1", "ReceiptHandle": "h1", "Body": json.dumps(body)}
+
+
+def test_an_sqs_message_is_read_as_the_eventbridge_event_it_carries() -> None:
+    parsed = parse_message(envelope())
+    assert parsed == QueuedEvent(
+        message_id="m1",
+        receipt="h1",
+        source="aws.ecs",
+        detail_type="ECS Task State Change",
+        detail={"taskArn": "arn-1", "lastStatus": "RUNNING"},
+        time=datetime(2026, 12, 1, 18, 0, tzinfo=UTC),
+    )
+
+
+@pytest.mark.parametrize(
+    ("message", "reason"),
+    [
+        pytest.param({"MessageId": "m1", "Body": "not json"}, "not JSON", id="not json"),
+        pytest.param({"MessageId": "m1", "Body": "[]"}, "no detail", id="not an event"),
+        pytest.param(envelope(detail="x"), "no detail", id="detail not an object"),
+        pytest.param(envelope(time="yesterday"), "not ISO-8601", id="bad time"),
+    ],
+)
+def test_a_message_that_is_not_an_event_is_malformed(message: dict[str, object], reason: str) -> None:
+    parsed = parse_message(message)
+    assert isinstance(parsed, Malformed) and reason in parsed.reason
+
+
+def test_an_ecs_event_reads_as_the_describe_of_the_same_task() -> None:
+    described = {
+        "taskArn": "arn-1",
+        "clusterArn": "cluster",
+        "lastStatus": "STOPPED",
+        "startedBy": "airflow",
+        "version": 5,
+        "createdAt": datetime(2026, 12, 1, 17, 59, tzinfo=UTC),
+        "startedAt": datetime(2026, 12, 1, 18, 0, 1, 500000, tzinfo=UTC),
+        "stoppedAt": datetime(2026, 12, 1, 18, 0, 9, tzinfo=UTC),
+        "stopCode": "EssentialContainerExited",
+        "containers": [{"name": "base", "exitCode": 0}],
+    }
+    event = {
+        **described,
+        "createdAt": "2026-12-01T17:59:00Z",
+        "startedAt": "2026-12-01T18:00:01.500Z",
+        "stoppedAt": "2026-12-01T18:00:09Z",
+    }
+    assert task_from_event(event) == described
+    seen = observe_task(task_from_event(event), container_name="base", deployment="airflow")
+    assert seen == observe_task(described, container_name="base", deployment="airflow")
+    assert seen.phase is Phase.SUCCEEDED and seen.version == 5
+    with pytest.raises(ValueError, match="taskArn"):
+        task_from_event({"lastStatus": "RUNNING"})
