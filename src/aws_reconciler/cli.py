@@ -122,9 +122,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .store.sealing import CLEAR_WARNING
 
     settings = load_settings()
-    settings.require_backend()
+    # Before require_backend: a deployment still configured the provider's way fails it, and the
+    # warning names the command that converts its settings.
     for warning in settings.warnings:
         log.warning("%s", warning)
+    settings.require_backend()
     # A bad token_key stops start-up here, before any wait for the store.
     encrypting = token_sealer(settings).encrypting
     metrics = Metrics()

@@ -195,6 +195,20 @@ def test_config_show_says_which_backends_run_and_warns_without_one(tmp_path: Pat
     assert empty.stderr.startswith("aws-reconciler config show: warning: no backend is configured")
 
 
+def test_run_configured_only_the_providers_way_names_config_migrate(tmp_path: Path) -> None:
+    # A deployment moving from the amazon provider's executors: its settings are still theirs.
+    provider = {
+        "AIRFLOW__AWS_ECS_EXECUTOR__CLUSTER": "airflow",
+        "AIRFLOW__AWS_ECS_EXECUTOR__TASK_DEFINITION": "airflow-task",
+        "AIRFLOW__AWS_ECS_EXECUTOR__CONTAINER_NAME": "base",
+    }
+    result = run_cli(tmp_path, "run", "--once", env=provider)
+    assert result.returncode == ExitCode.CONFIG, result.stderr
+    warning, error = [line for line in result.stderr.splitlines() if line.strip()]
+    assert "WARNING" in warning and "run `aws-reconciler config migrate`" in warning, warning
+    assert error.startswith("aws-reconciler: configuration error: no backend is configured"), error
+
+
 def _readyz(port: int) -> tuple[int, dict[str, object]] | None:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as answer:

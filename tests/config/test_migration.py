@@ -130,3 +130,25 @@ def test_config_migrate_command(tmp_path: Path) -> None:
         text=True,
     )
     assert nothing.returncode == 1 and "no [aws_ecs_executor] or [aws_batch_executor] settings" in nothing.stderr
+
+
+def test_config_migrate_env_format_is_what_a_shell_exports(tmp_path: Path) -> None:
+    # The documented use: `eval "$(aws-reconciler config migrate --format env)"`, JSON quotes and all.
+    cfg = tmp_path / "airflow.cfg"
+    cfg.write_text(PROVIDER_CFG)
+    printed = subprocess.run(
+        [sys.executable, "-m", "aws_reconciler", "config", "migrate", "--format", "env"],
+        env={"AIRFLOW_CONFIG": str(cfg), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+    )
+    assert printed.returncode == 0, printed.stderr
+    shell = subprocess.run(["sh", "-c", f"{printed.stdout}\nenv"], env={}, capture_output=True, text=True, check=True)
+    exported = dict(line.split("=", 1) for line in shell.stdout.splitlines() if line.startswith("AIRFLOW__"))
+    from_env = load_settings(environ=exported, cfg_path=tmp_path / "absent.cfg")
+    assert from_env.ecs.run_task_kwargs == {"propagateTags": "TASK_DEFINITION"}
+    # Both formats say the same.
+    converted = tmp_path / "ours.cfg"
+    converted.write_text(render_cfg(plan_migration(raw(tmp_path, PROVIDER_CFG))))
+    from_cfg = load_settings(environ={}, cfg_path=converted)
+    assert (from_env.core, from_env.ecs, from_env.batch) == (from_cfg.core, from_cfg.ecs, from_cfg.batch)

@@ -6,7 +6,10 @@ until a condition holds or a deadline passes; nothing sleeps and hopes.
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -20,12 +23,16 @@ from aws_reconciler_sandbox.demo.stack import (
     ADMIN_URL_ENV,
     DEFAULT_ADMIN_URL,
     DEPLOYMENT,
+    RECONCILER,
+    SCHEDULER,
     DemoStack,
     StackOptions,
     StoreRow,
     postgres_problem,
+    utc_now,
 )
 from aws_reconciler_sandbox.demo.summary import Expectation, TiOutcome, outcomes
+from support.processes import read_exports
 
 E2E_DAGS = Path(__file__).resolve().parent / "dags"
 #: Deadline of one DAG run of the example on a loaded two-core machine.
@@ -174,3 +181,94 @@ def wait_rows_reported(stack: DemoStack, dag_id: str, run_id: str, timeout: floa
 def ti_map(tis: Sequence[Mapping[str, Any]]) -> dict[tuple[str, int], Mapping[str, Any]]:
     """Task instances keyed by (task_id, map_index)."""
     return {(str(t["task_id"]), int(t["map_index"])): t for t in tis}
+
+
+#: The sandbox's settings of ours under the amazon provider's names (its AwsEcsExecutor's and
+#: AwsBatchExecutor's options, spelled here, not derived from the migration's table it tests).
+PROVIDER_NAMES = {
+    **{
+        f"AIRFLOW__AWS_RECONCILER_ECS__{option}": f"AIRFLOW__AWS_ECS_EXECUTOR__{option}"
+        for option in (
+            "CLUSTER",
+            "TASK_DEFINITION",
+            "CONTAINER_NAME",
+            "SUBNETS",
+            "SECURITY_GROUPS",
+            "REGION_NAME",
+            "LAUNCH_TYPE",
+        )
+    },
+    **{
+        f"AIRFLOW__AWS_RECONCILER_BATCH__{option}": f"AIRFLOW__AWS_BATCH_EXECUTOR__{option}"
+        for option in ("JOB_QUEUE", "JOB_DEFINITION", "REGION_NAME")
+    },
+}
+#: A tag the provider's request options put on every ECS task and Batch job: seen on AWS, it
+#: proves the migrated settings, not leftovers of ours, launched them.
+MIGRATED_TAGS = {"migrated-from": "amazon-provider"}
+#: What a provider deployment sets beyond what the sandbox needs.
+PROVIDER_EXTRAS = {
+    "AIRFLOW__AWS_ECS_EXECUTOR__CONN_ID": "aws_default",
+    "AIRFLOW__AWS_ECS_EXECUTOR__MAX_RUN_TASK_ATTEMPTS": "3",
+    "AIRFLOW__AWS_ECS_EXECUTOR__CHECK_HEALTH_ON_STARTUP": "True",
+    "AIRFLOW__AWS_ECS_EXECUTOR__RUN_TASK_KWARGS": json.dumps(
+        {"tags": [{"key": k, "value": v} for k, v in MIGRATED_TAGS.items()]}
+    ),
+    "AIRFLOW__AWS_BATCH_EXECUTOR__CONN_ID": "aws_default",
+    "AIRFLOW__AWS_BATCH_EXECUTOR__MAX_SUBMIT_JOB_ATTEMPTS": "3",
+    "AIRFLOW__AWS_BATCH_EXECUTOR__CHECK_HEALTH_ON_STARTUP": "True",
+    "AIRFLOW__AWS_BATCH_EXECUTOR__SUBMIT_JOB_KWARGS": json.dumps({"tags": MIGRATED_TAGS}),
+    # No equivalent: `config migrate` notes it and leaves it out.
+    "AIRFLOW__AWS_BATCH_EXECUTOR__JOB_NAME": "airflow",
+}
+_OURS = ("AIRFLOW__AWS_RECONCILER_ECS__", "AIRFLOW__AWS_RECONCILER_BATCH__")
+
+
+def restart_scheduler_and_reconciler(stack: DemoStack) -> None:
+    """``kill -9`` both and start them again with the stack's current settings; until both run."""
+    stack.kill(SCHEDULER)
+    stack.kill(RECONCILER)
+    started = utc_now()
+    stack.start_reconciler()
+    stack.start_scheduler()
+    stack.wait_scheduler_running(started_after=started)
+    stack.wait_reconciler_leading()
+
+
+@contextmanager
+def migrated_configuration(stack: DemoStack) -> Iterator[dict[str, str]]:
+    """The stack's scheduler and reconciler configured as a deployment moving from the amazon
+    provider's executors: the sandbox's settings under the provider's names, and ours only as
+    ``aws-reconciler config migrate --format env`` prints them. Yields the migrated settings;
+    the stack's own settings are back afterwards.
+
+    The api-server, dag-processor and triggerer keep the stack's own settings: none of them
+    launches or watches a task.
+    """
+    original = dict(stack.sandbox_env)
+    ours = {name: value for name, value in original.items() if name.startswith(_OURS)}
+    unnamed = sorted(set(ours) - set(PROVIDER_NAMES))
+    assert not unnamed, f"sandbox settings without their provider name in PROVIDER_NAMES: {unnamed}"
+    provider = {PROVIDER_NAMES[name]: value for name, value in ours.items()} | PROVIDER_EXTRAS
+    stack.sandbox_env = {name: value for name, value in original.items() if name not in ours} | provider
+    try:
+        printed = subprocess.run(
+            [sys.executable, "-m", "aws_reconciler.cli", "config", "migrate", "--format", "env"],
+            env=stack.reconciler_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert printed.returncode == 0, printed.stderr
+        assert "note: [aws_batch_executor] job_name (from env AIRFLOW__AWS_BATCH_EXECUTOR__JOB_NAME)" in printed.stderr
+        # Saved as an operator would, and applied from the file.
+        saved = stack.work_dir / "migrated.env"
+        saved.write_text(printed.stdout)
+        migrated = read_exports(saved)
+        assert set(ours) <= set(migrated), f"not migrated: {sorted(set(ours) - set(migrated))}"
+        stack.sandbox_env |= migrated
+        restart_scheduler_and_reconciler(stack)
+        yield migrated
+    finally:
+        stack.sandbox_env = original
+        restart_scheduler_and_reconciler(stack)

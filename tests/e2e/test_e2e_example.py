@@ -3,7 +3,8 @@ at once, the reconciler and the sandbox running every ECS task and Batch job as 
 
 The tests run in file order on the same stack (starting one costs ~30 s). Each uses its own DAG
 run and checks only that run's rows and tasks; the kill tests put the killed process back even
-when they fail, so a failure does not cascade.
+when they fail, so a failure does not cascade. The example runs twice: with the stack's own
+settings, and with the amazon provider's converted by ``aws-reconciler config migrate``.
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ from typing import Any
 
 import pytest
 from e2e_support import (
+    MIGRATED_TAGS,
     RUN_TIMEOUT,
     assert_as_expected,
     assert_one_batch_job_per_record,
     assert_one_ecs_task_per_record,
     batch_jobs_by_record,
     ecs_tasks_by_record,
+    migrated_configuration,
     run_outcomes,
     running_stack,
     ti_map,
@@ -78,6 +81,19 @@ def healthy(stack: DemoStack) -> Iterator[DemoStack]:
         stack.sandbox.clear_faults()
 
 
+@pytest.fixture(params=["ours", "migrated"])
+def configured(request: pytest.FixtureRequest, stack: DemoStack) -> Iterator[tuple[DemoStack, dict[str, str]]]:
+    """The stack configured our way, or the amazon provider's way and converted with ``aws-reconciler
+    config migrate`` (the same stack with its scheduler and reconciler restarted: a second stack
+    would cost far more). Also yields the tags every ECS task and Batch job must carry."""
+    if request.param == "ours":
+        yield stack, {}
+        return
+    with migrated_configuration(stack) as migrated:
+        assert migrated["AIRFLOW__AWS_RECONCILER_ECS__MAX_LAUNCH_ATTEMPTS"] == "3"
+        yield stack, MIGRATED_TAGS
+
+
 def assert_no_workload_token_in_the_store(stack: DemoStack) -> None:
     """A dump of the task store after the run holds no JWT: every token was cleared (or sealed)
     once its task could no longer launch (docs/security.md)."""
@@ -92,7 +108,8 @@ def assert_no_workload_token_in_the_store(stack: DemoStack) -> None:
     assert not [value[:80] for value in dump if jwt.search(value)]
 
 
-def test_example_dag_reaches_expected_states(stack: DemoStack) -> None:
+def test_example_dag_reaches_expected_states(configured: tuple[DemoStack, dict[str, str]]) -> None:
+    stack, tags = configured
     run_id = stack.api.trigger(EXAMPLE_DAG_ID)
     run = stack.api.wait_run_finished(EXAMPLE_DAG_ID, run_id, timeout=RUN_TIMEOUT)
 
@@ -122,6 +139,15 @@ def test_example_dag_reaches_expected_states(stack: DemoStack) -> None:
     flaky = sorted((r for r in rows if r.task_id == "flaky"), key=lambda r: r.try_number)
     assert [r.try_number for r in flaky] == [1, 2]
     assert flaky[0].external_id != flaky[1].external_id
+    # The configured request options reached AWS (a migrated run_task_kwargs / submit_job_kwargs).
+    launched = {**ecs_tasks_by_record(stack), **batch_jobs_by_record(stack)}
+    untagged = [
+        (r.task_id, r.map_index, r.try_number)
+        for r in rows
+        for launch in launched.get(r.id, [])
+        if not tags.items() <= (launch.get("tags") or {}).items()
+    ]
+    assert not untagged, f"launched without the tags {tags}: {untagged}"
     wait_no_ecs_task_running(stack)
     assert_no_workload_token_in_the_store(stack)
 

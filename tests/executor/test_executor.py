@@ -594,6 +594,26 @@ def test_start_without_a_cluster_names_the_option(sqlite_url: str, tmp_path: Pat
     assert not Path(sa.engine.make_url(sqlite_url).database or "").exists()
 
 
+def test_start_with_only_the_providers_settings_names_config_migrate(sqlite_url: str, tmp_path: Path) -> None:
+    from structlog.testing import capture_logs
+
+    # A scheduler still configured for the amazon provider's executors: the error names our
+    # option, the warning before it the command that converts theirs.
+    executor = EcsExecutor()
+    executor._settings = load_settings(
+        environ={
+            "AIRFLOW__AWS_RECONCILER__STORE_URL": sqlite_url,
+            "AIRFLOW__AWS_ECS_EXECUTOR__CLUSTER": "airflow",
+            "AIRFLOW__AWS_ECS_EXECUTOR__TASK_DEFINITION": "airflow-task",
+        },
+        cfg_path=tmp_path / "absent.cfg",
+    )
+    with capture_logs() as logged, pytest.raises(ConfigError, match=r"\[aws_reconciler_ecs\] cluster"):
+        executor.start()
+    warnings = [str(e) for e in logged if e["log_level"] == "warning"]
+    assert any("run `aws-reconciler config migrate`" in w for w in warnings), logged
+
+
 # ---- Airflow metrics ----------------------------------------------------------------------
 
 

@@ -134,6 +134,10 @@ class ReconcilerExecutor(BaseExecutor):
         """
         try:
             settings = self.settings
+            # Before the checks: a deployment still configured the provider's way fails them, and
+            # the warning names the command that converts its settings.
+            for warning in settings.warnings:
+                self.log.warning("%s", warning)
             self.descriptor.require(settings)
             sealer = self.token_sealer
         except (ConfigError, TokenKeyError) as exc:
@@ -155,8 +159,6 @@ class ReconcilerExecutor(BaseExecutor):
                     raise
                 _print_start_errors_in_one_line()
                 raise ExecutorStartError(f"{type(self).__name__} cannot start: {trouble}") from None
-        for warning in settings.warnings:
-            self.log.warning("%s", warning)
         if not sealer.encrypting:
             self.log.warning("%s", CLEAR_WARNING)
         self.log.info(
