@@ -198,7 +198,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
     settings = load_settings()
     engine = _store_engine(settings)
     check_schema(engine)
-    queries = TaskQueries(engine)
+    # The rows of the settings' team (--team), as the reconciler of that team sees them.
+    queries = TaskQueries(engine, team=settings.team)
     label = redact_url(settings.store_url)
     if args.json:
         print(json.dumps(status_document(queries, store_label=label, failures=args.failures), indent=2))

@@ -1,9 +1,10 @@
 """``aws-reconciler status``: what the task store says, for an operator at a terminal.
 
-Read from the store only (no AWS call, no lease): tasks by backend and phase, the row waiting
-longest for a launch, and the latest failures with their reasons. The store URL is shown without
-its password and nothing from the ``spec`` column (the workload token) is ever read; reasons are
-scrubbed of anything shaped like a token all the same, since AWS error messages are free text.
+Read from the store only (no AWS call, no lease), the rows the reconciler with the same settings
+runs (``--team``: that team's): tasks by backend and phase, the row waiting longest for a launch,
+and the latest failures with their reasons. The store URL is shown without its password and
+nothing from the ``spec`` column (the workload token) is ever read; reasons are scrubbed of
+anything shaped like a token all the same, since AWS error messages are free text.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from .model import Phase, redact_tokens, utcnow
-from .store.queries import TaskQueries
+from .store.queries import ALL_TEAMS, TaskQueries
 from .store.records import TaskRecord
 
 DEFAULT_FAILURES = 10
@@ -119,8 +120,9 @@ def render_status(
 ) -> str:
     """The whole report as text."""
     now = clock()
+    scope = f", rows of team {queries.team}" if isinstance(queries.team, str) else ""
     sections = [
-        [f"task store: {store_label}"],
+        [f"task store: {store_label}{scope}"],
         ["", "Tasks by backend and phase (open rows, and finished rows kept for [aws_reconciler] retention):"],
         render_counts(queries.counts()),
         ["", "Oldest task waiting for a launch (pending or launching):"],
@@ -161,8 +163,10 @@ def status_document(
     counts: dict[str, dict[str, int]] = {}
     for (backend, phase), n in sorted(queries.counts().items()):
         counts.setdefault(backend, {})[phase] = n
+    scope = {} if queries.team is ALL_TEAMS else {"team": queries.team}
     return {
         "store": store_label,
+        **scope,
         "generated_at": now.isoformat(),
         "counts": counts,
         "oldest_waiting": {b: _record_document(r, now) for b, r in sorted(queries.oldest_waiting().items())},

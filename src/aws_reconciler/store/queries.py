@@ -8,6 +8,7 @@ of them reads the ``spec`` column: it carries the workload's Airflow token.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -15,20 +16,36 @@ from sqlalchemy.engine import Engine
 from ..model import WAITING_FOR_LAUNCH, Backend, Phase, TiKey
 from .records import TaskRecord
 from .tables import task
-from .tasks import _LIGHT_COLUMNS, _record
+from .tasks import _LIGHT_COLUMNS, _record, team_clause
 
 #: Phases of a row that is waiting for AWS to accept a launch (what "oldest pending" measures).
 
 
-class TaskQueries:
-    """Read-only views of ``aws_reconciler_task``; one short read per call."""
+class _AllTeams:
+    """The scope of :class:`TaskQueries` that spans every row, whatever its team."""
 
-    def __init__(self, engine: Engine) -> None:
+
+ALL_TEAMS = _AllTeams()
+Select = TypeVar("Select", bound=sa.Select[Any])
+
+
+class TaskQueries:
+    """Read-only views of ``aws_reconciler_task``; one short read per call.
+
+    ``team`` scopes every read to one Airflow team's rows (``None``: the rows of the
+    deployment-wide executors, as :class:`~.tasks.TaskStore` scopes them); by default every row.
+    """
+
+    def __init__(self, engine: Engine, *, team: str | _AllTeams | None = ALL_TEAMS) -> None:
         self.engine = engine
+        self.team = team
+
+    def _scoped(self, query: Select) -> Select:
+        return query if isinstance(self.team, _AllTeams) else query.where(team_clause(self.team))
 
     def record(self, record_id: str) -> TaskRecord | None:
         """The row with this id (Airflow's ``external_executor_id``), without its spec."""
-        query = sa.select(*_LIGHT_COLUMNS).where(task.c.id == record_id)
+        query = self._scoped(sa.select(*_LIGHT_COLUMNS).where(task.c.id == record_id))
         with self.engine.connect() as conn:
             row = conn.execute(query).mappings().first()
         return _record(row) if row else None
@@ -48,7 +65,7 @@ class TaskQueries:
         )
         if backend is not None:
             query = query.where(task.c.backend == backend.value)
-        query = query.order_by(task.c.created_at.desc(), task.c.id.desc()).limit(1)
+        query = self._scoped(query).order_by(task.c.created_at.desc(), task.c.id.desc()).limit(1)
         with self.engine.connect() as conn:
             row = conn.execute(query).mappings().first()
         return _record(row) if row else None
@@ -56,14 +73,15 @@ class TaskQueries:
     def request_field(self, record_id: str, name: str) -> str | None:
         """One top-level field of a row's launch request (``taskDefinition``), never the spec whole:
         the spec carries the workload token, which a log view has no use for."""
-        query = sa.select(task.c.spec[name].as_string()).where(task.c.id == record_id)
+        query = self._scoped(sa.select(task.c.spec[name].as_string()).where(task.c.id == record_id))
         with self.engine.connect() as conn:
             value = conn.execute(query).scalar()
         return str(value) if value else None
 
     def counts(self) -> dict[tuple[str, str], int]:
         """(backend, phase) -> rows, open ones and finished ones still within ``retention``."""
-        query = sa.select(task.c.backend, task.c.phase, sa.func.count()).group_by(task.c.backend, task.c.phase)
+        query = self._scoped(sa.select(task.c.backend, task.c.phase, sa.func.count()))
+        query = query.group_by(task.c.backend, task.c.phase)
         with self.engine.connect() as conn:
             return {(str(b), str(p)): int(n) for b, p, n in conn.execute(query)}
 
@@ -77,11 +95,12 @@ class TaskQueries:
             for backend in (b.value for b in Backend):
                 row = (
                     conn.execute(
-                        sa.select(*_LIGHT_COLUMNS)
-                        .where(
-                            task.c.backend == backend,
-                            task.c.finished_at.is_(None),
-                            task.c.phase.in_([p.value for p in WAITING_FOR_LAUNCH]),
+                        self._scoped(
+                            sa.select(*_LIGHT_COLUMNS).where(
+                                task.c.backend == backend,
+                                task.c.finished_at.is_(None),
+                                task.c.phase.in_([p.value for p in WAITING_FOR_LAUNCH]),
+                            )
                         )
                         .order_by(task.c.created_at.asc(), task.c.id.asc())
                         .limit(1)
@@ -100,6 +119,7 @@ class TaskQueries:
         query = sa.select(*_LIGHT_COLUMNS).where(task.c.phase == Phase.FAILED.value)
         if backends:
             query = query.where(task.c.backend.in_([b.value for b in backends]))
+        query = self._scoped(query)
         # NULLS LAST spelled portably (MySQL has no NULLS LAST).
         query = query.order_by(task.c.finished_at.is_(None), task.c.finished_at.desc(), task.c.id.desc()).limit(limit)
         with self.engine.connect() as conn:
