@@ -23,7 +23,7 @@ IAM = REPO / "deploy" / "iam"
 SRC = REPO / "src" / "aws_reconciler"
 POLICIES = ("reconciler-policy.json", "scheduler-policy.json")
 TRUST = "irsa-trust-policy.json"
-SERVICES = ("ecs", "batch", "logs")
+SERVICES = ("ecs", "batch", "logs", "sqs")
 #: Code that runs against fake AWS only.
 NOT_DEPLOYED = ("sandbox", "demo")
 
@@ -54,6 +54,13 @@ IMPLICIT = {
     "scheduler-policy.json": {},
 }
 
+#: Batch operations IAM authorises as their single-message action (there is no sqs:DeleteMessageBatch).
+AUTHORISED_AS = {
+    "sqs:DeleteMessageBatch": "sqs:DeleteMessage",
+    "sqs:ChangeMessageVisibilityBatch": "sqs:ChangeMessageVisibility",
+    "sqs:SendMessageBatch": "sqs:SendMessage",
+}
+
 #: Actions without resource-level permissions: the only ones allowed on "Resource": "*".
 NO_RESOURCE_LEVEL = {"ecs:ListTasks", "ecs:DescribeTaskDefinition", "batch:DescribeJobs", "batch:ListJobs"}
 
@@ -65,6 +72,7 @@ ARN = {
     "batch": re.compile(r"^arn:aws:batch:[a-z0-9-]+:\d{12}:(job|job-queue|job-definition)/[\w.:*-]+$"),
     "iam": re.compile(r"^arn:aws:iam::\d{12}:(role|oidc-provider)/[\w+=,.@/-]+$"),
     "logs": re.compile(r"^arn:aws:logs:[a-z0-9-]+:\d{12}:log-group:[\w./#-]+:log-stream:\*$"),
+    "sqs": re.compile(r"^arn:aws:sqs:[a-z0-9-]+:\d{12}:[\w-]{1,80}$"),
 }
 
 
@@ -107,6 +115,13 @@ def operation_names() -> dict[str, dict[str, str]]:
 
 
 def aws_calls() -> Iterator[tuple[str, str, str]]:
+    """(module, service, action): the IAM action authorising each call of :func:`operations`."""
+    for module, service, operation in operations():
+        action = AUTHORISED_AS.get(f"{service}:{operation}", f"{service}:{operation}")
+        yield module, service, action.split(":", 1)[1]
+
+
+def operations() -> Iterator[tuple[str, str, str]]:
     """(module, service, Operation) for every boto3 operation referenced in deployed code."""
     names = operation_names()
     for path in sorted(SRC.rglob("*.py")):
@@ -139,6 +154,7 @@ def test_the_scan_finds_the_reconcilers_calls() -> None:
     assert {"ecs:RunTask", "ecs:StopTask", "ecs:DescribeTasks", "ecs:ListTasks"} <= found
     assert {"batch:SubmitJob", "batch:DescribeJobs", "batch:ListJobs", "batch:TerminateJob"} <= found
     assert "logs:GetLogEvents" in found
+    assert {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes"} <= found
 
 
 def test_every_aws_call_is_granted_to_the_process_that_makes_it() -> None:
@@ -283,3 +299,31 @@ def test_batch_jobs_are_stopped_and_tagged_only_with_our_deployment_tag() -> Non
     assert stop["Condition"] == {"StringEquals": {"aws:ResourceTag/aws-reconciler:deployment": "airflow"}}
     tag = _statement("reconciler-policy.json", "batch:TagResource")
     assert tag["Condition"] == {"StringEquals": {"aws:RequestTag/aws-reconciler:deployment": "airflow"}}
+
+
+def test_event_queues_are_read_only_those_of_the_deployment() -> None:
+    """The reconciler consumes its own two queues: not their dead-letter queues, not another deployment's
+    (a `${DEPLOYMENT}-*` wildcard would match deployment `airflow-prod`'s queues for deployment `airflow`)."""
+    consume = _statement("reconciler-policy.json", "sqs:ReceiveMessage")
+    assert set(as_list(consume["Action"])) == {
+        "sqs:ReceiveMessage",
+        "sqs:DeleteMessage",
+        "sqs:GetQueueAttributes",
+    }
+    assert as_list(consume["Resource"]) == [
+        "arn:aws:sqs:eu-west-1:123456789012:airflow-ecs-events",
+        "arn:aws:sqs:eu-west-1:123456789012:airflow-batch-events",
+    ]
+    assert "sqs:SendMessage" not in granted("reconciler-policy.json")
+
+
+def test_batch_operations_map_to_real_actions() -> None:
+    """AUTHORISED_AS names operations botocore knows, each mapped to an operation of the same service."""
+    import botocore.session
+
+    session = botocore.session.get_session()
+    for batch, single in AUTHORISED_AS.items():
+        (service, operation), (same, action) = batch.split(":"), single.split(":")
+        assert same == service and service in SERVICES
+        known = session.get_service_model(service).operation_names
+        assert operation in known and action in known, batch
