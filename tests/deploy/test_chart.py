@@ -751,6 +751,7 @@ IMAGE = {"repository": "123456789012.dkr.ecr.eu-west-1.amazonaws.com/airflow-aws
 ECS = {"cluster": "airflow-tasks", "task_definition": "airflow-task", "container_name": "base"}
 BATCH = {"job_queue": "airflow-jobs", "job_definition": "airflow-job"}
 MOUNTED_CFG = {"airflowConfig": {"existingConfigMap": "airflow-config"}}
+EVENTS_QUEUE_URL = "https://sqs.eu-west-1.amazonaws.com/123456789012/airflow-ecs-events"
 
 
 @pytest.mark.parametrize(
@@ -787,6 +788,17 @@ MOUNTED_CFG = {"airflowConfig": {"existingConfigMap": "airflow-config"}}
             },
             None,
             "set launch_type or capacity_provider_strategy, not both",
+        ),
+        # Events mode without the queue it reads.
+        (
+            {"config": {"aws_reconciler_ecs": {"observation": "events"}}},
+            None,
+            "config.aws_reconciler_ecs.observation is events but events_queue_url is not set",
+        ),
+        (
+            {"config": {"aws_reconciler_batch": {**BATCH, "observation": "events"}}},
+            None,
+            "config.aws_reconciler_batch.observation is events but events_queue_url is not set",
         ),
         # Leader election (the settings model's rules).
         ({"config": {"aws_reconciler": {"renew_deadline": 15}}}, None, "renew_deadline (15) must be shorter than"),
@@ -846,6 +858,9 @@ def test_image_repository_is_required(engine_name: str) -> None:
         (MOUNTED_CFG, {"image": IMAGE}),
         ({**MOUNTED_CFG, "config": {"aws_reconciler_ecs": {"cluster": "c"}}}, {"image": IMAGE}),
         ({**MOUNTED_CFG, "config": {"aws_reconciler": {"renew_deadline": 12}}}, None),
+        ({**MOUNTED_CFG, "config": {"aws_reconciler_ecs": {"observation": "events"}}}, None),
+        ({"config": {"aws_reconciler_ecs": {"observation": "events", "events_queue_url": EVENTS_QUEUE_URL}}}, None),
+        ({"config": {"aws_reconciler_ecs": {"observation": "poll"}}}, None),
         ({"replicaCount": 1, "podDisruptionBudget": {"enabled": False}}, None),
         ({"podDisruptionBudget": {"minAvailable": "50%"}}, None),
         ({"podDisruptionBudget": {"maxUnavailable": "10%"}}, None),
@@ -878,6 +893,8 @@ MODEL_RULES: dict[str, list[dict[str, dict[str, Any]]]] = {
         },
     ],
     "BatchSettings._consistent": [{"aws_reconciler_batch": {"job_queue": "q"}}],
+    "EcsSettings._events_need_a_queue": [{"aws_reconciler_ecs": {**ECS, "observation": "events"}}],
+    "BatchSettings._events_need_a_queue": [{"aws_reconciler_batch": {**BATCH, "observation": "events"}}],
 }
 
 

@@ -203,6 +203,11 @@ With airflow.cfg mounted, an option unset here may be set there: only what value
 {{- if and $batch.job_queue (not $batch.job_definition) (not $cfg) }}
 {{- fail (printf "config.aws_reconciler_batch.job_queue is set but job_definition is not, and the reconciler would exit at start: %s" $orCfg) }}
 {{- end }}
+{{- range $section, $settings := dict "aws_reconciler_ecs" $ecs "aws_reconciler_batch" $batch }}
+{{- if and (eq (toString $settings.observation) "events") (not $settings.events_queue_url) (not $cfg) }}
+{{- fail (printf "config.%s.observation is events but events_queue_url is not set, and the reconciler would exit at start: set it to the queue URL that deploy/events/cloudformation.yaml outputs, or mount airflow.cfg with airflowConfig.existingConfigMap" $section) }}
+{{- end }}
+{{- end }}
 {{- if not (or $ecs.cluster $batch.job_queue $cfg) }}
 {{- fail "no backend is configured, and the reconciler would exit at start: set config.aws_reconciler_ecs.cluster (with task_definition and container_name) or config.aws_reconciler_batch.job_queue (with job_definition), or mount Airflow's airflow.cfg with airflowConfig.existingConfigMap" }}
 {{- end }}
