@@ -17,6 +17,11 @@ from aws_reconciler.metrics.definitions import Metrics
 OPERATIONS_DOC = REPO / "docs" / "operations.md"
 # Series Prometheus itself synthesises for every target.
 PROMETHEUS_SERIES = {"up"}
+# Series of other exporters the rules rely on (each documented in its rule): the depth of the events
+# dead-letter queues, CloudWatch's AWS/SQS ApproximateNumberOfMessagesVisible as prometheus/cloudwatch_exporter
+# exports it. They carry that exporter's job label, not ours.
+EXTERNAL_SERIES = {"aws_sqs_approximate_number_of_messages_visible_average"}
+EVENTS_TEMPLATE = REPO / "deploy" / "events" / "cloudformation.yaml"
 REQUIRED_ALERTS = {
     "AwsReconcilerDown",
     "AwsReconcilerNoActiveLeader",
@@ -25,6 +30,9 @@ REQUIRED_ALERTS = {
     "AwsReconcilerAwsThrottling",
     "AwsReconcilerOldestPendingTooOld",
     "AwsReconcilerOrphansFound",
+    "AwsReconcilerEventsDrift",
+    "AwsReconcilerEventsDeadLetters",
+    "AwsReconcilerEventsReceiveErrors",
 }
 
 
@@ -90,7 +98,7 @@ def test_the_required_alerts_exist_with_severity_and_documentation() -> None:
 
 
 def test_rules_use_only_metrics_the_code_exports() -> None:
-    exported = exported_series_names(Metrics().registry) | PROMETHEUS_SERIES
+    exported = exported_series_names(Metrics().registry) | PROMETHEUS_SERIES | EXTERNAL_SERIES
     for rule in _rules():
         names = promql_metric_names(rule["expr"])
         assert names, f"{rule.get('alert')}: no metric found in {rule['expr']}"
@@ -104,10 +112,22 @@ def test_rules_select_the_job_label_the_helm_chart_sets() -> None:
         pytest.skip("no Helm chart in this checkout")
     job = yaml.safe_load(values.read_text())["serviceMonitor"]["jobLabel"]
     for rule in _rules():
+        if promql_metric_names(rule["expr"]) <= EXTERNAL_SERIES:
+            continue  # another exporter's job: test_dead_letter_rule_selects_the_templates_queues
         selectors = re.findall(r"\{([^{}]*)\}", rule["expr"])
         assert selectors, rule["alert"]
         for selector in selectors:
             assert f'job="{job}"' in selector, f"{rule['alert']}: selector {{{selector}}} does not pin job={job}"
+
+
+def test_dead_letter_rule_selects_the_templates_queues() -> None:
+    """The queue_name selector matches the dead-letter queues deploy/events creates, not the events queues."""
+    expr = _alerts()["AwsReconcilerEventsDeadLetters"]["expr"]
+    (pattern,) = re.findall(r'queue_name=~"([^"]+)"', expr)
+    names = re.findall(r'QueueName: !Sub "\$\{Deployment\}(-[a-z]+-events(?:-dlq)?)"', EVENTS_TEMPLATE.read_text())
+    assert sorted(names) == ["-batch-events", "-batch-events-dlq", "-ecs-events", "-ecs-events-dlq"]
+    for name in names:
+        assert bool(re.fullmatch(pattern, f"prod-airflow{name}")) is name.endswith("-dlq"), name
 
 
 def test_metric_name_parser_sees_through_promql() -> None:
