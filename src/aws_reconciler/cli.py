@@ -226,8 +226,10 @@ def _cmd_check(args: argparse.Namespace) -> int:
         return ExitCode.AWS_UNAVAILABLE
     results = check_backends(
         settings,
-        lambda d: make_client(
-            d.service, region_name=d.settings_of(settings).region_name, role_arn=d.settings_of(settings).role_arn
+        lambda d, service=None: make_client(
+            service or d.service,
+            region_name=d.settings_of(settings).region_name,
+            role_arn=d.settings_of(settings).role_arn,
         ),
     )
     store = check_store(settings) if args.store else None
