@@ -14,6 +14,8 @@ from .. import __version__
 LATENCY_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800)
 CYCLE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
 AWS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+# An event's lag is a second or two when all is well; minutes mean the loop or the store lag behind.
+EVENT_LAG_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600)
 
 
 class Metrics:
@@ -104,7 +106,7 @@ class Metrics:
             "aws_reconciler_event_lag_seconds",
             "From AWS emitting a state-change event to its change being committed.",
             ["backend"],
-            buckets=AWS_BUCKETS,
+            buckets=EVENT_LAG_BUCKETS,
             registry=r,
         )
         self.resync_drift_total = Counter(

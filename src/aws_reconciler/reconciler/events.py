@@ -31,6 +31,7 @@ from ..backends.events import EventQueue, QueuedEvent
 from ..metrics.definitions import Metrics
 from ..model import Phase, utcnow
 from ..store.records import TaskRecord
+from .backoff import backoff_delay
 
 log = logging.getLogger(__name__)
 
@@ -247,6 +248,7 @@ class EventFeed:
             self._thread = None
 
     def _run(self, wake: Callable[[], None]) -> None:
+        failures = 0
         while not self._stop.is_set():
             if not self.is_leader():
                 self._stop.wait(self._retry_pause)
@@ -254,8 +256,12 @@ class EventFeed:
             try:
                 got = self.receive_once()
             except AwsError:
-                self._stop.wait(self._retry_pause)
+                # A lasting failure (access denied, no route to SQS) must not become a call a
+                # second: back off, up to a minute; the cycle reports the error meanwhile.
+                failures += 1
+                self._stop.wait(backoff_delay(attempt=failures, base=self._retry_pause, cap=60.0))
                 continue
+            failures = 0
             if got:
                 wake()
 
