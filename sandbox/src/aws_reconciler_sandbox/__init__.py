@@ -4,8 +4,9 @@
 executor needs there; ``SandboxControlClient`` drives a sandbox running in another process with
 the same control operations as ``SandboxServer`` (a ``Sandbox``). ``SandboxServer(run_tasks=True)``
 also runs each ECS task's and Batch job's container command as a local process (``RunnerOptions``
-tunes it); ``RealismSettings`` and the profiles make it as unkind as AWS; ``run_sandbox`` is the
-``aws-reconciler sandbox`` command.
+tunes it); ``RealismSettings`` and the profiles make it as unkind as AWS; ``provision_event_queue``
+creates the SQS queue and EventBridge rules that receive the ECS and Batch state-change events
+the sandbox emits; ``run_sandbox`` is the ``aws-reconciler sandbox`` command.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
     from .app import Sandbox
     from .cli import add_sandbox_parser, run_sandbox
     from .control import SandboxControlClient, SandboxControlError
+    from .events import provision_event_queue
     from .realism import PROFILES, RealismSettings
     from .resources import bootstrap
     from .runner import RunnerOptions
@@ -35,6 +37,7 @@ _HOMES = {
     "SandboxServer": "server",
     "add_sandbox_parser": "cli",
     "bootstrap": "resources",
+    "provision_event_queue": "events",
     "run_sandbox": "cli",
 }
 
@@ -57,5 +60,6 @@ __all__ = [
     "SandboxServer",
     "add_sandbox_parser",
     "bootstrap",
+    "provision_event_queue",
     "run_sandbox",
 ]

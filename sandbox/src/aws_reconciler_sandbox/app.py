@@ -18,10 +18,12 @@ from .awsproto import AwsRequest, RawResponse, error_response, parse_request, re
 from .batch import BatchShim
 from .control import CONTROL_PREFIX, operation, operations_of, serve_control
 from .ecs import EcsShim
+from .events import EventBridge
 from .faults import DEFAULT_START_FAILURE, CallCounter, Decision, FaultPlan, InjectedError
 from .motoenv import MOTO_LOCK, reset_moto
 from .realism import PROFILES, Call, Clock, Realism, RealismSettings
 from .runner import TaskRunner
+from .sqs import SqsShim
 
 __all__ = ["OPERATIONS", "Sandbox", "SandboxApp"]
 
@@ -66,8 +68,11 @@ class Sandbox:
         self.faults = FaultPlan()
         self.realism = Realism(_realism_settings(realism), clock=clock)
         self.counter = CallCounter()
-        self.ecs = EcsShim(self.faults, self.realism)
-        self.batch = BatchShim(self.realism)
+        #: ECS and Batch events into the SQS queues of matching rules (``events.py``).
+        self.eventbridge = EventBridge(self.realism)
+        self.ecs = EcsShim(self.faults, self.realism, self.eventbridge)
+        self.batch = BatchShim(self.realism, self.eventbridge)
+        self.sqs = SqsShim()
         #: The task runner, while one runs (``SandboxServer(run_tasks=True)``).
         self.runner: TaskRunner | None = None
 
@@ -224,6 +229,13 @@ class Sandbox:
         """The realism settings in force and how often each behaviour struck (``"<kind> <where>"``)."""
         return self.realism.state()
 
+    @operation("GET", "events")
+    def event_stats(self) -> dict[str, int]:
+        """What became of the ECS and Batch events: ``matched`` (by some enabled rule), ``lost``
+        (``event_loss``), ``pending`` (not delivered yet; ``held`` of them for reordering), ``sent``
+        (messages put into queues), ``refused`` (by a queue's policy, or the queue is gone)."""
+        return self.eventbridge.stats()
+
     @operation("GET", "calls")
     def calls(self) -> dict[str, int]:
         """Requests received, keyed ``service:Operation`` (``ecs:RunTask``, ``logs:GetLogEvents``)."""
@@ -246,6 +258,7 @@ class Sandbox:
         """Forget what the sandbox holds beside moto (after moto's own reset)."""
         self.ecs.reset()
         self.batch.reset()
+        self.eventbridge.reset()
         self.faults.clear()
         self.counter.reset()
         self.realism.reset()
@@ -260,7 +273,8 @@ class SandboxApp:
 
     Every AWS request is executed under ``MOTO_LOCK`` (moto's backends are not thread-safe),
     including reading moto's response body, which Flask may produce lazily; the waits the
-    planned faults and the realism policy ask for happen outside it. Requests under
+    planned faults and the realism policy ask for happen outside it, and so do the waits of an
+    SQS long poll, which is a series of short polls under the lock (``sqs.py``). Requests under
     ``/_sandbox`` are the control API; anything else moto understands (``/moto-api/...``)
     passes through.
     """
@@ -307,7 +321,10 @@ class SandboxApp:
             if decision.reset:
                 _drop_connection(environ)
             response: RawResponse | None = None
-            if decision.execute:
+            if decision.execute and request.service == "sqs":
+                # Outside the lock: a long poll waits between its attempts (sqs.py).
+                response = self.sandbox.sqs.handle(request, self._locked_forward(environ, body), self._closing)
+            elif decision.execute:
                 with MOTO_LOCK:
                     response = self._serve_api(request, environ, body)
             if decision.hold > 0:
@@ -350,6 +367,13 @@ class SandboxApp:
         if request.service == "batch":
             return self.sandbox.batch.handle(request, forward)
         return forward()
+
+    def _locked_forward(self, environ: dict[str, Any], body: bytes) -> Callable[[bytes | None], RawResponse]:
+        def forward(new_body: bytes | None = None) -> RawResponse:
+            with MOTO_LOCK:
+                return self._forward(environ, body if new_body is None else new_body)
+
+        return forward
 
     def close(self) -> None:
         """End every latency and held-answer wait (the server is stopping)."""

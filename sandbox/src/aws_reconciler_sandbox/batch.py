@@ -16,6 +16,9 @@ What moto 5.2.5 gets wrong about jobs (see the project's notes on moto), and wha
   and TerminateJob fails any job, through the task runner's SIGTERM/SIGKILL when it has a process.
 - moto sees a job at once; Batch does not. With ``Realism`` lag on, a job just submitted is, for
   its drawn window, absent from ListJobs (also with the ``JOB_NAME`` filter) and DescribeJobs.
+- moto emits no events: every status of a job (SUBMITTED at SubmitJob, then each one
+  ``apply_job_state`` sets) goes through ``BatchShim._changed``, which emits the "Batch Job State
+  Change" event whose detail is the job as DescribeJobs shows it (``events.py`` delivers it).
 
 Job queues, compute environments and job definitions stay moto's. Jobs live here; their tags
 are kept in moto's tagger so ``ListTagsForResource`` sees them. Every call runs under ``MOTO_LOCK``.
@@ -32,9 +35,11 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from .awsproto import AwsRequest, RawResponse, error_response, json_response
+from .events import BATCH_DETAIL_TYPE, BATCH_SOURCE, EventBridge
 from .motoenv import MOTO_LOCK, batch_backend
 from .realism import Realism
 
@@ -189,8 +194,9 @@ class BatchShim:
 
     OPERATIONS = frozenset({"SubmitJob", "DescribeJobs", "ListJobs", "CancelJob", "TerminateJob"})
 
-    def __init__(self, realism: Realism) -> None:
+    def __init__(self, realism: Realism, eventbridge: EventBridge | None = None) -> None:
         self._realism = realism
+        self._eventbridge = eventbridge
         self._jobs: dict[str, BatchJob] = {}  # by id, in submission order
         self.listener: JobListener | None = None
 
@@ -270,6 +276,7 @@ class BatchShim:
         if tags:
             backend.tag_resource(arn, {str(k): str(v) for k, v in tags.items()})
         self._jobs[job_id] = job
+        self._changed(job, job.created_ms)
         if self.listener is not None:
             self.listener.job_created(job)
         else:
@@ -529,7 +536,23 @@ class BatchShim:
                 job.log_stream = job.log_stream or job.log_target()[2]
             if status in FINISHED:
                 self._finish(job, now)
+            self._changed(job, now)
             return self.describe(job)
+
+    def _changed(self, job: BatchJob, now: int) -> None:
+        """Every status a job takes ends here: Batch's event goes out. The caller holds ``MOTO_LOCK``."""
+        if self._eventbridge is None:
+            return
+        self._eventbridge.emit(
+            source=BATCH_SOURCE,
+            detail_type=BATCH_DETAIL_TYPE,
+            account_id=job.account_id,
+            region=job.region,
+            resource=job.arn,
+            key=job.job_id,
+            time=datetime.fromtimestamp(now / 1000, UTC),
+            detail=lambda: self.describe(job),
+        )
 
     @staticmethod
     def _finish(job: BatchJob, now: int) -> None:

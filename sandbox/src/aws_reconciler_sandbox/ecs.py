@@ -20,6 +20,9 @@ What moto 5.2.5 gets wrong, and what this module does about it (measured, see th
 - Tasks lack ``createdAt``/``startedAt``/``stoppedAt``/``stopCode``/``cpu``/``memory`` and carry
   ``exitCode: 0`` from birth: the shim sets the fields on moto's own task objects, and moto's
   serializer renders them, so every operation shows the same task.
+- moto emits no events: every change of a task goes through ``EcsShim._changed``, which numbers
+  it (``version``, as DescribeTasks shows it) and emits the "ECS Task State Change" event whose
+  detail is the task as DescribeTasks renders it (``events.py`` delivers it).
 
 The shim works on moto's backend objects directly. That is safe because the sandbox serves moto
 in its own process and every call here runs under ``MOTO_LOCK``.
@@ -37,8 +40,9 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from .awsproto import AwsRequest, RawResponse, error_response, json_response
+from .events import ECS_DETAIL_TYPE, ECS_SOURCE, EventBridge, iso_millis
 from .faults import FaultPlan
-from .motoenv import MOTO_LOCK, ecs_backend, iter_ecs_backends, serialize
+from .motoenv import MOTO_LOCK, ecs_backend, iter_ecs_backends, serialize, timestamps_as_text
 from .realism import Realism
 
 __all__ = ["LAST_STATUSES", "EcsError", "EcsShim", "TaskListener"]
@@ -152,9 +156,10 @@ class EcsShim:
     #: Operations answered here; everything else goes straight to moto.
     OPERATIONS = frozenset({"RunTask", "ListTasks", "DescribeTasks", "StopTask"})
 
-    def __init__(self, faults: FaultPlan, realism: Realism) -> None:
+    def __init__(self, faults: FaultPlan, realism: Realism, eventbridge: EventBridge | None = None) -> None:
         self._faults = faults
         self._realism = realism
+        self._eventbridge = eventbridge
         self._tokens: dict[tuple[str, str, str, str], _TokenRecord] = {}
         self._token_of_task: dict[str, str] = {}
         # Task ARN -> clock reading from which reads see it (only tasks launched with a lag).
@@ -317,7 +322,6 @@ class EcsShim:
         now = _now()
         task.last_status = "PROVISIONING"
         task.created_at = now
-        task.version = 1
         task.stopped_reason = None  # moto sets "", AWS omits the field until the task stops
         task.stop_code = None
         task.started_by = task.started_by or None
@@ -343,6 +347,40 @@ class EcsShim:
             )
         if token:
             self._token_of_task[task.task_arn] = token
+        task.version = 0
+        self._changed(task, now)
+
+    def _changed(self, task: Any, now: datetime) -> None:
+        """Every change of a task ends here: ``version`` goes up (1 at launch), and ECS's event goes out.
+
+        The caller holds ``MOTO_LOCK`` and has made the whole change.
+        """
+        task.version = getattr(task, "version", 0) + 1
+        task.updated_at = now
+        if self._eventbridge is None:
+            return
+        _arn, _partition, _service, region, account_id, _rest = task.task_arn.split(":", 5)
+        self._eventbridge.emit(
+            source=ECS_SOURCE,
+            detail_type=ECS_DETAIL_TYPE,
+            account_id=account_id,
+            region=region,
+            resource=task.task_arn,
+            key=task.task_arn,
+            time=now,
+            detail=lambda: self.event_detail(task),
+        )
+
+    @staticmethod
+    def event_detail(task: Any) -> dict[str, Any]:
+        """The task as its "ECS Task State Change" event carries it: as DescribeTasks renders it,
+        without tags (ECS sends none), times as ISO-8601 text, plus ``updatedAt``."""
+        _status, _headers, body = serialize(
+            "ecs", "DescribeTasks", {"tasks": [task], "failures": []}, exclude=(_DESCRIBE_TAGS_PATH,)
+        )
+        detail: dict[str, Any] = timestamps_as_text("ecs", "Task", json.loads(body)["tasks"][0], iso_millis)
+        detail["updatedAt"] = iso_millis(task.updated_at)
+        return detail
 
     def _list_tasks(self, backend: Any, params: dict[str, Any]) -> RawResponse:
         cluster = self._cluster(backend, params)
@@ -449,7 +487,7 @@ class EcsShim:
             task.stop_code = "UserInitiated"
             task.stopped_reason = reason
             task.stopping_at = now
-            task.version = getattr(task, "version", 0) + 1
+            self._changed(task, now)  # desiredStatus STOPPED: an event of its own, as on ECS
             owned = (
                 not self.immediate_stop and self.listener is not None and self.listener.stop_requested(backend, task)
             )
@@ -460,6 +498,7 @@ class EcsShim:
                 task.execution_stopped_at = now
                 for container in task.containers:
                     container.last_status = "STOPPED"
+                self._changed(task, now)
         return self._serialized("StopTask", {"task": task})
 
     # ------------------------------------------------------------------ control
@@ -534,7 +573,7 @@ class EcsShim:
                     container.exitCode = exit_code
                 if container_reason is not None:
                     container.reason = container_reason
-            task.version = getattr(task, "version", 0) + 1
+            self._changed(task, now)
             return self._snapshot(task)
 
     def client_token(self, task_arn: str) -> str | None:

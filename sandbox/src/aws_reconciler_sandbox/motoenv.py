@@ -12,6 +12,7 @@ import copy
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 from moto.backends import get_backend
@@ -31,6 +32,7 @@ __all__ = [
     "iter_ecs_backends",
     "reset_moto",
     "serialize",
+    "timestamps_as_text",
 ]
 
 #: Held around every request moto serves and every direct read or write of its backends.
@@ -147,6 +149,26 @@ def iter_ecs_backends() -> Iterator[tuple[str, str, Any]]:
     for account_id, per_region in list(backends.items()):
         for region, backend in list(per_region.items()):
             yield account_id, region, backend
+
+
+def timestamps_as_text(service: str, shape: str, value: Any, render: Callable[[datetime], str]) -> Any:
+    """``value`` (a ``shape`` of ``service`` as ``serialize`` renders it: timestamps as epoch
+    seconds) with every timestamp member rendered by ``render`` instead, as EventBridge shows them."""
+    return _render_timestamps(get_service_model(service).shape_for(shape), value, render)
+
+
+def _render_timestamps(shape: Any, value: Any, render: Callable[[datetime], str]) -> Any:
+    kind = shape.type_name
+    if kind == "timestamp" and isinstance(value, int | float) and not isinstance(value, bool):
+        return render(datetime.fromtimestamp(value, UTC))
+    if kind == "structure" and isinstance(value, dict):
+        members = shape.members
+        return {k: _render_timestamps(members[k], v, render) if k in members else v for k, v in value.items()}
+    if kind == "list" and isinstance(value, list):
+        return [_render_timestamps(shape.member, item, render) for item in value]
+    if kind == "map" and isinstance(value, dict):
+        return {k: _render_timestamps(shape.value, v, render) for k, v in value.items()}
+    return value
 
 
 def serialize(

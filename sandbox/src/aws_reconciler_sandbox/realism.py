@@ -4,8 +4,9 @@ AWS is eventually consistent, throttles, loses answers, is slow and runs out of 
 sandbox is kind by default (the ``kind`` profile: none of that happens unless a test plans it in
 ``FaultPlan``); ``RealismSettings`` switches each behaviour on, ``PROFILES["realistic"]`` turns a
 sensible mix on. ``Realism`` is the policy: given the settings, a seed and a clock, it answers
-what happens to one call (``decide``) and to one new task or job (``lag``, ``capacity_failures``,
-``start_failure``, ``hold_runnable``). It does no I/O and never sleeps, so it is tested with a
+what happens to one call (``decide``), to one new task or job (``lag``, ``capacity_failures``,
+``start_failure``, ``hold_runnable``) and to one ECS or Batch event on its way to SQS
+(``event_fate``). It does no I/O and never sleeps, so it is tested with a
 table of calls and a hand-driven clock; ``SandboxApp`` sleeps, resets connections and answers
 errors as told, the shims hide tasks and jobs, the runners fail starts.
 
@@ -31,12 +32,14 @@ from .faults import Decision, ErrorAnswer
 __all__ = [
     "BUCKETS",
     "CAPACITY_REASONS",
+    "IMMEDIATE",
     "PASS",
     "PROFILES",
     "START_FAILURES",
     "BucketShape",
     "Call",
     "Clock",
+    "EventFate",
     "FaultRule",
     "Realism",
     "RealismSettings",
@@ -305,11 +308,46 @@ class RealismSettings:
         metavar="PERCENT",
         help="share of Batch jobs held in RUNNABLE, as in a queue without capacity",
     )
+    event_delay_ms: float = _setting(
+        0.0,
+        flag="--event-delay-ms",
+        metavar="MS",
+        help="median delay from a task's or job's change to its event in the SQS queues of matching rules",
+    )
+    event_delay_p99_ms: float = _setting(
+        0.0,
+        flag="--event-delay-p99-ms",
+        metavar="MS",
+        help="99th percentile of that delay (log-normal); at or below the median, every event waits the median",
+    )
+    event_duplicate: float = _setting(
+        0.0, flag="--event-duplicate", metavar="PERCENT", help="share of events delivered twice (the same event id)"
+    )
+    event_reorder: float = _setting(
+        0.0,
+        flag="--event-reorder",
+        metavar="PERCENT",
+        help="share of events held back until the next event of the same task or job has overtaken them",
+    )
+    event_loss: float = _setting(
+        0.0,
+        flag="--event-loss",
+        metavar="PERCENT",
+        help="share of events never delivered (AWS loses none; a broken rule or a full queue does)",
+    )
 
     def __post_init__(self) -> None:
         for name in _PERCENTAGES:
             _check_percent(name, getattr(self, name))
-        for name in ("ecs_lag", "batch_lag", "timeout_hold", "latency_ms", "latency_p99_ms"):
+        for name in (
+            "ecs_lag",
+            "batch_lag",
+            "timeout_hold",
+            "latency_ms",
+            "latency_p99_ms",
+            "event_delay_ms",
+            "event_delay_p99_ms",
+        ):
             value = getattr(self, name)
             if not (_is_number(value) and value >= 0):
                 raise ValueError(f"{name}: {_shown(value)} must be a number of at least 0")
@@ -335,7 +373,13 @@ class RealismSettings:
             or self.capacity_failure_rate > 0
             or self.start_failure_rate > 0
             or self.runnable_hold_rate > 0
+            or self.events_unkind
         )
+
+    @property
+    def events_unkind(self) -> bool:
+        """Whether ECS and Batch events meet any delay, duplication, reordering or loss."""
+        return self.event_delay_ms > 0 or self.event_duplicate > 0 or self.event_reorder > 0 or self.event_loss > 0
 
     def rule_for(self, service: str, operation: str) -> FaultRule | None:
         """The most specific fault rule for ``service:operation``."""
@@ -375,6 +419,9 @@ _PERCENTAGES = (
     "capacity_failure_rate",
     "start_failure_rate",
     "runnable_hold_rate",
+    "event_duplicate",
+    "event_reorder",
+    "event_loss",
 )
 
 #: Named mixes. ``kind`` is the sandbox as it always was; ``realistic`` is what a user of AWS meets
@@ -395,8 +442,30 @@ PROFILES: dict[str, RealismSettings] = {
         capacity_failure_rate=2.0,
         start_failure_rate=2.0,
         runnable_hold_rate=1.0,
+        event_delay_ms=300.0,
+        event_delay_p99_ms=2000.0,
+        event_duplicate=2.0,
+        event_reorder=2.0,
+        event_loss=0.0,
     ),
 }
+
+
+@dataclass(frozen=True)
+class EventFate:
+    """What happens to one ECS or Batch event between the change and the SQS queues: it waits
+    ``delay`` seconds, or is never delivered (``lost``); it arrives twice (``duplicate``, the same
+    event id); it is held back until a later event of the same task or job has overtaken it
+    (``reorder``)."""
+
+    delay: float = 0.0
+    lost: bool = False
+    duplicate: bool = False
+    reorder: bool = False
+
+
+#: An event delivered at once, once, in order.
+IMMEDIATE = EventFate()
 
 
 @dataclass(frozen=True)
@@ -551,15 +620,18 @@ class Realism:
         return Decision(delay=delay, execute=False, reset=True)
 
     def _latency(self, settings: RealismSettings) -> float:
-        median = settings.latency_ms
-        if median <= 0:
+        return self._log_normal("latency", settings.latency_ms, settings.latency_p99_ms)
+
+    def _log_normal(self, stream_name: str, median_ms: float, p99_ms: float) -> float:
+        """Seconds drawn from a log-normal with this median and 99th percentile (milliseconds)."""
+        if median_ms <= 0:
             return 0.0
-        stream = self._stream("latency")
-        if settings.latency_p99_ms <= median:
-            return median / 1000
-        sigma = (math.log(settings.latency_p99_ms) - math.log(median)) / 2.326  # z of the 99th percentile
+        stream = self._stream(stream_name)
+        if p99_ms <= median_ms:
+            return median_ms / 1000
+        sigma = (math.log(p99_ms) - math.log(median_ms)) / 2.326  # z of the 99th percentile
         # Capped so that one draw from the far tail cannot stall a client for minutes.
-        return min(stream.lognormvariate(math.log(median), sigma), 5 * settings.latency_p99_ms) / 1000
+        return min(stream.lognormvariate(math.log(median_ms), sigma), 5 * p99_ms) / 1000
 
     def _bucket_throttles(self, call: Call) -> bool:
         now = self._clock()
@@ -620,6 +692,32 @@ class Realism:
     def hold_runnable(self) -> bool:
         """Whether a new Batch job is held in RUNNABLE."""
         return self._chance(self._settings.runnable_hold_rate, "runnable-hold", "batch", ("held",)) is not None
+
+    # ------------------------------------------------------------------ per event
+
+    def event_fate(self, service: str) -> EventFate:
+        """What happens to one event of ``service`` (``"ecs"``, ``"batch"``) on its way to SQS.
+
+        Each behaviour draws from its own stream whenever it is on, whatever the others drew, so
+        that switching loss on does not change which events are delayed, duplicated or reordered.
+        """
+        settings = self._settings
+        if not settings.events_unkind:
+            return IMMEDIATE
+        with self._lock:
+            delay = self._log_normal("event-delay", settings.event_delay_ms, settings.event_delay_p99_ms)
+            duplicate = self._roll("event-duplicate", settings.event_duplicate)
+            reorder = self._roll("event-reorder", settings.event_reorder)
+            if self._roll("event-loss", settings.event_loss):
+                self._strike("event-loss", service)
+                return EventFate(lost=True)
+            for kind, struck in (("event-duplicate", duplicate), ("event-reorder", reorder)):
+                if struck:
+                    self._strike(kind, service)
+            return EventFate(delay=delay, duplicate=duplicate, reorder=reorder)
+
+    def _roll(self, stream_name: str, rate: float) -> bool:
+        return rate > 0 and self._stream(stream_name).uniform(0, 100) < rate
 
     def _chance(self, rate: float, kind: str, where: str, outcomes: Iterable[str]) -> str | None:
         if rate <= 0:

@@ -104,6 +104,7 @@ class SandboxServer(Sandbox):
         try:
             self._restore_moto = configure_moto()
             self.reset()
+            self.eventbridge.start()
             self.app.open()
             # Bound here, in the caller's thread: when start() returns, connections are accepted.
             self._server = make_server(
@@ -142,6 +143,8 @@ class SandboxServer(Sandbox):
                 self.runner.stop()
             finally:
                 self.runner = None
+        # After the runner: the events of its last changes are dropped with the rest.
+        self.eventbridge.stop()
         if self._server is not None:
             if self._thread is not None and self._thread.is_alive():
                 self._server.shutdown()  # waits for serve_forever, so only when it runs
