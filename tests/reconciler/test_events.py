@@ -6,17 +6,21 @@ message and of an ECS event's task: no queue, no database.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from test_plan import NOW, ago, launched, obs, row
 
 from aws_reconciler.backends.base import Observation
 from aws_reconciler.backends.ecs.states import observe_task, task_from_event
-from aws_reconciler.backends.events import Malformed, QueuedEvent, parse_message
-from aws_reconciler.model import Phase
-from aws_reconciler.reconciler.events import Verdict, freshest, resync_drift, sort_events
+from aws_reconciler.backends.events import Malformed, QueuedEvent, Received, parse_message
+from aws_reconciler.metrics.definitions import Metrics
+from aws_reconciler.model import Backend, Phase
+from aws_reconciler.reconciler.events import EventFeed, Verdict, freshest, resync_drift, sort_events
 from aws_reconciler.store.records import TaskRecord
 
 PROVISIONING = launched("r1", phase=Phase.PROVISIONING, arn="arn-1")
@@ -147,9 +151,7 @@ MISSING = obs("arn-1", Phase.FAILED, missing=True)
 def test_resync_drift(
     row_: TaskRecord, described: Observation, from_events: dict[str, Observation], drift: int
 ) -> None:
-    assert (
-        resync_drift([row_], {"arn-1": described}, from_events=from_events, now=NOW, missing_grace=120) == drift
-    )
+    assert resync_drift([row_], {"arn-1": described}, from_events=from_events, now=NOW, missing_grace=120) == drift
 
 
 @pytest.mark.parametrize(
@@ -230,3 +232,127 @@ def test_an_ecs_event_reads_as_the_describe_of_the_same_task() -> None:
     assert seen.phase is Phase.SUCCEEDED and seen.version == 5
     with pytest.raises(ValueError, match="taskArn"):
         task_from_event({"lastStatus": "RUNNING"})
+
+
+# ---- the feed: what is deleted when (a queue double: the feed's bookkeeping, not SQS) ----------
+
+
+class FakeQueue:
+    """Hands out what was put in; records deletes."""
+
+    wait_seconds = 0
+
+    def __init__(self) -> None:
+        self.waiting: list[QueuedEvent | Malformed] = []
+        self.deleted: list[str] = []
+
+    def receive(self, *, wait_seconds: int | None = None) -> Received:
+        got, self.waiting = self.waiting[:10], self.waiting[10:]
+        return Received(
+            events=[e for e in got if isinstance(e, QueuedEvent)],
+            malformed=[m for m in got if isinstance(m, Malformed)],
+        )
+
+    def delete(self, receipts: Sequence[str]) -> int:
+        self.deleted.extend(receipts)
+        return 0
+
+
+class FakeBackend:
+    kind = Backend.ECS
+
+    def observe_event(self, detail: Mapping[str, Any]) -> Observation:
+        return obs(str(detail["taskArn"]), Phase(detail["phase"]))
+
+
+def ecs_event(message_id: str, arn: str, phase: Phase, *, receipt: str | None = None) -> QueuedEvent:
+    return QueuedEvent(
+        message_id=message_id,
+        receipt=receipt or f"r-{message_id}",
+        source="aws.ecs",
+        detail_type="ECS Task State Change",
+        detail={"taskArn": arn, "phase": phase.value},
+        time=ago(1),
+    )
+
+
+class Ticks:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def feed_of(queue: FakeQueue, ticks: Ticks) -> EventFeed:
+    return EventFeed(
+        queue=queue,  # type: ignore[arg-type]
+        backend=FakeBackend(),  # type: ignore[arg-type]
+        source="aws.ecs",
+        detail_type="ECS Task State Change",
+        metrics=Metrics(),
+        hold_for=120,
+        monotonic=ticks,
+        clock=lambda: NOW,
+    )
+
+
+def cycle(feed: EventFeed, rows: list[TaskRecord]) -> dict[str, Verdict]:
+    """What a controller's cycle does with the feed: drain, take, sort, settle."""
+    feed.drain()
+    pairs, verdicts = feed.take()
+    verdicts.update(sort_events(rows, pairs, ended=feed.ended).verdicts)
+    feed.settle(verdicts)
+    return verdicts
+
+
+def test_the_feed_deletes_what_a_cycle_used_and_leaves_the_malformed_to_the_dead_letter_queue() -> None:
+    queue, ticks = FakeQueue(), Ticks()
+    feed = feed_of(queue, ticks)
+    foreign = dataclasses.replace(ecs_event("m3", "arn-1", Phase.RUNNING), source="aws.batch")
+    queue.waiting = [ecs_event("m1", "arn-1", Phase.RUNNING), ecs_event("m2", "arn-1", Phase.RUNNING), foreign]
+    queue.waiting.append(Malformed("m4", "body is not JSON"))
+    verdicts = cycle(feed, [PROVISIONING])
+    assert verdicts == {"m1": Verdict.APPLIED, "m2": Verdict.DUPLICATE, "m3": Verdict.MALFORMED}
+    assert queue.deleted == ["r-m1", "r-m2"]
+    samples = {
+        name: feed.metrics.registry.get_sample_value(f"aws_reconciler_events_{name}_total", {"backend": "ecs"})
+        for name in ("received", "applied", "duplicate", "malformed")
+    }
+    assert samples == {"received": 3, "applied": 1, "duplicate": 1, "malformed": 2}
+
+
+def test_an_unmatched_event_is_held_until_its_row_follows_the_task() -> None:
+    queue, ticks = FakeQueue(), Ticks()
+    feed = feed_of(queue, ticks)
+    queue.waiting = [ecs_event("m1", "arn-1", Phase.RUNNING)]
+    assert cycle(feed, [row("r1", phase=Phase.LAUNCHING)]) == {"m1": Verdict.UNMATCHED}
+    assert queue.deleted == []
+    ticks.now = 10  # the launch's answer is recorded meanwhile
+    assert cycle(feed, [PROVISIONING]) == {"m1": Verdict.APPLIED}
+    assert queue.deleted == ["r-m1"]
+
+
+def test_an_event_no_row_ever_follows_is_deleted_after_the_hold() -> None:
+    queue, ticks = FakeQueue(), Ticks()
+    feed = feed_of(queue, ticks)
+    queue.waiting = [ecs_event("m1", "arn-9", Phase.RUNNING)]
+    cycle(feed, [PROVISIONING])
+    ticks.now = 119
+    cycle(feed, [PROVISIONING])
+    assert queue.deleted == []
+    # Meanwhile SQS handed it out again (its visibility timeout ran out): only the new receipt deletes.
+    queue.waiting = [ecs_event("m1", "arn-9", Phase.RUNNING, receipt="r-again")]
+    ticks.now = 121
+    cycle(feed, [PROVISIONING])
+    assert queue.deleted == ["r-again"]
+    assert feed.metrics.registry.get_sample_value("aws_reconciler_events_unmatched_total", {"backend": "ecs"}) == 1
+
+
+def test_late_events_of_a_task_the_feed_was_told_ended_are_duplicates_deleted_at_once() -> None:
+    queue, ticks = FakeQueue(), Ticks()
+    feed = feed_of(queue, ticks)
+    feed.forget(["arn-1"])
+    queue.waiting = [ecs_event("m1", "arn-1", Phase.SUCCEEDED)]
+    assert cycle(feed, []) == {"m1": Verdict.DUPLICATE}
+    assert queue.deleted == ["r-m1"]
