@@ -36,6 +36,9 @@ FAULT_KINDS = (
     ("capacity", "capacity"),
     ("start", "start failure"),
     ("runnable-hold", "held RUNNABLE"),
+    ("event-loss", "events lost"),
+    ("event-duplicate", "events twice"),
+    ("event-reorder", "events reordered"),
 )
 
 

@@ -71,6 +71,8 @@ class Timing:
     missing_grace: float = 30.0
     lookup_delay: float = 8.0
     runnable_timeout: float = 20.0
+    #: The anti-entropy resync of events mode (the product's 600 s, compressed).
+    events_resync_interval: float = 8.0
     #: How often the modelled scheduler heartbeats its executors.
     heartbeat: float = 0.5
 
@@ -97,6 +99,7 @@ class Timing:
             "BACKOFF_BASE": self.backoff_base,
             "BACKOFF_MAX": self.backoff_max,
             "MISSING_GRACE": self.missing_grace,
+            "EVENTS_RESYNC_INTERVAL": self.events_resync_interval,
         }
         batch = {"LOOKUP_DELAY": self.lookup_delay, "RUNNABLE_TIMEOUT": self.runnable_timeout}
         return {
@@ -127,6 +130,8 @@ class Scenario:
     revoke_share: float = 0.5
     #: Share of tasks whose container exits 1 (a failed task).
     failing_share: float = 0.15
+    #: How the reconcilers observe: ``poll``, or ``events`` (EventBridge -> SQS, both backends).
+    observation: str = "poll"
     timing: Timing = field(default_factory=Timing)
 
     def load_seconds(self) -> float:
@@ -166,6 +171,16 @@ LONG: tuple[Scenario, ...] = (
         executor_kills=3,
         uptime=(2.0, 8.0),
     ),
+    Scenario(
+        "events",
+        "observation by events: 5% of events lost, 10% delivered twice, 10% reordered; SIGKILLs and executor kills",
+        tasks={"ecs": 200, "batch": 100},
+        replicas=1,
+        sigkills=10,
+        executor_kills=3,
+        observation="events",
+        sandbox_args=("--event-loss", "5", "--event-duplicate", "10", "--event-reorder", "10"),
+    ),
 )
 
 #: What ``make test`` runs: the same scenarios, small enough for a few minutes in CI.
@@ -173,6 +188,7 @@ SHORT: tuple[Scenario, ...] = (
     dataclasses.replace(LONG[0], tasks={"ecs": 50, "batch": 25}, sigkills=5, executor_kills=2),
     dataclasses.replace(LONG[1], tasks={"ecs": 40, "batch": 25}, sigkills=1, executor_kills=1),
     dataclasses.replace(LONG[2], tasks={"ecs": 30, "batch": 20}, sigkills=2, sigterms=1, executor_kills=1),
+    dataclasses.replace(LONG[3], tasks={"ecs": 40, "batch": 20}, sigkills=2, executor_kills=1),
 )
 
 

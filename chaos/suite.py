@@ -87,6 +87,8 @@ def run_scenario(
     names = ["reconciler-a", "reconciler-b"][: scenario.replicas]
     with World(work_dir, timing=timing, log=log) as world:
         world.start_sandbox(seed=plan.sandbox_seed, faults=scenario.faults, args=scenario.sandbox_args)
+        if scenario.observation == "events":
+            world.provision_events()
         world.create_store()
         for name in names:
             world.replica(name).start()

@@ -104,6 +104,8 @@ class World:
         self._admin: sa.engine.Engine | None = None
         self._store: sa.engine.Engine | None = None
         self.control: SandboxControlClient | None = None
+        #: The observation settings (none: poll).
+        self.observation_env: dict[str, str] = {}
         work_dir.mkdir(parents=True, exist_ok=True)
 
     def __enter__(self) -> World:
@@ -150,6 +152,25 @@ class World:
         self.exports = _read_exports(env_file)
         self.control = SandboxControlClient(self.exports["AWS_ENDPOINT_URL"])
 
+    def provision_events(self) -> None:
+        """What deploy/events/cloudformation.yaml creates (a rule, queue and DLQ per backend), and
+        the settings that make both backends observe by events."""
+        from aws_reconciler_sandbox import provision_event_queue
+
+        where = {"endpoint_url": self.exports["AWS_ENDPOINT_URL"], "region": self.exports["AWS_DEFAULT_REGION"]}
+        ecs = provision_event_queue(
+            **where, deployment=DEPLOYMENT, clusters=[self.exports["AIRFLOW__AWS_RECONCILER_ECS__CLUSTER"]]
+        )
+        batch = provision_event_queue(
+            **where, deployment=DEPLOYMENT, job_queues=[self.exports["AIRFLOW__AWS_RECONCILER_BATCH__JOB_QUEUE"]]
+        )
+        self.observation_env = {
+            "AIRFLOW__AWS_RECONCILER_ECS__OBSERVATION": "events",
+            "AIRFLOW__AWS_RECONCILER_ECS__EVENTS_QUEUE_URL": ecs,
+            "AIRFLOW__AWS_RECONCILER_BATCH__OBSERVATION": "events",
+            "AIRFLOW__AWS_RECONCILER_BATCH__EVENTS_QUEUE_URL": batch,
+        }
+
     def create_store(self) -> None:
         """A fresh schema, migrated as the chart's migration job would."""
         self._admin = sa.create_engine(admin_url())
@@ -168,6 +189,7 @@ class World:
             "AIRFLOW__AWS_RECONCILER__DEPLOYMENT": DEPLOYMENT,
             "AIRFLOW__AWS_RECONCILER_ECS__LAUNCH_TYPE": "FARGATE",
             **self.timing.reconciler_env(),
+            **self.observation_env,
         }
 
     def settings(self) -> Settings:

@@ -42,10 +42,14 @@ def test_a_plan_has_the_scenarios_load_and_trouble() -> None:
 
 
 def test_the_long_variant_meets_the_issues_goals() -> None:
-    kills, faults, ha = variant(long=True)
+    kills, faults, ha, events = variant(long=True)
     assert kills.tasks["ecs"] >= 500 and kills.sigkills >= 50 and kills.replicas == 1
     assert faults.faults and all("throttle=5,5xx=5,phantom=4,timeout=2,reset=4" in rule for rule in faults.faults)
     assert ha.replicas == 2 and ha.sigkills >= 10 and ha.sigterms > 0
+    # Observation by events with 5% of events lost and 10% duplicated / reordered (issue 13).
+    assert events.observation == "events" and events.sigkills > 0
+    args = dict(zip(events.sandbox_args[::2], events.sandbox_args[1::2], strict=True))
+    assert args == {"--event-loss": "5", "--event-duplicate": "10", "--event-reorder": "10"}
     assert all(s.tasks["batch"] > 0 for s in LONG)
     assert variant(long=False) == SHORT
 
