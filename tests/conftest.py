@@ -1,10 +1,12 @@
-"""Shared fixtures: task stores on SQLite, PostgreSQL and MariaDB, and settings builders."""
+"""Shared fixtures: task stores on SQLite, PostgreSQL and MariaDB, settings builders, the sandbox,
+and the reconciler scenarios' world on each backend."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import sqlalchemy as sa
@@ -18,6 +20,11 @@ from support.stores import (
     require_mariadb,
     require_postgres,
 )
+from support.world import ADAPTERS, REGION, Adapter, World, open_world
+
+if TYPE_CHECKING:
+    # Imported where used: the sandbox pulls in moto, which most test runs never need.
+    from aws_reconciler_sandbox import SandboxServer
 
 __all__ = ["AwsCalls", "make_settings"]
 
@@ -107,3 +114,33 @@ def aws_calls(monkeypatch: pytest.MonkeyPatch) -> AwsCalls:
     recorder = AwsCalls()
     record_api_calls(monkeypatch, recorder.calls)
     return recorder
+
+
+@pytest.fixture(scope="module")
+def sandbox() -> Iterator[SandboxServer]:
+    """One sandbox per module, task runner off (a module needing the runner defines its own):
+    moto's state is process-wide, so never two at once."""
+    from aws_reconciler_sandbox import SandboxServer
+
+    server = SandboxServer(region=REGION).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=list(ADAPTERS), ids=list(ADAPTERS))
+def backend(request: pytest.FixtureRequest) -> Adapter:
+    """Each scenario runs on every backend (``support.world.only`` narrows a test or a module)."""
+    return ADAPTERS[request.param]
+
+
+@pytest.fixture
+def world(backend: Adapter, store_url: str, sandbox: SandboxServer) -> Iterator[World]:
+    """A clean sandbox account for ``backend``, a migrated store (SQLite/PostgreSQL), a fake clock.
+
+    The settings are read from an environment only: a further parameter of the world (an
+    observation mode, say) is one more fixture whose environment goes into ``open_world``'s ``env``.
+    """
+    with open_world(backend, sandbox=sandbox, store_url=store_url) as built:
+        yield built
