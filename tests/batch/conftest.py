@@ -1,5 +1,5 @@
-"""Fixtures for the Batch tests: the sandbox (one per module), settings with Batch configured,
-scenario harnesses and an AWS-call counter.
+"""Fixtures for the Batch tests: settings with Batch configured, and a clean sandbox account with
+Batch resources (the sandbox and the scenario world are the root conftest's).
 
 Airflow reads ``AIRFLOW_HOME`` when first imported and every executor needs a JWT secret, so both
 are set here before any module of this directory imports Airflow (``setdefault``: when the
@@ -20,15 +20,16 @@ if "AIRFLOW_HOME" not in os.environ or "AIRFLOW__API_AUTH__JWT_SECRET" not in os
     os.environ.setdefault("AIRFLOW__API_AUTH__JWT_SECRET", "batch-tests-" + "0123456789abcdef" * 4)
 
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import pytest
-from batch_support import REGION, Harness
 
 from aws_reconciler.config import Settings
-from aws_reconciler.store import TaskStore, create_store_engine, migrate
-from aws_reconciler_sandbox import SandboxServer, bootstrap
-from support.scenario import FakeClock
 from support.stores import make_settings as shared_settings
+from support.world import REGION
+
+if TYPE_CHECKING:
+    from aws_reconciler_sandbox import SandboxServer
 
 #: What bootstrap(batch=True) creates, for tests that need no sandbox.
 BATCH_ENV = {
@@ -51,45 +52,12 @@ def make_settings(request: pytest.FixtureRequest) -> SettingsFactory:
     return factory
 
 
-@pytest.fixture(scope="module")
-def sandbox() -> Iterator[SandboxServer]:
-    """One sandbox per module, runner off: moto's state is process-wide, so never two at once."""
-    server = SandboxServer(region=REGION).start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 @pytest.fixture
 def aws(sandbox: SandboxServer) -> Iterator[dict[str, str]]:
     """A clean sandbox account with ECS and Batch resources (queue "airflow", definition "airflow-job")."""
+    from aws_reconciler_sandbox import bootstrap
+
     sandbox.reset()
     env = bootstrap(endpoint_url=sandbox.endpoint_url, region=REGION, batch=True)
     yield env
     sandbox.clear_faults()
-
-
-HarnessFactory = Callable[..., Harness]
-
-
-@pytest.fixture
-def make_harness(
-    store_url: str, aws: dict[str, str], sandbox: SandboxServer, make_settings: SettingsFactory
-) -> Iterator[HarnessFactory]:
-    """``make_harness(**env)``: settings = bootstrap output + ``env``; a migrated store (SQLite/PostgreSQL)."""
-    built: list[Harness] = []
-
-    def factory(**env: str) -> Harness:
-        airflow_env = {k: v for k, v in aws.items() if k.startswith("AIRFLOW__")}
-        settings = make_settings(store_url, **{**airflow_env, **env})
-        db = create_store_engine(store_url)
-        migrate(db)
-        clock = FakeClock()
-        harness = Harness(sandbox=sandbox, settings=settings, db=db, store=TaskStore(db, clock=clock), clock=clock)
-        built.append(harness)
-        return harness
-
-    yield factory
-    for harness in built:
-        harness.close()

@@ -11,18 +11,15 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import pytest
-from batch_support import QUEUE
 from botocore.config import Config
 
 from aws_reconciler.model import Phase
 from aws_reconciler_sandbox import RunnerOptions, SandboxServer
 from aws_reconciler_sandbox.runner import DEFAULT_START_FAILURE
-
-if TYPE_CHECKING:
-    from conftest import HarnessFactory
+from support.world import QUEUE, World, only
 
 REGION = "us-east-1"
 DEADLINE = 20.0
@@ -233,15 +230,16 @@ def test_jobs_that_cannot_start_fail_like_batch(sandbox: SandboxServer, batch: A
 # ---- the reconciler on the runner ------------------------------------------------------------
 
 
+@only("batch")
 def test_the_reconciler_runs_jobs_to_the_end_and_the_executor_shows_their_logs(
-    make_harness: HarnessFactory, sandbox: SandboxServer, monkeypatch: pytest.MonkeyPatch
+    world: World, sandbox: SandboxServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Rows launched by the engine run as processes; their outcomes reach the rows, a revoked row's
     job is terminated, and BatchExecutor.get_task_log reads the job's CloudWatch stream."""
     from aws_reconciler.executor import BatchExecutor
     from support.workloads import FakeTI
 
-    h = make_harness(AIRFLOW__AWS_RECONCILER__RECONCILE_INTERVAL="0.1")
+    h = world.configure(AIRFLOW__AWS_RECONCILER__RECONCILE_INTERVAL="0.1")
     commands = [py("print('hello from the reconciler')"), py("import sys; sys.exit(4)"), SLEEPER]
     ok, failing, revoked = h.add(3, commands=commands)
     engine = h.engine()

@@ -1,8 +1,8 @@
-"""The CLI tests' sandbox: one per module, with the default resources and settings for it."""
+"""The CLI tests' sandbox account (the sandbox itself, one per module, is the root conftest's): the
+default resources and the settings for them."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -10,16 +10,6 @@ import pytest
 from aws_reconciler_sandbox import SandboxServer, bootstrap
 
 REGION = "us-east-1"
-
-
-@pytest.fixture(scope="module")
-def sandbox() -> Iterator[SandboxServer]:
-    server = SandboxServer(region=REGION)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
