@@ -122,7 +122,7 @@ def test_promtool_checks_the_exposition_of_a_reconciler_that_ran(
     families = {f.name: f for f in text_string_to_metric_families(exposition)}
     sampled = {s.name for f in families.values() for s in f.samples}
     # This reconciler polls: the series of observation by events are exported only in events mode
-    # (tests/reconciler/test_events_mode.py checks them there).
+    # (tests/metrics/test_events_exposition.py checks them there).
     missing = {n for n in exported_series_names(Metrics().registry) - sampled if not is_events_series(n)}
     assert not missing, f"series the code defines but this run never exported: {sorted(missing)}"
     expected = {
