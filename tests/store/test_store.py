@@ -67,6 +67,29 @@ def test_add_and_report_cycle(store: TaskStore) -> None:
     assert {r.id for r in store.open_tasks(backend=Backend.ECS)} == {b.id}
 
 
+def test_due_tasks_are_the_rows_with_an_action_due_and_those_asked_about(store: TaskStore) -> None:
+    """Between resyncs an events-mode cycle reads only these; a running task nobody asked about is left out."""
+    pending, launching, running, asked, stopping, revoked, superseded, ended = (new_task() for _ in range(8))
+    store.add([pending, launching, running, asked, stopping, revoked, superseded, ended])
+    store.transition(launching.id, expect_phases=[Phase.PENDING], phase=Phase.LAUNCHING)
+    for t, arn in ((running, "arn-running"), (asked, "arn-asked"), (revoked, "arn-revoked"), (superseded, "arn-s")):
+        store.transition(t.id, expect_phases=[Phase.PENDING], phase=Phase.RUNNING, external_id=arn)
+    store.transition(stopping.id, expect_phases=[Phase.PENDING], phase=Phase.STOPPING, external_id="arn-stopping")
+    store.transition(ended.id, expect_phases=[Phase.PENDING], phase=Phase.SUCCEEDED, external_id="arn-ended")
+    store.revoke(ids=[revoked.id])
+    store.add([new_task(key=superseded.key)])  # a newer queueing of the same try supersedes it
+    due = {r.id for r in store.due_tasks(backend=Backend.ECS, external_ids={"arn-asked", "arn-ended", "arn-other"})}
+    assert {pending.id, launching.id, asked.id, stopping.id, revoked.id, superseded.id} <= due
+    assert running.id not in due and ended.id not in due
+    assert store.open_counts(backend=Backend.ECS) == {
+        Phase.PENDING: 2,
+        Phase.LAUNCHING: 1,
+        Phase.RUNNING: 4,
+        Phase.STOPPING: 1,
+    }
+    assert store.open_counts(backend=Backend.BATCH) == {}
+
+
 def test_transition_is_compare_and_set(store: TaskStore) -> None:
     t = new_task()
     store.add([t])

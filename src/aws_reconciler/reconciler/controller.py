@@ -109,14 +109,27 @@ class Controller:
         self.effector.collect(tally)
         self._forget_stopped(tally)
         now = self.clock()
-        rows = self.store.open_tasks(backend=self.backend.kind)
-        self._export_snapshot(rows, now)
         discovery_due = self._discovery_due(now)
         verdicts: dict[str, Verdict] | None = None
         if self.events is None:
+            rows = self.store.open_tasks(backend=self.backend.kind)
+            self._export_snapshot(rows, now)
             observed = self._observe(rows)
         else:
-            observed, verdicts = self._observe_events(rows, now, resync=discovery_due)
+            pairs, received, receive_errors = self._receive_events()
+            if discovery_due:
+                rows = self.store.open_tasks(backend=self.backend.kind)
+                self._export_snapshot(rows, now)
+            else:
+                # Between resyncs a cycle costs what changed: the rows with an action due and
+                # those the events are about, not every running task.
+                rows = self.store.due_tasks(
+                    backend=self.backend.kind, external_ids={obs.external_id for _, obs in pairs}
+                )
+                self._export_snapshot(rows, now, counts=self.store.open_counts(backend=self.backend.kind))
+            observed, verdicts = self._observe_events(
+                rows, pairs, received, receive_errors, now=now, resync=discovery_due
+            )
         errors = list(observed.errors)
         discovered: list[Observation] | None = None
         if discovery_due:
@@ -174,12 +187,17 @@ class Controller:
         for external_id in tally.stopped_orphans:
             self._orphans.pop(external_id, None)
 
-    def _export_snapshot(self, rows: list[TaskRecord], now: datetime) -> None:
-        """Gauges of open rows by phase and the oldest row waiting for a launch (from rows already read)."""
-        counts = {phase: 0 for phase in Phase if not phase.terminal}
+    def _export_snapshot(
+        self, rows: list[TaskRecord], now: datetime, *, counts: dict[Phase, int] | None = None
+    ) -> None:
+        """Gauges of open rows by phase (``counts``, or counted from ``rows`` when they are every
+        open row) and the oldest row waiting for a launch (``rows`` hold every such row)."""
+        counted = counts is None
+        counts = {phase: 0 for phase in Phase if not phase.terminal} | (counts or {})
         oldest: datetime | None = None
         for row in rows:
-            counts[row.phase] = counts.get(row.phase, 0) + 1
+            if counted:
+                counts[row.phase] = counts.get(row.phase, 0) + 1
             if row.phase.waiting_for_launch and (oldest is None or row.created_at < oldest):
                 oldest = row.created_at
         for phase, count in counts.items():
@@ -208,11 +226,8 @@ class Controller:
             every = self.settings.events_resync_interval
         return last is None or (now - last).total_seconds() >= every
 
-    def _observe_events(
-        self, rows: list[TaskRecord], now: datetime, *, resync: bool
-    ) -> tuple[Observed, dict[str, Verdict]]:
-        """This cycle's events (and, when a resync is due, a describe of every row, whose drift
-        from what the events said is counted): observations for the plan, verdicts for the feed."""
+    def _receive_events(self) -> tuple[list[tuple[str, Observation]], dict[str, Verdict], list[AwsError]]:
+        """This cycle's events as observations, the verdicts already known, receive errors."""
         feed = self.events
         assert feed is not None
         errors: list[AwsError] = []
@@ -226,6 +241,22 @@ class Controller:
             errors.append(feed.last_error)
         pairs, verdicts = feed.take()
         self._events_taken = pairs
+        return pairs, verdicts, errors
+
+    def _observe_events(
+        self,
+        rows: list[TaskRecord],
+        pairs: list[tuple[str, Observation]],
+        verdicts: dict[str, Verdict],
+        errors: list[AwsError],
+        *,
+        now: datetime,
+        resync: bool,
+    ) -> tuple[Observed, dict[str, Verdict]]:
+        """What this cycle's events say of ``rows`` (and, when a resync is due, a describe of every
+        row, whose drift from the events is counted): observations for the plan, verdicts for the feed."""
+        feed = self.events
+        assert feed is not None
         decided = sort_events(rows, pairs, ended=feed.ended)
         verdicts.update(decided.verdicts)
         observations = decided.observations

@@ -321,6 +321,37 @@ class TaskStore:
         with self.engine.connect() as conn:
             return [_record(r) for r in conn.execute(query).mappings()]
 
+    def due_tasks(self, *, backend: Backend, external_ids: Collection[str] = ()) -> list[TaskRecord]:
+        """The open rows with something to do whatever AWS says (waiting for a launch, being
+        stopped, no longer wanted), and those following one of ``external_ids``: what a cycle
+        observing by events needs between resyncs, without specs. A running task nobody asked
+        about costs nothing here."""
+        needing = [
+            task.c.phase.in_([Phase.PENDING.value, Phase.LAUNCHING.value, Phase.STOPPING.value]),
+            task.c.desired != Desired.RUNNING.value,
+            task.c.superseded_at.is_not(None),
+        ]
+        open_rows = sa.and_(task.c.backend == backend.value, task.c.finished_at.is_(None), self._scope)
+        found: dict[str, TaskRecord] = {}
+        with self.engine.connect() as conn:
+            for row in conn.execute(sa.select(*_LIGHT_COLUMNS).where(open_rows, sa.or_(*needing))).mappings():
+                found[row["id"]] = _record(row)
+            for chunk in _chunks(sorted(external_ids)):
+                query = sa.select(*_LIGHT_COLUMNS).where(open_rows, task.c.external_id.in_(chunk))
+                for row in conn.execute(query).mappings():
+                    found.setdefault(row["id"], _record(row))
+        return list(found.values())
+
+    def open_counts(self, *, backend: Backend) -> dict[Phase, int]:
+        """Open rows by phase, counted by the database (the gauges of a cycle that read few rows)."""
+        query = (
+            sa.select(task.c.phase, sa.func.count())
+            .where(task.c.backend == backend.value, task.c.finished_at.is_(None), self._scope)
+            .group_by(task.c.phase)
+        )
+        with self.engine.connect() as conn:
+            return {Phase(phase): int(n) for phase, n in conn.execute(query)}
+
     def specs(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """The launch requests of the given rows, as stored (the workload token is not in them)."""
         found: dict[str, dict[str, Any]] = {}
