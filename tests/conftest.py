@@ -20,7 +20,7 @@ from support.stores import (
     require_mariadb,
     require_postgres,
 )
-from support.world import ADAPTERS, REGION, Adapter, World, open_world
+from support.world import ADAPTERS, REGION, WORLD_SETUPS, Adapter, World, open_world
 
 if TYPE_CHECKING:
     # Imported where used: the sandbox pulls in moto, which most test runs never need.
@@ -135,12 +135,23 @@ def backend(request: pytest.FixtureRequest) -> Adapter:
     return ADAPTERS[request.param]
 
 
-@pytest.fixture
-def world(backend: Adapter, store_url: str, sandbox: SandboxServer) -> Iterator[World]:
-    """A clean sandbox account for ``backend``, a migrated store (SQLite/PostgreSQL), a fake clock.
+@pytest.fixture(params=list(WORLD_SETUPS))
+def world_setup(request: pytest.FixtureRequest) -> tuple[str, str]:
+    """How a scenario's reconciler observes and which store it uses: polling on SQLite and on
+    PostgreSQL, observing by events on PostgreSQL (the store's behaviour does not depend on the
+    observation mode, so events on SQLite would only repeat; ``support.world.polling_only``
+    narrows a scenario to polling)."""
+    observation, store = WORLD_SETUPS[request.param]
+    return observation, store
 
-    The settings are read from an environment only: a further parameter of the world (an
-    observation mode, say) is one more fixture whose environment goes into ``open_world``'s ``env``.
-    """
-    with open_world(backend, sandbox=sandbox, store_url=store_url) as built:
+
+@pytest.fixture
+def world(
+    backend: Adapter, world_setup: tuple[str, str], request: pytest.FixtureRequest, sandbox: SandboxServer
+) -> Iterator[World]:
+    """A clean sandbox account for ``backend``, a migrated store, a fake clock, and the reconciler
+    observing as ``world_setup`` says."""
+    observation, store = world_setup
+    store_url = str(request.getfixturevalue("sqlite_url" if store == "sqlite" else "pg_schema_url"))
+    with open_world(backend, sandbox=sandbox, store_url=store_url, observation=observation) as built:
         yield built

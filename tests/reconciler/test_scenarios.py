@@ -23,7 +23,7 @@ from aws_reconciler.model import Phase
 from aws_reconciler.reconciler.factory import lease_name
 from aws_reconciler.store import LeaseStore, database_now
 from support.scenario import Crash
-from support.world import DEPLOYMENT, World, only
+from support.world import DEPLOYMENT, World, only, polling_only
 
 #: Client-side buckets that never make a launch wait: for scenarios about something else.
 NO_CLIENT_RATE_LIMITS = {
@@ -587,6 +587,7 @@ def _throttled_launches(w: World, *, code: str, message: str, status: int) -> No
     assert w.calls("launch") == 15
 
 
+@polling_only()
 def test_a_throttled_describe_slows_the_runner_but_launches_go_on(world: World) -> None:
     """The describe call throttled: the cycle does not give up. Rows it could not describe wait, new
     rows are still launched, the runner counts the trouble and comes back no sooner than
@@ -614,6 +615,7 @@ def test_a_throttled_describe_slows_the_runner_but_launches_go_on(world: World) 
     assert w.row(record_id).phase is Phase.RUNNING
 
 
+@polling_only()
 def test_one_failed_describe_batch_does_not_skip_the_cycle(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     """Of three describe batches one is throttled: the rows of the other two are recorded, a pending
     row is launched and a revoked one stopped, all in that same cycle; the throttled batch's row is

@@ -13,7 +13,7 @@ from aws_reconciler.backends.batch.spec import job_name
 from aws_reconciler.backends.tags import DEPLOYMENT_TAG, ID_TAG
 from aws_reconciler.model import Phase
 from support.scenario import Crash
-from support.world import DEPLOYMENT, QUEUE, BatchAdapter, LaggingBatch, World, only
+from support.world import DEPLOYMENT, QUEUE, BatchAdapter, LaggingBatch, World, only, polling_only
 
 pytestmark = only("batch")
 
@@ -146,6 +146,7 @@ def test_a_cancel_that_did_not_take_is_sent_again_as_a_terminate(world: World) -
 # ---- the RUNNABLE timeout --------------------------------------------------------------------
 
 
+@polling_only()
 def test_a_job_stuck_in_runnable_is_stopped_and_its_row_failed_with_the_reason(world: World) -> None:
     """A job RUNNABLE longer than runnable_timeout (since submission) is cancelled and its row failed
     with a reason naming the timeout and Batch's own statusReason, counted as a stop with reason
@@ -190,6 +191,7 @@ def test_a_job_stuck_in_runnable_is_stopped_and_its_row_failed_with_the_reason(w
     assert (w.calls("SubmitJob"), w.stop_calls()) == (2, {"CancelJob": 1}), "a timed-out job is not submitted again"
 
 
+@polling_only()
 def test_runnable_timeout_defaults_to_the_workload_token_lifetime(world: World) -> None:
     """Unset, runnable_timeout is task_queued_timeout: a job starting later could not run its task."""
     w = world.configure(AIRFLOW__AWS_RECONCILER__TASK_QUEUED_TIMEOUT="300")

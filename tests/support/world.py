@@ -10,18 +10,23 @@ CancelJob / TerminateJob).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
+import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import pytest
 from botocore.exceptions import ClientError
 from sqlalchemy.engine import Engine as DbEngine
+from sqlalchemy.engine import make_url
 
 from aws_reconciler.backends.base import TaskBackend
 from aws_reconciler.backends.batch.descriptor import BATCH
@@ -30,9 +35,11 @@ from aws_reconciler.backends.descriptor import BackendDescriptor
 from aws_reconciler.backends.ecs.descriptor import ECS
 from aws_reconciler.backends.tags import DEPLOYMENT_TAG, ID_TAG
 from aws_reconciler.config import Settings
+from aws_reconciler.metrics.definitions import Metrics
 from aws_reconciler.model import Backend, Clock, TiKey
 from aws_reconciler.reconciler.controller import Controller
-from aws_reconciler.reconciler.factory import build_backend, controller_settings, lease_name
+from aws_reconciler.reconciler.events import EventFeed
+from aws_reconciler.reconciler.factory import build_backend, controller_settings, event_queue, lease_name
 from aws_reconciler.reconciler.leader import LeaderElector
 from aws_reconciler.reconciler.manager import Manager
 from aws_reconciler.store import LeaseStore, NewTask, TaskRecord, TaskStore, Waker, create_store_engine, migrate
@@ -85,6 +92,7 @@ class Adapter:
     gone_words: ClassVar[str]  # in a row's reason when its task/job no longer exists
     definition_gone: ClassVar[tuple[str, str]]  # a terminal launch error: code, message
     describe_batch: ClassVar[str]  # where the ids-per-describe-call constant lives
+    events_target: ClassVar[str]  # provision_event_queue's argument naming the targets
 
     @property
     def kind(self) -> Backend:
@@ -166,6 +174,16 @@ class Adapter:
         """``client`` as AWS answers right after a launch: what ``hidden`` names does not exist yet."""
         raise NotImplementedError
 
+    def observe_by_events(self, sandbox: SandboxServer, aws: Mapping[str, str]) -> dict[str, str]:
+        """Provision this backend's events queue (as deploy/events/ does) and the settings that use it."""
+        from aws_reconciler_sandbox import provision_event_queue
+
+        section = self.descriptor.settings_of(make_settings("sqlite://", **aws))
+        where = {self.events_target: section.targets}
+        url = provision_event_queue(endpoint_url=sandbox.endpoint_url, region=REGION, deployment=DEPLOYMENT, **where)
+        prefix = f"AIRFLOW__{section.section.upper()}__"
+        return {f"{prefix}OBSERVATION": "events", f"{prefix}EVENTS_QUEUE_URL": url}
+
 
 class Lagging:
     """A client to which the tasks/jobs in ``hidden`` do not exist yet (eventual consistency)."""
@@ -211,6 +229,7 @@ class _LaggingEcs(Lagging):
 class EcsAdapter(Adapter):
     name = "ecs"
     descriptor = ECS
+    events_target = "clusters"
     operations = {"launch": "RunTask", "describe": "DescribeTasks", "list": "ListTasks"}
     stop_operations = ("StopTask",)
     launch_method = "run_task"
@@ -355,6 +374,7 @@ class LaggingBatch(Lagging):
 class BatchAdapter(Adapter):
     name = "batch"
     descriptor = BATCH
+    events_target = "job_queues"
     operations = {"launch": "SubmitJob", "describe": "DescribeJobs", "list": "ListJobs"}
     stop_operations = ("CancelJob", "TerminateJob")
     launch_method = "submit_job"
@@ -465,6 +485,39 @@ def only(*names: str) -> pytest.MarkDecorator:
     return pytest.mark.parametrize("backend", names, indirect=True)
 
 
+#: How the world's reconciler observes and which store it uses, by the id its tests carry
+#: (``test_x[ecs-events-postgres]``).
+WORLD_SETUPS: dict[str, tuple[str, str]] = {
+    "poll-sqlite": ("poll", "sqlite"),
+    "poll-postgres": ("poll", "postgres"),
+    "events-postgres": ("events", "postgres"),
+}
+
+
+def polling_only() -> pytest.MarkDecorator:
+    """A scenario about what only a describe sees (a describe batch failing, a Batch job past its
+    RUNNABLE timeout, which events mode finds at its next resync): ``observation = poll`` only."""
+    return pytest.mark.parametrize(
+        "world_setup", [k for k, (observation, _) in WORLD_SETUPS.items() if observation == "poll"], indirect=True
+    )
+
+
+class SettledFeed(EventFeed):
+    """The reconciler's feed, receiving only once the sandbox has delivered every event it emitted:
+    a driven cycle then sees what a describe at the same moment would (the emulated delivery
+    runs on its own thread)."""
+
+    def __init__(self, sandbox: SandboxServer, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._sandbox = sandbox
+
+    def drain(self, *, limit: int = 1000) -> None:
+        deadline = time.monotonic() + 10
+        while self._sandbox.event_stats()["pending"] and time.monotonic() < deadline:
+            time.sleep(0.005)
+        super().drain(limit=limit)
+
+
 # ---- the world ---------------------------------------------------------------------------------
 
 
@@ -486,8 +539,12 @@ class World:
     # ---- settings and parts ----
 
     def configure(self, **env: str) -> World:
-        """The settings from the base environment plus ``env`` (for what is built from now on)."""
-        self.settings = make_settings(self.store_url, **{**self.base_env, **env})
+        """The settings from the base environment plus ``env`` (for what is built from now on).
+        Observing by events, the rule follows the targets (as a redeployed template would)."""
+        merged = {**self.base_env, **env}
+        self.settings = make_settings(self.store_url, **merged)
+        if self.on.descriptor.settings_of(self.settings).observation == "events":
+            self.on.observe_by_events(self.sandbox, merged)
         return self
 
     def client(self) -> Any:
@@ -513,17 +570,40 @@ class World:
         rng: Callable[[], float] = lambda: 0.0,
     ) -> Controller:
         """A fresh engine on the shared store and clock (closed at teardown)."""
+        backend = backend if backend is not None else self.backend()
+        settings = controller_settings(self.settings, self.on.kind)
+        if settings.events_resync_interval is not None:
+            # A scenario's clock means the same in both modes: resyncs as often as polling's discoveries.
+            settings = dataclasses.replace(settings, events_resync_interval=settings.resync_interval)
         engine = Controller(
             store=self.store,
-            backend=backend if backend is not None else self.backend(),
-            settings=controller_settings(self.settings, self.on.kind),
+            backend=backend,
+            settings=settings,
             is_leader=is_leader,
             fence=fence,
             clock=self.clock,
             rng=rng,
+            events=self._feed(backend, is_leader=is_leader),
         )
         self.engines.append(engine)
         return engine
+
+    def _feed(self, backend: TaskBackend, *, is_leader: Callable[[], bool]) -> EventFeed | None:
+        """The events feed of an engine when the world observes by events (None: it polls)."""
+        section = self.on.descriptor.settings_of(self.settings)
+        if section.observation != "events":
+            return None
+        sqs = self.sandbox.client("sqs")
+        return SettledFeed(
+            self.sandbox,
+            queue=event_queue(self.on.descriptor, self.settings, client=sqs),
+            backend=backend,
+            source=self.on.descriptor.event_source,
+            detail_type=self.on.descriptor.event_detail_type,
+            metrics=Metrics(),
+            is_leader=is_leader,
+            hold_for=self.settings.core.missing_grace,
+        )
 
     def elector(self, *, holder: str = "replica-a", monotonic: Callable[[], float] | None = None) -> LeaderElector:
         core = self.settings.core
@@ -690,17 +770,47 @@ class World:
         self.db.dispose()
 
 
+_MIGRATED_SQLITE: list[Path] = []
+
+
+def migrated_store(store_url: str) -> DbEngine:
+    """An engine on a migrated store. A new SQLite file starts as a copy of one migrated once per
+    process: running the migrations costs a scenario about as much as the scenario itself."""
+    database = make_url(store_url).database
+    if make_url(store_url).get_backend_name() != "sqlite" or not database or Path(database).exists():
+        engine = create_store_engine(store_url)
+        migrate(engine)
+        return engine
+    if not _MIGRATED_SQLITE:
+        template = Path(tempfile.mkdtemp(prefix="aws-reconciler-migrated-")) / "store.db"
+        atexit.register(shutil.rmtree, template.parent, ignore_errors=True)
+        engine = create_store_engine(f"sqlite:///{template}")
+        migrate(engine)
+        engine.dispose()  # the last connection closed: WAL checkpointed into the file
+        _MIGRATED_SQLITE.append(template)
+    shutil.copyfile(_MIGRATED_SQLITE[0], database)
+    return create_store_engine(store_url)
+
+
 @contextlib.contextmanager
 def open_world(
-    adapter: Adapter, *, sandbox: SandboxServer, store_url: str, env: Mapping[str, str] | None = None
+    adapter: Adapter,
+    *,
+    sandbox: SandboxServer,
+    store_url: str,
+    env: Mapping[str, str] | None = None,
+    observation: str = "poll",
 ) -> Iterator[World]:
     """A clean sandbox account for ``adapter``'s backend and a migrated store; the settings are the
-    bootstrap's output plus ``env`` (what a fixture parameter adds, e.g. an observation mode)."""
+    bootstrap's output plus ``env``. With ``observation`` "events" an EventBridge rule sends the
+    backend's events to a queue the reconciler reads, and its resyncs come as often as polling's
+    discoveries (``resync_interval``: see :meth:`World.engine`)."""
     sandbox.reset()
     aws = adapter.bootstrap(sandbox)
     base_env = {**{k: v for k, v in aws.items() if k.startswith("AIRFLOW__")}, **(env or {})}
-    db = create_store_engine(store_url)
-    migrate(db)
+    if observation == "events":
+        base_env.update(adapter.observe_by_events(sandbox, aws))
+    db = migrated_store(store_url)
     clock = FakeClock()
     world = World(
         on=adapter,

@@ -284,15 +284,14 @@ class Controller:
     def _settle_events(
         self, decided: Plan, verdicts: dict[str, Verdict], *, rows: list[TaskRecord], failed: set[str]
     ) -> None:
-        """Delete the messages the committed cycle used; keep those of rows whose write failed
-        (the queue hands them out again), and remember the tasks whose rows ended or moved on."""
+        """Delete the messages the committed cycle used; offer those of rows whose write failed to
+        the next cycle, and remember the tasks whose rows ended or moved on."""
         feed = self.events
         assert feed is not None
+        retry: set[str] = set()
         if failed:
             record_of = {r.external_id: r.id for r in rows if r.external_id}
-            for message_id, obs in self._events_taken:
-                if record_of.get(obs.external_id) in failed:
-                    verdicts.pop(message_id, None)
+            retry = {m for m, obs in self._events_taken if record_of.get(obs.external_id) in failed}
         moved_on = []
         for t in decided.transitions:
             before = t.row.external_id
@@ -303,4 +302,4 @@ class Controller:
             ):
                 moved_on.append(before)
         feed.forget(moved_on)
-        feed.settle(verdicts)
+        feed.settle(verdicts, retry=retry)

@@ -353,17 +353,29 @@ class EventFeed:
         while len(self._ended) > self._remember:
             self._ended.popitem(last=False)
 
-    def settle(self, verdicts: Mapping[str, Verdict], *, committed_at: datetime | None = None) -> None:
+    def settle(
+        self,
+        verdicts: Mapping[str, Verdict],
+        *,
+        retry: Collection[str] = (),
+        committed_at: datetime | None = None,
+    ) -> None:
         """The cycle committed: delete what it used or recognised, keep holding the unmatched ones
-        (until ``hold_for``), leave malformed ones to the dead-letter queue."""
+        (until ``hold_for``), leave malformed ones to the dead-letter queue, and offer the events
+        in ``retry`` (their rows' writes failed) to the next cycle again, undeleted."""
         now = self._monotonic()
         batch, self._batch = self._batch, {}
+        with self._lock:
+            for message_id in retry:
+                event = batch.get(message_id)
+                if event is not None:
+                    self._inbox.setdefault(message_id, event)
         delete: list[str] = []
         committed = committed_at or self._clock()
         with self._lock:
             for message_id, verdict in verdicts.items():
                 event = batch.get(message_id)
-                if event is None:
+                if event is None or message_id in retry:
                     continue
                 if verdict is Verdict.UNMATCHED:
                     held = self._held.get(message_id)

@@ -204,6 +204,7 @@ class BatchBackend:
         CancelJob leaves a job that has meanwhile reached STARTING alone (and still succeeds);
         the engine sends the stop again while the row stays ``stopping``.
         """
-        status = self._statuses.pop(external_id, None)
+        # Kept, not taken: a stop refused is sent again, maybe with no describe in between (events mode).
+        status = self._statuses.get(external_id)
         operation = self.client.cancel_job if status in CANCELLABLE_STATUSES else self.client.terminate_job
         self._caller(self.submit_bucket, operation, mutating=True, jobId=external_id, reason=reason[:MAX_REASON])
