@@ -494,6 +494,13 @@ WORLD_SETUPS: dict[str, tuple[str, str]] = {
 }
 
 
+def events_only() -> pytest.MarkDecorator:
+    """A scenario about observing by events (a module: ``pytestmark``)."""
+    return pytest.mark.parametrize(
+        "world_setup", [k for k, (observation, _) in WORLD_SETUPS.items() if observation == "events"], indirect=True
+    )
+
+
 def polling_only() -> pytest.MarkDecorator:
     """A scenario about what only a describe sees (a describe batch failing, a Batch job past its
     RUNNABLE timeout, which events mode finds at its next resync): ``observation = poll`` only."""
