@@ -73,6 +73,8 @@ class Timing:
     runnable_timeout: float = 20.0
     #: The anti-entropy resync of events mode (the product's 600 s, compressed).
     events_resync_interval: float = 8.0
+    #: How often polling describes a running task (the product's 30 s, compressed).
+    running_describe_interval: float = 2.0
     #: How often the modelled scheduler heartbeats its executors.
     heartbeat: float = 0.5
 
@@ -100,6 +102,7 @@ class Timing:
             "BACKOFF_MAX": self.backoff_max,
             "MISSING_GRACE": self.missing_grace,
             "EVENTS_RESYNC_INTERVAL": self.events_resync_interval,
+            "RUNNING_DESCRIBE_INTERVAL": self.running_describe_interval,
         }
         batch = {"LOOKUP_DELAY": self.lookup_delay, "RUNNABLE_TIMEOUT": self.runnable_timeout}
         return {

@@ -32,6 +32,7 @@ from aws_reconciler.reconciler.plan import (
     launch_without_token,
     plan,
     requeue_after,
+    to_describe,
 )
 from aws_reconciler.store.records import TaskRecord
 
@@ -925,3 +926,28 @@ def test_a_token_that_cannot_be_put_back(lost: bool, effect: Effect, phase: Phas
     assert (t.effect, t.changes["phase"]) == (effect, phase)
     if not lost:
         assert (t.retry, t.changes["attempt"]) == (Retry.CREDENTIALS, 0), "the key, not the task, is at fault"
+
+
+# ---- which tasks a polling cycle describes ------------------------------------------------------
+
+RUNNING_ROW = launched("r1", phase=Phase.RUNNING, arn="arn-1")
+
+
+@pytest.mark.parametrize(
+    ("row_", "looked", "described"),
+    [
+        pytest.param(RUNNING_ROW, None, True, id="never described: now"),
+        pytest.param(RUNNING_ROW, 10, False, id="running, described 10 s ago: not yet"),
+        pytest.param(RUNNING_ROW, 30, True, id="running, described 30 s ago: again"),
+        pytest.param(launched("r1", arn="arn-1"), 1, True, id="starting: every cycle"),
+        pytest.param(launched("r1", phase=Phase.STOPPING, arn="arn-1"), 1, True, id="being stopped: every cycle"),
+        pytest.param(replace(RUNNING_ROW, desired=Desired.STOPPED), 1, True, id="revoked: every cycle"),
+        pytest.param(replace(RUNNING_ROW, superseded_at=ago(1)), 1, True, id="superseded: every cycle"),
+        pytest.param(row("r1"), None, False, id="no task yet"),
+    ],
+)
+def test_to_describe(row_: TaskRecord, looked: float | None, described: bool) -> None:
+    looked_at = {} if looked is None else {"arn-1": ago(looked)}
+    assert bool(to_describe([row_], looked_at=looked_at, now=NOW, interval=30)) is described
+    # Interval 0 (and a resync) describes every task there is.
+    assert bool(to_describe([row_], looked_at=looked_at, now=NOW, interval=0)) is bool(row_.external_id)

@@ -943,3 +943,25 @@ def test_a_stop_aws_refuses_is_one_warning_and_is_sent_again(world: World, caplo
     assert engine.reconcile().stats.stopped == 1
     assert w.row(record_id).phase is Phase.STOPPING
     assert w.stop_calls() == w.on.stops(waiting=2)
+
+
+@polling_only()
+def test_polling_describes_a_running_task_only_every_running_describe_interval(world: World) -> None:
+    """A task that runs as wanted is described every running_describe_interval, not every cycle;
+    its end is noticed by the next look."""
+    w = world.configure(AIRFLOW__AWS_RECONCILER__RUNNING_DESCRIBE_INTERVAL="30")
+    engine = w.engine()
+    ids = w.add(3)
+    engine.reconcile()
+    for record_id in ids:
+        w.set_running(w.external_id(record_id))
+    engine.reconcile()
+    assert {w.row(r).phase for r in ids} == {Phase.RUNNING}
+    w.set_exited(w.external_id(ids[0]), 0)
+    before = w.calls("describe")
+    w.clock.advance(5)
+    engine.reconcile()
+    assert w.calls("describe") == before and w.row(ids[0]).phase is Phase.RUNNING
+    w.clock.advance(25)
+    engine.reconcile()
+    assert w.calls("describe") > before and w.row(ids[0]).phase is Phase.SUCCEEDED

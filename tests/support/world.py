@@ -814,7 +814,12 @@ def open_world(
     discoveries (``resync_interval``: see :meth:`World.engine`)."""
     sandbox.reset()
     aws = adapter.bootstrap(sandbox)
-    base_env = {**{k: v for k, v in aws.items() if k.startswith("AIRFLOW__")}, **(env or {})}
+    # A scenario's running tasks are looked at every cycle unless it tests the spacing of looks.
+    base_env = {
+        "AIRFLOW__AWS_RECONCILER__RUNNING_DESCRIBE_INTERVAL": "0",
+        **{k: v for k, v in aws.items() if k.startswith("AIRFLOW__")},
+        **(env or {}),
+    }
     if observation == "events":
         base_env.update(adapter.observe_by_events(sandbox, aws))
     db = migrated_store(store_url)

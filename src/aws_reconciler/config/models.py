@@ -152,6 +152,17 @@ class CoreSettings(SectionSettings):
         gt=0,
         description="Seconds between full discoveries (ListTasks by startedBy) to find orphans and lost launches.",
     )
+    running_describe_interval: float = Field(
+        30.0,
+        ge=0,
+        description=(
+            "Seconds between describes of a task that runs (observation = poll): starting, stopping and "
+            "unwanted tasks are described every cycle, a running one only this often, so a steady cycle "
+            "describes a fraction of the tasks. A task reports its own state to Airflow through the Execution "
+            "API at once; this bounds how late a container that ended is noticed (and its executor slot "
+            "freed). 0 describes every task every cycle."
+        ),
+    )
     events_resync_interval: float = Field(
         600.0,
         gt=0,

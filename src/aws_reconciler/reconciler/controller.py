@@ -27,7 +27,7 @@ from ..store.sealing import TokenSealer
 from ..store.tasks import TaskStore
 from .effector import DatabaseTime, Effector, Tally
 from .events import EventFeed, Verdict, freshest, resync_drift, sort_events
-from .plan import ControllerSettings, Plan, plan, requeue_after
+from .plan import ControllerSettings, Plan, plan, requeue_after, to_describe
 from .result import Result
 
 __all__ = ["Controller", "ControllerSettings"]
@@ -89,6 +89,8 @@ class Controller:
         self._orphans: dict[str, datetime] = {}
         self._last_discovery: datetime | None = None
         self._events_taken: list[tuple[str, Observation]] = []
+        # When each task was last described (this process's memory: a restart describes all once).
+        self._looked_at: dict[str, datetime] = {}
 
     def start(self, *, wake: Callable[[], None]) -> None:
         """Start receiving events in the background (events mode), waking the loop when they come."""
@@ -205,11 +207,21 @@ class Controller:
         age = 0.0 if oldest is None else max(0.0, (now - oldest).total_seconds())
         self.metrics.oldest_pending.labels(self._kind).set(age)
 
-    def _observe(self, rows: list[TaskRecord]) -> Observed:
-        targets = {r.external_id: r.target for r in rows if r.external_id and r.phase.on_aws}
+    def _observe(self, rows: list[TaskRecord], *, everything: bool = False) -> Observed:
+        """Describe the rows' tasks: all of them (``everything``: a resync), or those
+        :func:`~.plan.to_describe` says are due for a look."""
+        now = self.clock()
+        interval = 0.0 if everything else self.settings.running_describe_interval
+        targets = to_describe(rows, looked_at=self._looked_at, now=now, interval=interval)
+        if len(self._looked_at) > 2 * len(rows) + 1000:
+            # Forget the tasks of rows that ended (their ids never come back).
+            open_ids = {r.external_id for r in rows if r.external_id}
+            self._looked_at = {k: v for k, v in self._looked_at.items() if k in open_ids}
         if not targets:
             return Observed({})
         observed = self.backend.observe(targets=targets)
+        for external_id in observed.observations:
+            self._looked_at[external_id] = now
         if observed.errors:
             log.warning(
                 "%s: %d describe call(s) failed (%s); their tasks are looked at next cycle",
@@ -261,7 +273,7 @@ class Controller:
         verdicts.update(decided.verdicts)
         observations = decided.observations
         if resync:
-            described = self._observe(rows)
+            described = self._observe(rows, everything=True)
             errors.extend(described.errors)
             drift = resync_drift(
                 rows,

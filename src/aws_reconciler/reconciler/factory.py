@@ -49,6 +49,7 @@ def controller_settings(settings: Settings, backend: Backend = Backend.ECS) -> C
         # A margin over a quarter of the token's lifetime would leave a short task_queued_timeout
         # no time to launch at all.
         token_margin=min(core.token_margin, settings.task_queued_timeout / 4),
+        running_describe_interval=core.running_describe_interval,
         events_resync_interval=(
             core.events_resync_interval
             if descriptor_for(backend).settings_of(settings).observation == "events"

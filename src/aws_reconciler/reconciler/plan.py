@@ -80,6 +80,8 @@ class ControllerSettings:
     #: Seconds between discoveries and full describes when observing by events (None: polling,
     #: and ``resync_interval`` is the period). Stops are resent every ``resync_interval`` either way.
     events_resync_interval: float | None = None
+    #: Polling, a running task wanted as it is is described only this often (0: every cycle).
+    running_describe_interval: float = 0.0
 
 
 class Effect(Enum):
@@ -232,6 +234,25 @@ def plan(
         orphans=found,
         new_orphans=new,
     )
+
+
+def to_describe(
+    rows: Sequence[TaskRecord], *, looked_at: Mapping[str, datetime], now: datetime, interval: float
+) -> dict[str, str | None]:
+    """The tasks a polling cycle describes (external id -> target): every task of a row that is
+    starting, being stopped or no longer wanted, and a running one once ``interval`` seconds
+    have passed since it was last described (``looked_at``): a task that runs as wanted only has
+    its end left to tell, and Airflow hears of that from the task itself."""
+    targets: dict[str, str | None] = {}
+    for row in rows:
+        if not row.external_id or not row.phase.on_aws:
+            continue
+        steady = row.phase is Phase.RUNNING and row.desired is Desired.RUNNING and row.superseded_at is None
+        last = looked_at.get(row.external_id)
+        if steady and last is not None and (now - last).total_seconds() < interval:
+            continue
+        targets[row.external_id] = row.target
+    return targets
 
 
 def requeue_after(

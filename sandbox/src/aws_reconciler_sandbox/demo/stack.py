@@ -394,6 +394,8 @@ class DemoStack:
             "AIRFLOW__AWS_RECONCILER__DEPLOYMENT": DEPLOYMENT,
             "AIRFLOW__AWS_RECONCILER__RECONCILE_INTERVAL": str(self.options.reconcile_interval),
             "AIRFLOW__AWS_RECONCILER__RESYNC_INTERVAL": str(self.options.resync_interval),
+            # A running task's end noticed within a few seconds, as the demo's other timings are compressed.
+            "AIRFLOW__AWS_RECONCILER__RUNNING_DESCRIBE_INTERVAL": "3",
             "AIRFLOW__AWS_RECONCILER__ORPHAN_GRACE": str(self.options.orphan_grace),
             # A killed reconciler's lease expires quickly, so a restarted one takes over in seconds.
             "AIRFLOW__AWS_RECONCILER__LEASE_DURATION": "6",
