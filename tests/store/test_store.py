@@ -376,6 +376,32 @@ def test_a_newer_queueing_by_the_same_scheduler_needs_no_report(store: TaskStore
     assert store.finished_unreported(owner="1", backend=Backend.ECS) == []
 
 
+def test_one_large_queueing_supersedes_exactly_the_older_rows_of_its_keys(store: TaskStore) -> None:
+    """More rows than one statement's placeholders used to allow, in one call: a retried row
+    and the new rows themselves are left alone, and who must be told depends on the owner."""
+    theirs = [new_task(owner="A") for _ in range(300)]
+    ours = [new_task(owner="1") for _ in range(300)]
+    retried = new_task(owner="1")
+    store.add([*theirs, *ours, retried])
+    requeued = [new_task(owner="1", key=t.key) for t in [*theirs, *ours]]
+    fresh = [new_task(owner="1") for _ in range(600)]
+    # The retried row comes again (its commit's answer was lost), with a newer queueing of its key.
+    again = new_task(owner="1", key=retried.key)
+    assert store.add([*requeued, retried, again, *fresh]) == []
+
+    rows = {r.id: r for r in (store.get(t.id) for t in [*theirs, *ours, retried, again, *requeued, *fresh]) if r}
+    for t in theirs:
+        assert rows[t.id].superseded_at is not None and rows[t.id].desired is Desired.STOPPED
+        assert rows[t.id].reported_at is None, "scheduler A must still see it"
+    for t in ours:
+        assert rows[t.id].superseded_at is not None and rows[t.id].reported_at is not None
+    for t in [*requeued, again, *fresh]:
+        assert rows[t.id].superseded_at is None and rows[t.id].desired is Desired.RUNNING
+    # A row of the call itself is never superseded by it, not even by a newer row of its key.
+    assert rows[retried.id].superseded_at is None and rows[retried.id].desired is Desired.RUNNING
+    assert len(store.open_tasks(backend=Backend.ECS)) == len(rows)
+
+
 def test_mark_reported_marks_only_rows_the_caller_still_owns(store: TaskStore) -> None:
     """A slow scheduler A read a finished row; scheduler B adopted it before A marked it."""
     t = new_task(owner="A")

@@ -20,12 +20,19 @@ MERGE_LISTS_BY: dict[str, str] = {
 
 
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    """Recursively merge ``override`` into a copy of ``base``; see :data:`MERGE_LISTS_BY`."""
-    merged = copy.deepcopy(dict(base))
+    """Recursively merge ``override`` into a copy of ``base``; see :data:`MERGE_LISTS_BY`.
+
+    The result shares nothing with either input: each is copied once, as it is merged.
+    """
+    return _merge_into(copy.deepcopy(dict(base)), override)
+
+
+def _merge_into(merged: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    # ``merged`` is this merge's own copy already: changed in place, never copied again.
     for key, value in override.items():
         current = merged.get(key)
         if isinstance(current, Mapping) and isinstance(value, Mapping):
-            merged[key] = deep_merge(current, value)
+            merged[key] = _merge_into(dict(current), value)
         elif key in MERGE_LISTS_BY and isinstance(current, list) and isinstance(value, list):
             merged[key] = _merge_named(current, value, MERGE_LISTS_BY[key])
         else:
@@ -34,14 +41,28 @@ def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str
 
 
 def _merge_named(base: list[Any], override: list[Any], field: str) -> list[Any]:
-    result = copy.deepcopy(base)
+    result = list(base)
     index = {item.get(field): i for i, item in enumerate(result) if isinstance(item, Mapping)}
     for item in override:
         name = item.get(field) if isinstance(item, Mapping) else None
         if name is not None and name in index:
-            result[index[name]] = deep_merge(result[index[name]], item)
+            result[index[name]] = _merge_into(dict(result[index[name]]), item)
         else:
             if name is not None:
                 index[name] = len(result)
             result.append(copy.deepcopy(item))
     return result
+
+
+def clone(value: Any) -> Any:
+    """A copy of request data that shares no dict, list or tuple with ``value``; anything else
+    is shared (a request holds only strings, numbers, booleans and None besides). Several times
+    faster than :func:`copy.deepcopy`: it runs for every task queued."""
+    kind = type(value)
+    if kind is dict:
+        return {k: clone(v) for k, v in value.items()}
+    if kind is list:
+        return [clone(v) for v in value]
+    if kind is tuple:
+        return tuple(clone(v) for v in value)
+    return value

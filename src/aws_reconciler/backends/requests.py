@@ -8,10 +8,13 @@ checks whose logic is the same for RunTask and SubmitJob.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+import pickle
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import botocore.session
 from botocore.model import StructureShape
@@ -20,6 +23,8 @@ from botocore.validate import ParamValidator
 from ..config import ConfigError
 from ..config.models import BackendSettings
 from .tags import IDENTITY_TAGS
+
+T = TypeVar("T")
 
 
 class InvalidExecutorConfig(ValueError):
@@ -158,3 +163,93 @@ def first_key(report: str) -> str:
             rest = report.split(marker, 1)[1]
             return rest.split(",", 1)[0].split(":", 1)[0].strip().strip('"')
     return "executor_config"
+
+
+class RequestTemplates(Generic[T]):
+    """Each distinct request template (``T``) a backend's builder resolves: what the request is
+    before a task's own fields (record id, command, identity tags), by settings section,
+    deployment, team and ``executor_config``.
+
+    The checks, the merge and botocore's validation then run once per distinct
+    ``executor_config``, not once per task: queueing 1000 tasks of one DAG costs one of them,
+    and each task only copies the template and fills in its fields. A small LRU of ``maxsize``
+    templates, safe across threads. Templates are kept by the ``executor_config``'s value (each
+    task instance has its own copy of it); a task whose config does not pickle is resolved on
+    its own, as every task was before.
+    """
+
+    def __init__(self, maxsize: int = 64) -> None:
+        self._maxsize = maxsize
+        # key -> (the section it was resolved from, the template); the section is kept so that
+        # its id() in the key cannot be reused by another object while the entry lives.
+        self._entries: OrderedDict[Hashable, tuple[object, T]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def build(
+        self,
+        section: object,
+        *,
+        deployment: str,
+        team: str | None,
+        executor_config: Any,
+        resolve: Callable[[], T],
+        fill: Callable[[T], dict[str, Any]],
+        validate: Callable[[dict[str, Any]], None],
+        finish: Callable[[dict[str, Any]], None],
+        plain: bool,
+    ) -> dict[str, Any]:
+        """One task's request: ``fill(template)``, then ``finish`` (the checks of the task's own
+        request, e.g. its size), with the template resolved and ``validate``-d on first use.
+
+        ``plain``: the task's own fields are strings, which botocore's model accepts wherever
+        the template puts them, so ``validate`` need not run for it again; a task whose fields
+        are anything else is validated whole, as its first task was.
+        """
+        key = _template_key(section, deployment, team, executor_config)
+        template = self._get(key, section) if key is not None else None
+        fresh = template is None
+        if template is None:
+            template = resolve()
+        request = fill(template)
+        if fresh or not plain:
+            validate(request)
+        if fresh and key is not None:
+            self._put(key, section, template)
+        finish(request)
+        return request
+
+    def clear(self) -> None:
+        """Forget every template."""
+        with self._lock:
+            self._entries.clear()
+
+    def _get(self, key: Hashable, section: object) -> T | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None or entry[0] is not section:
+                return None
+            self._entries.move_to_end(key)
+            return entry[1]
+
+    def _put(self, key: Hashable, section: object, template: T) -> None:
+        with self._lock:
+            self._entries[key] = (section, template)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self._maxsize:
+                self._entries.popitem(last=False)
+
+
+def plain_fields(record_id: Any, command: Sequence[Any]) -> bool:
+    """A task's own request fields are strings (see :meth:`RequestTemplates.build`)."""
+    return isinstance(record_id, str) and all(isinstance(part, str) for part in command)
+
+
+def _template_key(section: object, deployment: str, team: str | None, executor_config: Any) -> Hashable | None:
+    # The pickle stands for the config's value, types included (1, 1.0 and True are equal in
+    # Python, not to botocore; a tuple is not a list) and keys in their order; an equal config
+    # in another object pickles the same. A config that does not pickle is not kept.
+    try:
+        config = pickle.dumps(executor_config, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        return None
+    return (id(section), deployment, team, config)

@@ -27,7 +27,7 @@ from airflow.observability.stats import Stats
 from ..backends.descriptor import BackendDescriptor, LogLocation, LogSubject, LogsUnavailable
 from ..backends.requests import InvalidExecutorConfig
 from ..config import ConfigError, Settings, load_settings
-from ..model import Backend, Phase, WorkloadKind, redact_tokens
+from ..model import Backend, Phase, TiKey, WorkloadKind, redact_tokens
 from ..store.database import create_store_engine
 from ..store.migrate import check_schema, migrate
 from ..store.queries import TaskQueries
@@ -181,11 +181,13 @@ class ReconcilerExecutor(BaseExecutor):
 
         return redact_url(self.settings.store_url)
 
-    def build_spec(self, *, record_id: str, workload: Any) -> tuple[dict[str, Any], str | None]:
+    def build_spec(
+        self, *, record_id: str, workload: Any, key: TiKey | None = None
+    ) -> tuple[dict[str, Any], str | None]:
         """The resolved AWS request and its target (cluster / job queue); raises :class:`SpecError`.
 
         Only a task has an ``executor_config``; a callback or connection test runs with the
-        configured request as it is.
+        configured request as it is. ``key``: the workload's stored key, when the caller has it.
         """
         ti = getattr(workload, "ti", None)
         try:
@@ -193,7 +195,7 @@ class ReconcilerExecutor(BaseExecutor):
                 self.descriptor.settings_of(self.settings),
                 deployment=self.settings.core.deployment,
                 record_id=record_id,
-                key=stored_key(workload, record_id),
+                key=key if key is not None else stored_key(workload, record_id),
                 command=workload_command(workload),
                 executor_config=ti.executor_config if ti is not None else None,
                 team=self.settings.team,
@@ -212,6 +214,7 @@ class ReconcilerExecutor(BaseExecutor):
         tries again (the insert is idempotent, so a commit whose answer was lost is no harm).
         """
         rows: list[NewTask] = []
+        owner = self.owner
         for workload in workload_items:
             kind = workload_kind(workload)
             key = _workload_key(workload, kind)
@@ -220,10 +223,12 @@ class ReconcilerExecutor(BaseExecutor):
                 # Airflow < 3.3 does not pre-assign an id: make one and tell the scheduler.
                 record_id = str(uuid.uuid4())
                 self.queued(key, info=record_id)
+            stored = stored_key(workload, record_id)
+            token = getattr(workload, "token", None)
             try:
-                spec, target = self.build_spec(record_id=record_id, workload=workload)
+                spec, target = self.build_spec(record_id=record_id, workload=workload, key=stored)
                 # The token goes into a column of its own, sealed; the stored request keeps a placeholder.
-                spec, sealed_token = self.token_sealer.seal_request(spec, getattr(workload, "token", None))
+                spec, sealed_token = self.token_sealer.seal_request(spec, token)
                 phase, reason = Phase.PENDING, None
             except (SpecError, ConfigError, ValueError) as exc:
                 spec, target, phase, reason, sealed_token = None, None, Phase.FAILED, str(exc), None
@@ -232,14 +237,14 @@ class ReconcilerExecutor(BaseExecutor):
                 NewTask(
                     id=record_id,
                     backend=self.backend,
-                    owner=self.owner,
-                    key=stored_key(workload, record_id),
+                    owner=owner,
+                    key=stored,
                     queue=workload.ti.queue if kind is WorkloadKind.TASK else getattr(workload, "queue", None),
                     target=target,
                     spec=spec,
                     phase=phase,
                     status_reason=reason,
-                    token_expires_at=token_expiry(getattr(workload, "token", None)),
+                    token_expires_at=token_expiry(token),
                     kind=kind,
                     log_path=getattr(workload, "log_path", None) if kind is WorkloadKind.TASK else None,
                     workload_token=sealed_token,

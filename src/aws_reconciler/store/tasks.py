@@ -7,6 +7,7 @@ phase and attempt, so concurrent writers never lose each other's updates.
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Sequence
 from contextlib import AbstractContextManager
@@ -14,6 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Engine, RowMapping
 
 from ..model import Backend, Clock, Desired, Phase, TiKey, WorkloadKind, utcnow
@@ -22,7 +24,7 @@ from .lease import Fence
 from .notify import notify
 from .records import NewTask, Report, TaskRecord
 from .sealing import LaunchRequest
-from .tables import TERMINAL_PHASES, UNREPORTED_PREDICATE, task
+from .tables import MYSQL_DIALECTS, TERMINAL_PHASES, UNREPORTED_PREDICATE, task
 
 # Everything but the request and its token: rows are read often, those two only to launch.
 _LIGHT_COLUMNS = [c for c in task.c if c.name not in ("spec", "workload_token")]
@@ -72,6 +74,40 @@ def _record(row: RowMapping) -> TaskRecord:
     )
 
 
+_KEY_NAMES = ("dag_id", "task_id", "run_id", "map_index", "try_number")
+
+
+def _among(column: sa.ColumnElement[str], ids: Sequence[str], dialect: str) -> sa.ColumnElement[bool]:
+    """``column IN ids``, with the list as ONE bound value where the database takes one: an
+    array on PostgreSQL, a JSON array on SQLite.
+
+    The statement's text then stays the same whatever the batch, so SQLAlchemy's compiled cache,
+    the driver's parsed-query cache and PostgreSQL's prepared statements serve every call; a
+    list of placeholders would be rendered, parsed and planned again each time (and chunked
+    under the databases' parameter limits). PyMySQL interpolates every value on the client
+    anyway: there, a plain ``IN`` list.
+    """
+    if dialect == "postgresql":
+        return column == sa.any_(sa.bindparam(None, list(ids), type_=postgresql.ARRAY(sa.String)))
+    if dialect == "sqlite":
+        return column.in_(_json_values(ids))
+    return column.in_(list(ids))
+
+
+def _not_among(column: sa.ColumnElement[str], ids: Sequence[str], dialect: str) -> sa.ColumnElement[bool]:
+    """``column NOT IN ids``, bound as :func:`_among` binds it."""
+    if dialect == "postgresql":
+        return column != sa.all_(sa.bindparam(None, list(ids), type_=postgresql.ARRAY(sa.String)))
+    if dialect == "sqlite":
+        return column.not_in(_json_values(ids))
+    return column.not_in(list(ids))
+
+
+def _json_values(ids: Sequence[str]) -> sa.Select[Any]:
+    values = sa.func.json_each(sa.bindparam(None, json.dumps(list(ids)), type_=sa.String)).table_valued("value")
+    return sa.select(values.c.value)
+
+
 def _key_columns() -> sa.Tuple:
     return sa.tuple_(task.c.dag_id, task.c.task_id, task.c.run_id, task.c.map_index, task.c.try_number)
 
@@ -117,51 +153,74 @@ class TaskStore:
         now = self.clock()
         ids = [t.id for t in tasks]
         with self.engine.begin() as conn:
+            dialect = conn.dialect.name
             stored: dict[str, tuple[str, TiKey, str | None]] = {}
-            for chunk in _chunks(ids):
-                for row in conn.execute(
-                    sa.select(
-                        task.c.id,
-                        task.c.backend,
-                        task.c.dag_id,
-                        task.c.task_id,
-                        task.c.run_id,
-                        task.c.map_index,
-                        task.c.try_number,
-                        task.c.team,
-                    ).where(task.c.id.in_(chunk))
-                ).mappings():
-                    key = TiKey(row["dag_id"], row["task_id"], row["run_id"], row["map_index"], row["try_number"])
-                    stored[row["id"]] = (row["backend"], key, row["team"])
+            for row in conn.execute(
+                sa.select(
+                    task.c.id,
+                    task.c.backend,
+                    task.c.dag_id,
+                    task.c.task_id,
+                    task.c.run_id,
+                    task.c.map_index,
+                    task.c.try_number,
+                    task.c.team,
+                ).where(_among(task.c.id, ids, dialect))
+            ).mappings():
+                key = TiKey(row["dag_id"], row["task_id"], row["run_id"], row["map_index"], row["try_number"])
+                stored[row["id"]] = (row["backend"], key, row["team"])
             conflicts = [t.id for t in tasks if t.id in stored and stored[t.id] != (t.backend.value, t.key, self.team)]
             new = [t for t in tasks if t.id not in stored]
-            keys_by_owner: dict[str | None, list[tuple[str, str, str, int, int]]] = defaultdict(list)
-            for t in new:
-                keys_by_owner[t.owner].append(t.key.as_tuple())
-            for owner, keys in keys_by_owner.items():
-                for chunk in _chunks(keys):
-                    conn.execute(
-                        task.update()
-                        .where(
-                            _key_columns().in_(chunk),
-                            task.c.id.not_in(ids),
-                            task.c.reported_at.is_(None),
-                            task.c.superseded_at.is_(None),
-                            self._scope,
-                        )
-                        .values(
-                            desired=Desired.STOPPED.value,
-                            superseded_at=now,
-                            # The same scheduler tracks the key for the new queueing already:
-                            # nothing to tell it. Another one must see the flag to free its slot.
-                            reported_at=sa.case((task.c.owner == owner, now), else_=None),
-                            updated_at=now,
-                        )
-                    )
             if new:
                 conn.execute(task.insert(), [self._insert_values(t, now) for t in new])
+            new_ids_by_owner: dict[str | None, list[str]] = defaultdict(list)
+            for t in new:
+                new_ids_by_owner[t.owner].append(t.id)
+            for owner, new_ids in new_ids_by_owner.items():
+                self._supersede(conn, owner=owner, new_ids=new_ids, batch_ids=ids, now=now)
             notify(conn)
         return conflicts
+
+    def _supersede(
+        self, conn: Connection, *, owner: str | None, new_ids: Sequence[str], batch_ids: Sequence[str], now: datetime
+    ) -> None:
+        """Supersede the older rows of the keys of ``new_ids``, rows this transaction inserted.
+
+        Joined against those rows, the statements carry ids, not keys, and each list of ids as
+        one bound value where the database takes one (:func:`_among`).
+        """
+        dialect = conn.dialect.name
+        queued = task.alias("queued")
+        if dialect == "sqlite":
+            # One expression that no index serves: SQLite would otherwise walk the reported_at
+            # index (every open row) rather than the TI key's. PostgreSQL plans the two terms
+            # better (its estimate of the expression makes it scan the whole table).
+            unreported = [sa.func.coalesce(task.c.reported_at, task.c.superseded_at).is_(None)]
+        else:
+            unreported = [task.c.reported_at.is_(None), task.c.superseded_at.is_(None)]
+        still_wanted = [_not_among(task.c.id, batch_ids, dialect), *unreported, self._scope]
+        values = {
+            "desired": Desired.STOPPED.value,
+            "superseded_at": now,
+            # The same scheduler tracks the key for the new queueing already: nothing to tell
+            # it. Another one must see the flag to free its slot.
+            "reported_at": sa.case((task.c.owner == owner, now), else_=None),
+            "updated_at": now,
+        }
+        if dialect in MYSQL_DIALECTS:
+            # MySQL refuses a subquery of the table an UPDATE writes, and a multiple-table UPDATE
+            # locks each row it reads of the table it writes: on a small table the optimizer
+            # reads them all, other schedulers' uncommitted rows too, and two schedulers
+            # deadlock. So the older rows are read first, without locks, then updated by id.
+            # Like PostgreSQL's UPDATE, that misses an older row not committed yet.
+            same_key = sa.and_(*(task.c[name] == queued.c[name] for name in _KEY_NAMES))
+            older = sa.select(task.c.id).select_from(task.join(queued, same_key))
+            older_ids = list(conn.execute(older.where(_among(queued.c.id, new_ids, dialect), *still_wanted)).scalars())
+            if older_ids:
+                conn.execute(task.update().where(task.c.id.in_(older_ids), *still_wanted).values(**values))
+            return
+        keys = sa.select(*(queued.c[name] for name in _KEY_NAMES)).where(_among(queued.c.id, new_ids, dialect))
+        conn.execute(task.update().where(_key_columns().in_(keys), *still_wanted).values(**values))
 
     def _insert_values(self, t: NewTask, now: datetime) -> dict[str, Any]:
         return {

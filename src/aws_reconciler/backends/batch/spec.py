@@ -10,20 +10,23 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from botocore.model import StructureShape
 
 from ...config.models import BatchSettings
 from ...model import TiKey
-from ..merge import deep_merge
+from ..merge import clone, deep_merge
 from ..requests import (
     InvalidExecutorConfig,
+    RequestTemplates,
     TaskConfigRules,
     check_command_not_overridden,
     check_no_identity_tags,
     check_size,
     input_shape,
+    plain_fields,
     validate,
 )
 from ..tags import identity_tags
@@ -55,6 +58,8 @@ TASK_CONFIG = TaskConfigRules(
     reserved=RESERVED_KEYS,
     settings_option="submit_job_kwargs",
 )
+#: The resolved requests of this process's distinct executor_configs.
+TEMPLATES: RequestTemplates[SubmitJobTemplate] = RequestTemplates()
 _NAME_SAFE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # What the lookup before a submit needs to fill in; any valid name of the same length would do.
 _PLACEHOLDER_ID = "0" * 36
@@ -106,27 +111,72 @@ def build_submit_job_request(
     team: str | None = None,
 ) -> dict[str, Any]:
     """The full SubmitJob request (without ``jobName``) or :class:`InvalidExecutorConfig`;
-    ``team``: the Airflow team whose executor queued it (tagged for its reconciler)."""
+    ``team``: the Airflow team whose executor queued it (tagged for its reconciler).
+
+    What depends on the ``executor_config`` alone is checked, merged and validated once per
+    distinct one (see :class:`~aws_reconciler.backends.requests.RequestTemplates`).
+    """
+    command = list(command)
+    return TEMPLATES.build(
+        batch,
+        deployment=deployment,
+        team=team,
+        executor_config=executor_config,
+        resolve=lambda: _resolve(batch, executor_config),
+        fill=lambda template: template.fill(
+            deployment=deployment, record_id=record_id, key=key, command=command, team=team
+        ),
+        validate=lambda request: validate(_as_sent(request), submit_job_shape()),
+        finish=_check_payload_size,
+        plain=plain_fields(record_id, command),
+    )
+
+
+@dataclass(frozen=True)
+class SubmitJobTemplate:
+    """A SubmitJob request resolved from the settings and one ``executor_config``, but for the
+    task's command and tags. Never handed out: :meth:`fill` returns a copy."""
+
+    request: dict[str, Any]
+    # The tags the settings and executor_config set (identity tags win).
+    user_tags: Mapping[str, Any]
+
+    def fill(
+        self, *, deployment: str, record_id: str, key: TiKey, command: list[str], team: str | None
+    ) -> dict[str, Any]:
+        """The request of one task."""
+        request: dict[str, Any] = clone(self.request)
+        request["containerOverrides"]["command"] = list(command)
+        request["tags"] = {
+            **self.user_tags,
+            **identity_tags(deployment=deployment, record_id=record_id, key=key, team=team),
+        }
+        if len(request["tags"]) > MAX_TAGS:
+            raise InvalidExecutorConfig("tags", f"{len(request['tags'])} tags, over AWS's limit of {MAX_TAGS}")
+        return request
+
+
+def _resolve(batch: BatchSettings, executor_config: Any) -> SubmitJobTemplate:
     overrides = _check_executor_config(executor_config, batch)
     request = deep_merge(base_request(batch), overrides)
     container = request.setdefault("containerOverrides", {})
     if not isinstance(container, dict):
         raise InvalidExecutorConfig("containerOverrides", "must be a dict of container overrides")
-    container["command"] = list(command)
     _check_environment(container.get("environment"))
-
     user_tags = request.get("tags") or {}
     if not isinstance(user_tags, Mapping):
         raise InvalidExecutorConfig("tags", "Batch tags are a dict of key: value")
-    request["tags"] = {**user_tags, **identity_tags(deployment=deployment, record_id=record_id, key=key, team=team)}
-    if len(request["tags"]) > MAX_TAGS:
-        raise InvalidExecutorConfig("tags", f"{len(request['tags'])} tags, over AWS's limit of {MAX_TAGS}")
+    return SubmitJobTemplate(request=request, user_tags=user_tags)
 
+
+def _as_sent(request: dict[str, Any]) -> dict[str, Any]:
     # Validated as it will be sent; the name stands in for the per-attempt one of the same length.
-    candidate = {**request, "jobName": job_name(_PLACEHOLDER_ID, 1)}
-    validate(candidate, submit_job_shape())
-    check_size(candidate, limit=MAX_PAYLOAD_BYTES, key="containerOverrides", what="the SubmitJob request", encode=True)
-    return request
+    return {**request, "jobName": job_name(_PLACEHOLDER_ID, 1)}
+
+
+def _check_payload_size(request: dict[str, Any]) -> None:
+    what = "the SubmitJob request"
+    check_size(_as_sent(request), limit=MAX_PAYLOAD_BYTES, key="containerOverrides", what=what, encode=True)
 
 
 def _check_executor_config(executor_config: Any, batch: BatchSettings) -> dict[str, Any]:

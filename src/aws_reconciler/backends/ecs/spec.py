@@ -8,19 +8,22 @@ reconciler later only adds the per-attempt ``clientToken``.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from botocore.model import StructureShape
 
 from ...config.models import EcsSettings
 from ...model import TiKey
-from ..merge import deep_merge
+from ..merge import clone, deep_merge
 from ..requests import (
+    RequestTemplates,
     TaskConfigRules,
     check_command_not_overridden,
     check_no_identity_tags,
     check_size,
     input_shape,
+    plain_fields,
     validate,
 )
 from ..tags import identity_tags
@@ -36,6 +39,8 @@ RESERVED_KEYS = {
 TASK_CONFIG = TaskConfigRules(
     service="ecs", operation="RunTask", target_key="cluster", reserved=RESERVED_KEYS, settings_option="run_task_kwargs"
 )
+#: The resolved requests of this process's distinct executor_configs.
+TEMPLATES: RequestTemplates[RunTaskTemplate] = RequestTemplates()
 
 
 def check_settings(ecs: EcsSettings) -> None:
@@ -81,7 +86,50 @@ def build_run_task_request(
     team: str | None = None,
 ) -> dict[str, Any]:
     """The full RunTask request (without ``clientToken``) or :class:`InvalidExecutorConfig`;
-    ``team``: the Airflow team whose executor queued it (tagged for its reconciler)."""
+    ``team``: the Airflow team whose executor queued it (tagged for its reconciler).
+
+    What depends on the ``executor_config`` alone is checked, merged and validated once per
+    distinct one (see :class:`~aws_reconciler.backends.requests.RequestTemplates`).
+    """
+    command = list(command)
+    return TEMPLATES.build(
+        ecs,
+        deployment=deployment,
+        team=team,
+        executor_config=executor_config,
+        resolve=lambda: _resolve(ecs, deployment, executor_config),
+        fill=lambda template: template.fill(
+            deployment=deployment, record_id=record_id, key=key, command=command, team=team
+        ),
+        validate=lambda request: validate(request, run_task_shape()),
+        finish=_check_overrides_size,
+        plain=plain_fields(record_id, command),
+    )
+
+
+@dataclass(frozen=True)
+class RunTaskTemplate:
+    """A RunTask request resolved from the settings and one ``executor_config``, but for the
+    task's command and tags. Never handed out: :meth:`fill` returns a copy."""
+
+    request: dict[str, Any]
+    # Where the container that runs the Airflow task is in overrides.containerOverrides.
+    container: int
+    # The tags the settings and executor_config set, in their order (identity tags win).
+    user_tags: dict[str, Any]
+
+    def fill(
+        self, *, deployment: str, record_id: str, key: TiKey, command: list[str], team: str | None
+    ) -> dict[str, Any]:
+        """The request of one task."""
+        request: dict[str, Any] = clone(self.request)
+        request["overrides"]["containerOverrides"][self.container]["command"] = list(command)
+        tags = {**self.user_tags, **identity_tags(deployment=deployment, record_id=record_id, key=key, team=team)}
+        request["tags"] = [{"key": k, "value": v} for k, v in tags.items()]
+        return request
+
+
+def _resolve(ecs: EcsSettings, deployment: str, executor_config: Any) -> RunTaskTemplate:
     overrides = _check_executor_config(executor_config, ecs)
     base = base_request(ecs)
     # A task choosing its own launch mode replaces the configured one rather than adding to it:
@@ -94,23 +142,21 @@ def build_run_task_request(
 
     container = ecs.container_name
     containers = request.setdefault("overrides", {}).setdefault("containerOverrides", [])
-    ours = next((c for c in containers if c.get("name") == container), None)
+    ours = next((i for i, c in enumerate(containers) if c.get("name") == container), None)
     if ours is None:
-        ours = {"name": container}
-        containers.append(ours)
-    ours["command"] = list(command)
+        ours = len(containers)
+        containers.append({"name": container})
 
     if request.get("launchType") == "EC2":
         # Invalid for EC2 and a classic source of failed launches in other executors.
         request.pop("platformVersion", None)
     request["startedBy"] = deployment
     user_tags = {t["key"]: t["value"] for t in request.get("tags", []) if isinstance(t, Mapping)}
-    tags = {**user_tags, **identity_tags(deployment=deployment, record_id=record_id, key=key, team=team)}
-    request["tags"] = [{"key": k, "value": v} for k, v in tags.items()]
+    return RunTaskTemplate(request=request, container=ours, user_tags=user_tags)
 
-    validate(request, run_task_shape())
+
+def _check_overrides_size(request: dict[str, Any]) -> None:
     check_size(request["overrides"], limit=MAX_OVERRIDES_CHARS, key="overrides", what="the RunTask overrides")
-    return request
 
 
 def _check_executor_config(executor_config: Any, ecs: EcsSettings) -> dict[str, Any]:
