@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -26,8 +26,11 @@ _TOKEN = ".".join(
 )
 
 
-def make_workloads(n: int, *, run: str) -> list[ExecuteTask]:
-    """``n`` workloads of one DAG run, each with its pre-assigned ``external_executor_id``."""
+def make_workloads(
+    n: int, *, run: str, executor_config: Callable[[int], dict[str, Any] | None] | None = None
+) -> list[ExecuteTask]:
+    """``n`` workloads of one DAG run, each with its pre-assigned ``external_executor_id``;
+    ``executor_config(i)``: the i-th task's (none when not given)."""
     run_id = f"manual__{run}"
     return [
         ExecuteTask(
@@ -45,7 +48,7 @@ def make_workloads(n: int, *, run: str) -> list[ExecuteTask]:
                 priority_weight=1,
                 context_carrier={},
                 external_executor_id=str(uuid.uuid4()),
-                executor_config=None,
+                executor_config=executor_config(i) if executor_config is not None else None,
             ),
             dag_rel_path=Path(f"{DAG_ID}.py"),
             bundle_info=BundleInfo(name="dags-folder", version=None),
