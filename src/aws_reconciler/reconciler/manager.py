@@ -55,6 +55,8 @@ class Manager:
         metrics: Metrics | None = None,
         stall_timeout: float | None = None,
         unready_after_failures: int = 3,
+        coalesce: float | None = None,
+        pause: Callable[[float], object] | None = None,
     ) -> None:
         self.engines = list(engines)
         self.metrics = metrics or Metrics()
@@ -69,6 +71,10 @@ class Manager:
         self.health = Health()
         self._monotonic = monotonic
         self._stopping = threading.Event()
+        # Wake-ups come in bursts (a NOTIFY per queueing scheduler loop, events ten at a time): one
+        # cycle starts at most this often after a wake-up, and takes the whole burst.
+        self.coalesce = coalesce if coalesce is not None else min(0.5, interval / 10)
+        self._pause = pause or self._stopping.wait
         # A standby that acquires the lease starts its first cycle at once, not a retry_period later.
         if elector.on_acquired is None:
             elector.on_acquired = waker.wake
@@ -193,8 +199,13 @@ class Manager:
             for engine in self.engines:
                 engine.start(wake=self.waker.wake)
             while not self._stopping.is_set():
+                started = self._monotonic()
                 delay = self.cycle()
-                self.waker.wait(delay)
+                if self.waker.wait(delay) and not self._stopping.is_set():
+                    gap = self.coalesce - (self._monotonic() - started)
+                    if gap > 0:
+                        self._pause(gap)
+                    self.waker.clear()
             return 0
         finally:
             for engine in self.engines:

@@ -33,6 +33,15 @@ class Waker:
         """Interrupt the current or next :meth:`wait` (used by signal handlers)."""
         self._local.set()
 
+    def clear(self) -> None:
+        """Forget the wake-ups so far: the cycle about to start covers them."""
+        self._local.clear()
+        if self._raw is not None:
+            try:
+                self._drain(self._raw)
+            except Exception:
+                self.close()
+
     def wait(self, timeout: float) -> bool:
         """Block up to ``timeout`` seconds; True when woken before it ran out."""
         if self._local.is_set():
