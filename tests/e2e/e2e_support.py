@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import urllib.request
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from aws_reconciler.backends.tags import DEPLOYMENT_TAG, ID_TAG
 from aws_reconciler_sandbox.demo.stack import (
@@ -272,3 +274,15 @@ def migrated_configuration(stack: DemoStack) -> Iterator[dict[str, str]]:
     finally:
         stack.sandbox_env = original
         restart_scheduler_and_reconciler(stack)
+
+
+def counter(url: str, name: str, **labels: str) -> float:
+    """The sum of a counter's samples (``<name>_total``) whose labels include ``labels``."""
+    with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(url, timeout=10) as response:
+        text = response.read().decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == f"{name}_total" and all(sample.labels.get(k) == v for k, v in labels.items())
+    )

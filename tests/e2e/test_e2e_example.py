@@ -21,6 +21,7 @@ from e2e_support import (
     assert_one_batch_job_per_record,
     assert_one_ecs_task_per_record,
     batch_jobs_by_record,
+    counter,
     ecs_tasks_by_record,
     migrated_configuration,
     run_outcomes,
@@ -148,6 +149,9 @@ def test_example_dag_reaches_expected_states(configured: tuple[DemoStack, dict[s
         if not tags.items() <= (launch.get("tags") or {}).items()
     ]
     assert not untagged, f"launched without the tags {tags}: {untagged}"
+    # The stack observes by events: the rows moved on AWS's events, not on describes.
+    for backend in ("ecs", "batch"):
+        assert counter(stack.metrics_url, "aws_reconciler_events_applied", backend=backend) > 0, backend
     wait_no_ecs_task_running(stack)
     assert_no_workload_token_in_the_store(stack)
 

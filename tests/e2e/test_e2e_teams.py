@@ -11,13 +11,11 @@ team's reconciler never touches another team's tasks, not even as orphans.
 from __future__ import annotations
 
 import json
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from e2e_support import RUN_TIMEOUT, ecs_tasks_by_record, never_started, running_stack, wait_rows_reported
-from prometheus_client.parser import text_string_to_metric_families
+from e2e_support import RUN_TIMEOUT, counter, ecs_tasks_by_record, never_started, running_stack, wait_rows_reported
 
 from aws_reconciler.backends.tags import TEAM_TAG
 from aws_reconciler_sandbox.demo.stack import DEPLOYMENT, DemoStack, StoreRow, reconciler_of
@@ -54,18 +52,6 @@ def healthy(stack: DemoStack) -> Iterator[DemoStack]:
         yield stack
     finally:
         stack.ensure_running()
-
-
-def counter(url: str, name: str, **labels: str) -> float:
-    """The sum of a counter's samples (``<name>_total``) whose labels include ``labels``."""
-    with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(url, timeout=10) as response:
-        text = response.read().decode()
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == f"{name}_total" and all(sample.labels.get(k) == v for k, v in labels.items())
-    )
 
 
 def only_row(stack: DemoStack, team: str, run_id: str) -> StoreRow:

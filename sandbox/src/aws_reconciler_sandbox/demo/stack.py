@@ -140,6 +140,10 @@ class StackOptions:
     #: Every team gets the deployment-wide settings as its own (Airflow's team settings do not fall
     #: back to them); ``airflow_env`` adds or overrides a team's (``AIRFLOW__<TEAM>___...``).
     teams: Mapping[str, Path] = field(default_factory=dict)
+    #: How the reconciler observes its tasks: by AWS's events (an EventBridge rule and an SQS queue
+    #: per backend, provisioned as deploy/events/ does), or by polling. A stack with teams polls:
+    #: its teams share one cluster, and one queue cannot be read by several reconcilers.
+    observation: Literal["poll", "events"] = "events"
     log: Log = _default_log
 
 
@@ -197,6 +201,8 @@ class DemoStack:
         self.metrics_port = 0
         self.team_metrics_ports: dict[str, int] = {}
         self.sandbox_env: dict[str, str] = {}
+        #: The observation settings (none: the reconciler polls).
+        self.observation_env: dict[str, str] = {}
         self.api = AirflowApi("http://127.0.0.1:0")
         self._admin_url: str | None = None
         self._database_name: str | None = None
@@ -411,6 +417,7 @@ class DemoStack:
         env.update(self._airflow_common())
         env.update(self.sandbox_env)
         env.update(self._reconciler_settings())
+        env.update(self.observation_env)
         env.update(self._team_settings())
         env.update(
             {
@@ -447,6 +454,7 @@ class DemoStack:
         env["AIRFLOW_HOME"] = str(self.airflow_home)
         env.update(self.sandbox_env)
         env.update(self._reconciler_settings())
+        env.update(self.observation_env)
         env.update(self._team_settings())
         env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = self.database_url
         # Its own free port: the default (9109) would collide between stacks and after restarts
@@ -562,6 +570,28 @@ class DemoStack:
         # Fargate needs no container instances; without a launch type moto picks EC2 and fails.
         self.sandbox_env.setdefault("AIRFLOW__AWS_RECONCILER_ECS__LAUNCH_TYPE", "FARGATE")
         self.log(f"sandbox serving at {self.sandbox_env.get('AWS_ENDPOINT_URL')}")
+        if self.options.observation == "events" and not self.options.teams:
+            self._provision_events()
+
+    def _provision_events(self) -> None:
+        """Per backend, what deploy/events/cloudformation.yaml creates, and the settings to read it."""
+        from ..events import provision_event_queue
+
+        env = self.sandbox_env
+        for backend, clusters, job_queues in (
+            ("ECS", [env["AIRFLOW__AWS_RECONCILER_ECS__CLUSTER"]], []),
+            ("BATCH", [], [env["AIRFLOW__AWS_RECONCILER_BATCH__JOB_QUEUE"]]),
+        ):
+            url = provision_event_queue(
+                endpoint_url=env["AWS_ENDPOINT_URL"],
+                region=REGION,
+                deployment=DEPLOYMENT,
+                clusters=clusters,
+                job_queues=job_queues,
+            )
+            self.observation_env[f"AIRFLOW__AWS_RECONCILER_{backend}__OBSERVATION"] = "events"
+            self.observation_env[f"AIRFLOW__AWS_RECONCILER_{backend}__EVENTS_QUEUE_URL"] = url
+        self.log("the reconciler observes by events (an EventBridge rule and an SQS queue per backend)")
 
     @property
     def metrics_url(self) -> str:
