@@ -4,7 +4,6 @@ executors), the boto3 chain and an optional assumed role on the reconciler's."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -95,15 +94,6 @@ def test_airflows_own_lookup_finds_a_connection_and_misses_an_unknown_one(monkey
 
 
 # ---- role assumption (the reconciler's role_arn; a connection's role_arn) ---------------------
-
-
-@pytest.fixture(scope="module")
-def sandbox() -> Iterator[SandboxServer]:
-    server = SandboxServer(region=REGION).start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

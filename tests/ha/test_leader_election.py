@@ -100,16 +100,6 @@ class Replica:
         return float(value)
 
 
-@pytest.fixture(scope="module")
-def sandbox() -> Iterator[SandboxServer]:
-    server = SandboxServer(region=REGION)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 @dataclass
 class World:
     """Starts replicas against one sandbox and one store."""
