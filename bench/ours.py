@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from datetime import datetime
 from pathlib import Path
 
 import sqlalchemy as sa
 
 from aws_reconciler.backends.ecs.descriptor import ECS
-from aws_reconciler.config import load_settings
+from aws_reconciler.config import Settings, load_settings
 from aws_reconciler.executor import EcsExecutor
+from aws_reconciler.metrics.definitions import Metrics
+from aws_reconciler.model import utcnow
 from aws_reconciler.reconciler.controller import Controller
-from aws_reconciler.reconciler.factory import build_backend, controller_settings
+from aws_reconciler.reconciler.factory import build_backend, controller_settings, event_feed
 from aws_reconciler.store import TaskStore, create_store_engine, migrate
 
 ECS_PREFIX = "AIRFLOW__AWS_RECONCILER_ECS__"
@@ -62,6 +65,18 @@ class StoreDb:
             query = f"SELECT count(*) FROM {self.schema}.aws_reconciler_task WHERE external_id IS NOT NULL"
             return int(conn.execute(sa.text(query)).scalar_one())
 
+    def count_phase(self, phase: str) -> int:
+        """Rows in ``phase`` (``running``, ``succeeded``...)."""
+        with self._admin.connect() as conn:
+            query = f"SELECT count(*) FROM {self.schema}.aws_reconciler_task WHERE phase = :phase"
+            return int(conn.execute(sa.text(query), {"phase": phase}).scalar_one())
+
+    def arns_by_id(self) -> dict[str, str]:
+        """Row id (the TI's ``external_executor_id``) -> task ARN, of every launched row."""
+        with self._admin.connect() as conn:
+            query = f"SELECT id, external_id FROM {self.schema}.aws_reconciler_task WHERE external_id IS NOT NULL"
+            return {str(i): str(arn) for i, arn in conn.execute(sa.text(query))}
+
     def server_version(self) -> str:
         with self._admin.connect() as conn:
             return str(conn.execute(sa.text("SHOW server_version")).scalar_one())
@@ -95,16 +110,38 @@ def dispose_executor(executor: EcsExecutor) -> None:
     executor.store.engine.dispose()
 
 
-def new_engine(world: Mapping[str, str], store_url: str, *, raised_limits: bool) -> Controller:
-    """The reconciler's engine as ``build_manager`` wires it (its own store connection and client)."""
+def settings_for(
+    world: Mapping[str, str], store_url: str, *, raised_limits: bool = False, extra: Mapping[str, str] | None = None
+) -> Settings:
+    """The reconciler's settings for one world: the shipped defaults unless raised or overridden."""
     env = environ(world, store_url)
     if raised_limits:
         env.update(RAISED_LIMITS)
-    settings = load_settings(environ=env, cfg_path=_NO_CFG)
+    env.update(extra or {})
+    return load_settings(environ=env, cfg_path=_NO_CFG)
+
+
+def new_engine(
+    world: Mapping[str, str],
+    store_url: str,
+    *,
+    raised_limits: bool,
+    extra: Mapping[str, str] | None = None,
+    clock: Callable[[], datetime] | None = None,
+) -> Controller:
+    """The reconciler's engine as ``build_manager`` wires it (its own store connection and client;
+    with ``OBSERVATION=events`` among the ``extra`` settings, its event feed). ``clock``: the
+    engine's (a simulated one steps through a resync period)."""
+    settings = settings_for(world, store_url, raised_limits=raised_limits, extra=extra)
+    backend = build_backend(ECS, settings)
+    metrics = Metrics()
     return Controller(
         store=TaskStore(create_store_engine(settings.store_url)),
-        backend=build_backend(ECS, settings),
+        backend=backend,
         settings=controller_settings(settings),
+        metrics=metrics,
+        events=event_feed(ECS, settings, backend, metrics=metrics, is_leader=lambda: True),
+        clock=clock or utcnow,
     )
 
 

@@ -38,6 +38,10 @@ PACKAGES = (
 )
 
 
+#: Every scenario ``--scenarios`` can choose (3 runs on scenario 1's tasks, so with it).
+SCENARIOS = (1, 2, 3, 5, 6)
+
+
 def _ints(text: str) -> list[int]:
     return [int(part) for part in text.split(",") if part.strip()]
 
@@ -54,12 +58,37 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--heartbeat-reps", type=int, default=15)
     parser.add_argument("--adopt-reps", type=int, default=5)
     parser.add_argument("--launch-reps", type=int, default=3)
+    parser.add_argument(
+        "--observe-n", type=_ints, default=[1000, 5000, 10000], help="running tasks for scenario 5 (poll vs events)"
+    )
+    parser.add_argument(
+        "--observe-reps",
+        type=int,
+        default=2,
+        help="simulated resync periods per mode (3x as many heartbeats), scenario 5",
+    )
+    parser.add_argument("--burst-n", type=_ints, default=[1000], help="tasks ending at once, scenario 6")
+    parser.add_argument("--burst-reps", type=int, default=2)
+    parser.add_argument(
+        "--burst-poll",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="scenario 6 by polling too (each waits up to running_describe_interval, 30 s)",
+    )
+    parser.add_argument(
+        "--scenarios", type=_ints, default=list(SCENARIOS), help="which to run (1 and 3 run together), e.g. 5,6"
+    )
     parser.add_argument("--output", type=Path, default=HERE / "results.json")
     parser.add_argument("--quick", action="store_true", help="N 100/200, 3 repetitions: a smoke run")
     args = parser.parse_args(argv)
     if args.quick:
         args.steady_n, args.adopt_n, args.launch_n, args.latency_n = [100], [100], [200], [100]
         args.heartbeat_reps, args.adopt_reps, args.launch_reps = 5, 3, 1
+        args.observe_n, args.observe_reps, args.burst_n, args.burst_reps = [200], 1, [200], 1
+        args.burst_poll = False
+    unknown = set(args.scenarios) - set(SCENARIOS)
+    if unknown:
+        parser.error(f"--scenarios: no scenario {sorted(unknown)} (there are {', '.join(map(str, SCENARIOS))})")
     return args
 
 
@@ -118,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     airflow_env.prepare()
     # Airflow (and everything importing it) only after the environment is in place.
-    from . import report, scenarios
+    from . import observation, report, scenarios
     from .ours import StoreDb
     from .sandbox import Sandbox
 
@@ -137,25 +166,54 @@ def main(argv: list[str] | None = None) -> int:
 
     steady: list[scenarios.SteadyState] = []
     launches: list[dict[str, scenarios.LaunchRun]] = []
+    observed: list[observation.Observation] = []
+    idle: dict[str, observation.Memory] = {}
+    bursts: list[observation.Burst] = []
+    drains: list[observation.Drain] = []
+    chosen = set(args.scenarios)
     db = StoreDb(args.database_url)
     try:
         info["postgresql"] = db.server_version()
         with Sandbox(args.sandbox) as sandbox:
             ctx = scenarios.Context(sandbox=sandbox, db=db, log=log)
             scenarios.warm_up(ctx)
-            log("scenario 1 (+3): heartbeat with N running task instances; adoption after a restart")
-            for n in args.steady_n:
-                adopt_reps = args.adopt_reps if n in args.adopt_n else 0
-                steady.append(scenarios.steady_state(ctx, n, heartbeat_reps=args.heartbeat_reps, adopt_reps=adopt_reps))
-            log("scenario 2: queue N workloads -> all launched")
-            for n in args.launch_n:
-                launches.append(scenarios.launch_burst(ctx, n, reps=args.launch_reps))
-            for n in args.latency_n:
-                launches.append(scenarios.launch_burst(ctx, n, reps=args.launch_reps, latency_s=args.latency_ms / 1000))
+            if chosen & {1, 3}:
+                log("scenario 1 (+3): heartbeat with N running task instances; adoption after a restart")
+                for n in args.steady_n:
+                    adopt_reps = args.adopt_reps if n in args.adopt_n and 3 in chosen else 0
+                    steady.append(
+                        scenarios.steady_state(ctx, n, heartbeat_reps=args.heartbeat_reps, adopt_reps=adopt_reps)
+                    )
+            if 2 in chosen:
+                log("scenario 2: queue N workloads -> all launched")
+                for n in args.launch_n:
+                    launches.append(scenarios.launch_burst(ctx, n, reps=args.launch_reps))
+                for n in args.latency_n:
+                    latency_s = args.latency_ms / 1000
+                    launches.append(scenarios.launch_burst(ctx, n, reps=args.launch_reps, latency_s=latency_s))
+            if 5 in chosen:
+                log("scenario 5: observing N running tasks: poll, events, the peer's heartbeat")
+                idle = observation.idle_memory(ctx)
+                for n in args.observe_n:
+                    observed.append(observation.observe(ctx, n, reps=args.observe_reps))
+            if 6 in chosen:
+                log("scenario 6: a burst of N tasks ending at once")
+                for n in args.burst_n:
+                    for _ in range(args.burst_reps):
+                        bursts.append(observation.burst(ctx, n, mode="events", at_once=True))
+                        bursts.append(observation.burst(ctx, n, mode="events"))
+                        if args.burst_poll:
+                            bursts.append(observation.burst(ctx, n, mode="poll"))
+                    drains.append(observation.sqs_drain(ctx, n))
     finally:
         db.drop()
 
-    rows = report.steady_rows(steady) + report.launch_rows(launches)
+    rows = (
+        report.steady_rows(steady)
+        + report.launch_rows(launches)
+        + report.observation_rows(observed, idle)
+        + report.burst_rows(bursts, drains)
+    )
     table = report.markdown(rows)
     host["load_average_end"] = os.getloadavg()
     info["duration_s"] = round(time.monotonic() - started, 1)
@@ -167,6 +225,10 @@ def main(argv: list[str] | None = None) -> int:
         "raw": {
             "steady": [asdict(s) for s in steady],
             "launch": [[asdict(r) for r in runs.values()] for runs in launches],
+            "observation": [asdict(o) for o in observed],
+            "observation_idle_memory": {mode: asdict(m) for mode, m in idle.items()},
+            "burst": [asdict(b) for b in bursts],
+            "sqs_drain": [asdict(d) for d in drains],
         },
     }
     args.output.write_text(json.dumps(payload, indent=2) + "\n")

@@ -18,7 +18,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from aws_reconciler_sandbox import SandboxControlClient, SandboxServer, bootstrap
+from aws_reconciler_sandbox import SandboxControlClient, SandboxServer, bootstrap, provision_event_queue
 
 REGION = "us-east-1"
 SandboxMode = Literal["process", "thread"]
@@ -28,6 +28,10 @@ class _Control(Protocol):
     def calls(self) -> dict[str, int]: ...
 
     def reset(self) -> None: ...
+
+    def tasks(self, *, cluster: str | None = None) -> list[dict[str, Any]]: ...
+
+    def set_task_state(self, *, task_arn: str, last_status: str, exit_code: int | None = None) -> dict[str, Any]: ...
 
 
 class Sandbox:
@@ -87,6 +91,22 @@ class Sandbox:
     def calls(self) -> Counter[str]:
         """Requests served so far, by ``service:Operation``."""
         return Counter(self.control.calls())
+
+    def task_arns(self) -> list[str]:
+        """Every ECS task the sandbox holds (the sandbox's own view, never lagging)."""
+        return [str(task["arn"]) for task in self.control.tasks()]
+
+    def set_task_state(self, task_arn: str, last_status: str, *, exit_code: int | None = None) -> None:
+        """Move a task as its container would (no process runs): RUNNING, or STOPPED with ``exit_code``.
+        Each change is an "ECS Task State Change" event to the queues of matching rules."""
+        self.control.set_task_state(task_arn=task_arn, last_status=last_status, exit_code=exit_code)
+
+    def provision_event_queue(self, cluster: str, *, deployment: str) -> str:
+        """The EventBridge rule, SQS queue and DLQ ``deploy/events/cloudformation.yaml`` makes for
+        ``cluster``'s task events; returns the queue URL (``events_queue_url``)."""
+        return provision_event_queue(
+            endpoint_url=self.endpoint_url, region=REGION, deployment=deployment, clusters=[cluster]
+        )
 
     def close(self) -> None:
         """Stop the server (the process sandbox gets SIGTERM, which it handles cleanly)."""
