@@ -561,14 +561,15 @@ def test_throttling_disguised_as_an_invalid_parameter_is_throttling(world: World
 
 
 def _throttled_launches(w: World, *, code: str, message: str, status: int) -> None:
-    w.configure(AIRFLOW__AWS_RECONCILER__RECONCILE_INTERVAL="0.5", AIRFLOW__AWS_RECONCILER__BACKOFF_BASE="2")
+    # The interval is also how long a cycle waits for its calls: long enough for a busy machine.
+    w.configure(AIRFLOW__AWS_RECONCILER__RECONCILE_INTERVAL="2", AIRFLOW__AWS_RECONCILER__BACKOFF_BASE="4")
     ids = w.add(10)
     engine = w.engine()
     w.inject("launch", code=code, message=message, status=status, times=5)
 
     result = engine.reconcile()
     assert (result.stats.throttled, result.stats.launched) == (5, 5)
-    assert result.requeue_after >= 2
+    assert result.requeue_after >= 4
     throttled = [r for r in ids if w.row(r).phase is Phase.PENDING]
     assert len(throttled) == 5
     for record_id in throttled:
@@ -579,7 +580,7 @@ def _throttled_launches(w: World, *, code: str, message: str, status: int) -> No
 
     w.clock.advance(300)
     result = engine.reconcile()
-    assert (result.stats.throttled, result.stats.launched, result.requeue_after) == (0, 5, 0.5)
+    assert (result.stats.throttled, result.stats.launched, result.requeue_after) == (0, 5, 2)
     for record_id in ids:
         row = w.row(record_id)
         assert (row.phase, row.attempt) == (Phase.PROVISIONING, 1)
