@@ -7,12 +7,9 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-import pytest
-
 from aws_reconciler.backends.batch.spec import job_name
 from aws_reconciler.backends.tags import DEPLOYMENT_TAG, ID_TAG
 from aws_reconciler.model import Phase
-from support.scenario import Crash
 from support.world import DEPLOYMENT, QUEUE, BatchAdapter, LaggingBatch, World, only, polling_only
 
 pytestmark = only("batch")
@@ -31,32 +28,14 @@ def test_a_submit_looks_its_name_up_first_and_the_name_is_per_attempt(world: Wor
         assert "jobName" not in w.store.specs([record_id])[record_id]
 
 
-def test_crash_after_submit_is_recovered_by_the_job_name_when_discovery_misses_it(
-    world: World, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_crash_after_submit_is_recovered_by_the_job_name_when_discovery_misses_it(world: World) -> None:
     """Batch has no client token. Even when discovery cannot see the lost job, relaunching the
     launching row (same attempt) first looks its name up and takes the job Batch already has; the
     lookup waits out lookup_delay after the claim, since ListJobs may not list a new job at once."""
     w = world
     [record_id] = w.add()
-    backend = w.backend()
-    real_launch = backend.launch
-
-    def launch_then_crash(**kwargs: Any) -> str:
-        real_launch(**kwargs)
-        raise Crash
-
-    monkeypatch.setattr(backend, "launch", launch_then_crash)
-    first = w.engine(backend=backend)
-    with pytest.raises(Crash):
-        first.reconcile()
-    first.close()
-    [job] = w.launched_of(record_id)
-
-    second_backend = w.backend()
-    monkeypatch.setattr(second_backend, "discover", lambda: [])
+    job, second = w.crash_after_launch(record_id)
     w.sandbox.reset_calls()
-    second = w.engine(backend=second_backend)
     second.reconcile()
     assert (w.calls("ListJobs"), w.calls("SubmitJob")) == (0, 0), "looked up before ListJobs could list it"
     assert w.row(record_id).phase is Phase.LAUNCHING

@@ -5,41 +5,20 @@ from __future__ import annotations
 
 import time
 from datetime import timedelta
-from typing import Any
-
-import pytest
 
 from aws_reconciler.model import Phase
-from support.scenario import Crash
 from support.world import World, only
 
 pytestmark = only("ecs")
 
 
-def test_crash_after_run_task_is_recovered_by_client_token_when_discovery_misses_it(
-    world: World, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_crash_after_run_task_is_recovered_by_client_token_when_discovery_misses_it(world: World) -> None:
     """Even when discovery cannot see the lost task (ListTasks lags behind RunTask), relaunching the
     launching row with the same attempt returns the task ECS already started."""
     w = world
     [record_id] = w.add()
-    backend = w.backend()
-    real_launch = backend.launch
-
-    def launch_then_crash(**kwargs: Any) -> str:
-        real_launch(**kwargs)
-        raise Crash
-
-    monkeypatch.setattr(backend, "launch", launch_then_crash)
-    first = w.engine(backend=backend)
-    with pytest.raises(Crash):
-        first.reconcile()
-    first.close()
-    [task] = w.launched_of(record_id)
-
-    second_backend = w.backend()
-    monkeypatch.setattr(second_backend, "discover", lambda: [])
-    w.engine(backend=second_backend).reconcile()
+    task, second = w.crash_after_launch(record_id)
+    second.reconcile()
 
     assert w.calls("RunTask") == 2
     assert [t.id for t in w.launched_of(record_id)] == [task.id]

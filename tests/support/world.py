@@ -45,7 +45,7 @@ from aws_reconciler.reconciler.manager import Manager
 from aws_reconciler.store import LeaseStore, NewTask, TaskRecord, TaskStore, Waker, create_store_engine, migrate
 from aws_reconciler.store.lease import Fence
 
-from .scenario import FakeClock
+from .scenario import Crash, FakeClock
 from .stores import make_settings
 
 if TYPE_CHECKING:
@@ -611,6 +611,27 @@ class World:
             is_leader=is_leader,
             hold_for=self.settings.core.missing_grace,
         )
+
+    def crash_after_launch(self, record_id: str) -> tuple[Launched, Controller]:
+        """A cycle whose launch of ``record_id`` reaches AWS and whose process dies before the answer
+        is stored; then a new engine whose discovery sees nothing (ListTasks / ListJobs lagging
+        behind the launch). Returns what the dead process launched and the new engine."""
+        backend = self.backend()
+        real_launch = backend.launch
+
+        def launch_then_crash(**kwargs: Any) -> str:
+            real_launch(**kwargs)
+            raise Crash
+
+        backend.launch = launch_then_crash
+        first = self.engine(backend=backend)
+        with pytest.raises(Crash):
+            first.reconcile()
+        first.close()
+        [launched] = self.launched_of(record_id)
+        blind = self.backend()
+        blind.discover = lambda: []
+        return launched, self.engine(backend=blind)
 
     def elector(self, *, holder: str = "replica-a", monotonic: Callable[[], float] | None = None) -> LeaderElector:
         core = self.settings.core
