@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,7 +20,10 @@ _BATCH_SERVICE_ROLE = "aws-reconciler-batch-service"
 DEFAULT_STOP_TIMEOUT = 10
 
 
+@functools.lru_cache(maxsize=64)
 def _client(service: str, endpoint_url: str, region: str, access_key: str, secret_key: str) -> Any:
+    # Cached: creating a client (EC2's above all) costs more than bootstrapping with it, and tests
+    # bootstrap a clean account for every scenario. boto3 clients are safe to share between threads.
     return boto3.client(
         service,
         endpoint_url=endpoint_url,
