@@ -459,6 +459,16 @@ def test_add_is_idempotent_and_returns_ids_stored_for_another_task(store: TaskSt
     assert store.get(t.id).key == t.key  # type: ignore[union-attr]
 
 
+def test_a_write_the_database_refuses_is_rolled_back_as_sqlalchemys_error(store: TaskStore) -> None:
+    """What the executor catches to keep its workloads queued, whichever way the rows are written."""
+    t = new_task()
+    with pytest.raises(sa.exc.IntegrityError):
+        store.add([t, t])
+    assert store.get(t.id) is None
+    assert store.add([t]) == []
+    assert [r.id for r in store.open_tasks(backend=Backend.ECS)] == [t.id]
+
+
 def test_recent_failures_put_unfinished_rows_last_on_every_database(store: TaskStore) -> None:
     from aws_reconciler.store.queries import TaskQueries
 

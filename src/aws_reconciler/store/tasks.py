@@ -108,6 +108,39 @@ def _json_values(ids: Sequence[str]) -> sa.Select[Any]:
     return sa.select(values.c.value)
 
 
+def _insert(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    """Insert ``rows`` (all with the same columns): PostgreSQL's COPY through psycopg, else one
+    executemany.
+
+    An executemany sends one INSERT per row; COPY streams the rows, at about half the client's
+    CPU for a scheduler call's rows. Each value goes through its column's bind processing as in
+    SQLAlchemy's INSERT, in the same transaction, and a driver error is raised as SQLAlchemy's,
+    so that callers see no difference.
+    """
+    dialect = conn.dialect
+    if dialect.name != "postgresql" or dialect.driver != "psycopg":
+        conn.execute(task.insert(), rows)
+        return
+    import psycopg
+
+    names = list(rows[0])
+    processors = [task.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in names]
+    quote = dialect.identifier_preparer
+    columns = ", ".join(quote.quote(name) for name in names)
+    statement = f"COPY {quote.format_table(task)} ({columns}) FROM STDIN"
+    driver = conn.connection.driver_connection
+    assert driver is not None
+    try:
+        with driver.cursor() as cursor, cursor.copy(statement) as copy:
+            for row in rows:
+                copy.write_row([row[n] if p is None else p(row[n]) for n, p in zip(names, processors, strict=True)])
+    except psycopg.Error as exc:
+        # As SQLAlchemy raises it for an engine of the store: the rows (workload tokens) hidden.
+        raise sa.exc.DBAPIError.instance(
+            statement, rows, exc, psycopg.Error, hide_parameters=True, dialect=dialect, ismulti=True
+        ) from exc
+
+
 def _key_columns() -> sa.Tuple:
     return sa.tuple_(task.c.dag_id, task.c.task_id, task.c.run_id, task.c.map_index, task.c.try_number)
 
@@ -172,7 +205,7 @@ class TaskStore:
             conflicts = [t.id for t in tasks if t.id in stored and stored[t.id] != (t.backend.value, t.key, self.team)]
             new = [t for t in tasks if t.id not in stored]
             if new:
-                conn.execute(task.insert(), [self._insert_values(t, now) for t in new])
+                _insert(conn, [self._insert_values(t, now) for t in new])
             new_ids_by_owner: dict[str | None, list[str]] = defaultdict(list)
             for t in new:
                 new_ids_by_owner[t.owner].append(t.id)
