@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .observation import DESCRIBE, IDLE, RESYNC, Burst, Cycles, Drain, Memory, Observation, of_kind, per_minute
+from .queueing import QueueCost
 from .scenarios import OURS_DEFAULT, OURS_RAISED, PEER, LaunchRun, SteadyState
 from .stats import median, spread
 
@@ -316,4 +317,26 @@ def burst_rows(bursts: Sequence[Burst], drains: Sequence[Drain] = ()) -> list[Ro
         seconds = median([d.seconds for d in drained])
         what = "the sandbox's SQS alone (no reconciler): receive + delete that many queued messages"
         rows.append(Row("6", what, n, f"{fmt_time(seconds)} ({calls:g} calls)", "-", "-", seconds))
+    return rows
+
+
+def queueing_rows(results: Sequence[QueueCost]) -> list[Row]:
+    """Scenario 4: the CPU of one ``_process_workloads`` of N workloads. Ours against the peer's
+    (``execute_async`` for each) of the same executor_config, split into building the requests
+    and the store write, which the peer has no counterpart for at queue time."""
+    peers = {(r.config, r.n): r for r in results if r.side == "peer"}
+    rows = []
+    for r in results:
+        if r.side != "ours":
+            continue
+        what = f"queueing: CPU of one _process_workloads, {r.database} store, executor_config {r.config}"
+        peer = peers.get((r.config, r.n))
+        if peer is not None:
+            row = _time_row("4", what, r.n, r.cpu_s, peer.cpu_s)
+            row.peer += " (execute_async)"
+            rows.append(row)
+        else:
+            rows.append(Row("4", what, r.n, fmt_time(median(r.cpu_s)), "-", "-", median(r.cpu_s)))
+        for part, values in (("building the requests", r.build_cpu_s), ("the store write", r.store_cpu_s)):
+            rows.append(Row("4", f"  of which {part}", r.n, fmt_time(median(values)), "-", "-", median(values)))
     return rows

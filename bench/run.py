@@ -39,7 +39,7 @@ PACKAGES = (
 
 
 #: Every scenario ``--scenarios`` can choose (3 runs on scenario 1's tasks, so with it).
-SCENARIOS = (1, 2, 3, 5, 6)
+SCENARIOS = (1, 2, 3, 4, 5, 6)
 
 
 def _ints(text: str) -> list[int]:
@@ -58,6 +58,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--heartbeat-reps", type=int, default=15)
     parser.add_argument("--adopt-reps", type=int, default=5)
     parser.add_argument("--launch-reps", type=int, default=3)
+    parser.add_argument("--queue-n", type=_ints, default=[1000], help="workloads per _process_workloads, scenario 4")
+    parser.add_argument("--queue-reps", type=int, default=7, help="calls per store and executor_config, scenario 4")
+    parser.add_argument(
+        "--mariadb-url",
+        default=os.environ.get("AWS_RECONCILER_TEST_MARIADB_URL"),
+        help="scenario 4 on MariaDB/MySQL too (a database is created there and dropped)",
+    )
     parser.add_argument(
         "--observe-n", type=_ints, default=[1000, 5000, 10000], help="running tasks for scenario 5 (poll vs events)"
     )
@@ -84,6 +91,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.quick:
         args.steady_n, args.adopt_n, args.launch_n, args.latency_n = [100], [100], [200], [100]
         args.heartbeat_reps, args.adopt_reps, args.launch_reps = 5, 3, 1
+        args.queue_n, args.queue_reps = [200], 2
         args.observe_n, args.observe_reps, args.burst_n, args.burst_reps = [200], 1, [200], 1
         args.burst_poll = False
     unknown = set(args.scenarios) - set(SCENARIOS)
@@ -147,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     airflow_env.prepare()
     # Airflow (and everything importing it) only after the environment is in place.
-    from . import observation, report, scenarios
+    from . import observation, queueing, report, scenarios
     from .ours import StoreDb
     from .sandbox import Sandbox
 
@@ -170,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     idle: dict[str, observation.Memory] = {}
     bursts: list[observation.Burst] = []
     drains: list[observation.Drain] = []
+    queued: list[queueing.QueueCost] = []
     chosen = set(args.scenarios)
     db = StoreDb(args.database_url)
     try:
@@ -191,6 +200,17 @@ def main(argv: list[str] | None = None) -> int:
                 for n in args.latency_n:
                     latency_s = args.latency_ms / 1000
                     launches.append(scenarios.launch_burst(ctx, n, reps=args.launch_reps, latency_s=latency_s))
+            if 4 in chosen:
+                log("scenario 4: the scheduler's CPU for queueing N workloads (request building, store write)")
+                for n in args.queue_n:
+                    queued += queueing.run(
+                        world=ctx.fresh_world(),
+                        postgres_url=args.database_url,
+                        mariadb_url=args.mariadb_url,
+                        n=n,
+                        reps=args.queue_reps,
+                        log=log,
+                    )
             if 5 in chosen:
                 log("scenario 5: observing N running tasks: poll, events, the peer's heartbeat")
                 idle = observation.idle_memory(ctx)
@@ -211,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = (
         report.steady_rows(steady)
         + report.launch_rows(launches)
+        + report.queueing_rows(queued)
         + report.observation_rows(observed, idle)
         + report.burst_rows(bursts, drains)
     )
@@ -229,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
             "observation_idle_memory": {mode: asdict(m) for mode, m in idle.items()},
             "burst": [asdict(b) for b in bursts],
             "sqs_drain": [asdict(d) for d in drains],
+            "queueing": [asdict(q) for q in queued],
         },
     }
     args.output.write_text(json.dumps(payload, indent=2) + "\n")
