@@ -166,9 +166,9 @@ def first_key(report: str) -> str:
 
 
 class RequestTemplates(Generic[T]):
-    """Each distinct request template (``T``) a backend's builder resolves: what the request is
-    before a task's own fields (record id, command, identity tags), by settings section,
-    deployment, team and ``executor_config``.
+    """The templates (``T``) a backend's request builder resolved: its request before a task's
+    own fields (record id, command, identity tags), one per settings section, deployment, team
+    and ``executor_config``.
 
     The checks, the merge and botocore's validation then run once per distinct
     ``executor_config``, not once per task: queueing 1000 tasks of one DAG costs one of them,
@@ -218,11 +218,6 @@ class RequestTemplates(Generic[T]):
         finish(request)
         return request
 
-    def clear(self) -> None:
-        """Forget every template."""
-        with self._lock:
-            self._entries.clear()
-
     def _get(self, key: Hashable, section: object) -> T | None:
         with self._lock:
             entry = self._entries.get(key)
@@ -246,8 +241,8 @@ def plain_fields(record_id: Any, command: Sequence[Any]) -> bool:
 
 def _template_key(section: object, deployment: str, team: str | None, executor_config: Any) -> Hashable | None:
     # The pickle stands for the config's value, types included (1, 1.0 and True are equal in
-    # Python, not to botocore; a tuple is not a list) and keys in their order; an equal config
-    # in another object pickles the same. A config that does not pickle is not kept.
+    # Python, not to botocore; a tuple is not a list) and keys in their order; the equal copies
+    # Airflow hands over for each task pickle the same. A config that does not pickle is not kept.
     try:
         config = pickle.dumps(executor_config, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception:
