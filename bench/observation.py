@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -482,13 +483,16 @@ def reconciler_process(
 ) -> Iterator[ReconcilerProcess]:
     """``aws-reconciler run`` with the shipped defaults (plus ``extra``) until the block ends; then
     SIGTERM, as Kubernetes stops it (it finishes its cycle and releases the lease). Its stderr
-    stays in a temporary directory, for a failed run's post-mortem."""
+    stays in a temporary directory when the block fails, for the post-mortem."""
     port = _free_port()
     log_dir = Path(tempfile.mkdtemp(prefix="aws-reconciler-bench-run-"))
     transactions_file = log_dir / "transactions.json"
     stderr = log_dir / "stderr"
+    # Not the peer's [aws_ecs_executor] settings the bench process holds: the reconciler would
+    # read them as a provider configuration to migrate from.
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith(peer.PREFIX)}
     env = {
-        **os.environ,
+        **inherited,
         **ours.environ(world, store_url),
         **extra,
         f"{ours.CORE_PREFIX}METRICS_ADDRESS": f"127.0.0.1:{port}",
@@ -503,8 +507,10 @@ def reconciler_process(
             stderr=err,
         )
     running = ReconcilerProcess(proc, port=port, transactions_file=transactions_file, stderr=stderr)
+    succeeded = False
     try:
         yield running
+        succeeded = True
     finally:
         proc.send_signal(signal.SIGTERM)
         queue_url = extra.get(f"{ours.ECS_PREFIX}EVENTS_QUEUE_URL")
@@ -517,6 +523,8 @@ def reconciler_process(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        if succeeded:
+            shutil.rmtree(log_dir, ignore_errors=True)
 
 
 # ---- reading a simulated window ---------------------------------------------------------
