@@ -4,7 +4,7 @@ A :class:`Scenario` says how much load and how much trouble; :func:`plan_run` dr
 seed, everything random about a run before it starts: when each task arrives and how it behaves,
 which tasks the scheduler revokes, when the scheduler-side executors die and how, how long each
 reconciler leader lives before it is killed and with which signal, and the sandbox's own seed.
-The same seed gives the same plan (``tests/chaos/test_scenarios.py``), so a failing run replays
+The same seed gives the same plan (``tests/chaos/test_chaos_plans.py``), so a failing run replays
 its conditions with ``python -m chaos.run --seed N``; thread and process timing still varies,
 which is why the suite checks invariants rather than a recorded history.
 """

@@ -47,3 +47,13 @@ def test_a_forbidden_import_breaks_the_contracts(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert "aws_reconciler.backends.tags -> aws_reconciler.store" in result.stdout
     assert "backends speak AWS only" in result.stdout
+
+
+def test_every_test_module_has_a_name_of_its_own() -> None:
+    """pytest imports test modules by their base name (no packages under tests/): two of one name
+    in different folders stop the whole run at collection."""
+    tests = Path(__file__).resolve().parents[1]
+    names: dict[str, list[str]] = {}
+    for path in tests.rglob("test_*.py"):
+        names.setdefault(path.name, []).append(str(path.relative_to(tests)))
+    assert {n: p for n, p in names.items() if len(p) > 1} == {}
