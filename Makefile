@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 help:
 	@echo "make test   - lint, type-check and run the whole test suite (needs PostgreSQL for the store tests)"
 	@echo "make demo   - run the reconciler against the embedded sandbox (no AWS account needed)"
-	@echo "make bench  - EcsExecutor vs the amazon provider's AwsEcsExecutor (needs PostgreSQL, ~7 min; BENCH_ARGS=--quick)"
+	@echo "make bench  - EcsExecutor vs the amazon provider's AwsEcsExecutor (needs PostgreSQL, ~20 min; BENCH_ARGS=--quick, --scenarios 5,6)"
 	@echo "make chaos  - the long chaos run (kills, faults, leader kills; ECS and Batch): rewrites docs/reliability.md"
 	@echo "make lint / typecheck / unit / clean"
 

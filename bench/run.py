@@ -1,7 +1,8 @@
 """Run every benchmark, print the results table and write ``bench/results.json``.
 
-    .venv-bench/bin/python -m bench.run            # full run (~10 min on 2 cores)
-    .venv-bench/bin/python -m bench.run --quick    # small N, few repetitions (~1 min)
+    .venv-bench/bin/python -m bench.run                  # full run (~20 min on 2 cores)
+    .venv-bench/bin/python -m bench.run --quick          # small N, few repetitions (~2 min)
+    .venv-bench/bin/python -m bench.run --scenarios 5,6  # some scenarios only
 
 Needs PostgreSQL (``--database-url``, default ``postgresql://postgres@127.0.0.1:5432/test``):
 the bench creates a schema there and drops it at the end.
