@@ -60,6 +60,8 @@ FAST = {
     "AIRFLOW__AWS_RECONCILER__RETRY_PERIOD": "0.5",
     "AIRFLOW__AWS_RECONCILER__BACKOFF_BASE": "0.2",
     "AIRFLOW__AWS_RECONCILER__BACKOFF_MAX": "2",
+    # A running task's end noticed within a second, as the loop's other timings are compressed.
+    "AIRFLOW__AWS_RECONCILER__RUNNING_DESCRIBE_INTERVAL": "1",
 }
 
 

@@ -23,8 +23,9 @@ if TYPE_CHECKING:
     from conftest import ReplicaFactory, SettingsFactory
 
 # Every label the reconciler may export, and the values of the closed sets.
-ALLOWED_LABELS = {"backend", "phase", "result", "reason", "service", "operation", "outcome", "version", "le"}
+ALLOWED_LABELS = {"backend", "phase", "result", "reason", "service", "operation", "outcome", "version", "le", "mode"}
 CLOSED_VALUES = {
+    "mode": {"poll", "events"},
     "backend": {"ecs", "batch"},
     "phase": {p.value for p in Phase},
     "outcome": {"success", "throttled", "error"},
