@@ -91,6 +91,8 @@ class Controller:
         self._events_taken: list[tuple[str, Observation]] = []
         # When each task was last described (this process's memory: a restart describes all once).
         self._looked_at: dict[str, datetime] = {}
+        # What this cycle's discovery found, by external id (empty when none ran).
+        self._known: dict[str, Observation] = {}
 
     def start(self, *, wake: Callable[[], None]) -> None:
         """Start receiving events in the background (events mode), waking the loop when they come."""
@@ -113,6 +115,18 @@ class Controller:
         now = self.clock()
         discovery_due = self._discovery_due(now)
         verdicts: dict[str, Verdict] | None = None
+        discovered: list[Observation] | None = None
+        errors: list[AwsError] = []
+        if discovery_due:
+            # First: it describes every task of ours it lists, so the rows' tasks among them need
+            # no describe of their own (the ones it does not list, ended ones, still get one).
+            try:
+                discovered = [o for o in self.backend.discover() if o.owned]
+                self._last_discovery = now
+            except AwsError as exc:
+                errors.append(exc)
+                log.warning("%s discovery failed (%s); retried next cycle", self._kind, exc.reason)
+        self._known = {o.external_id: o for o in discovered or ()}
         if self.events is None:
             rows = self.store.open_tasks(backend=self.backend.kind)
             self._export_snapshot(rows, now)
@@ -132,15 +146,7 @@ class Controller:
             observed, verdicts = self._observe_events(
                 rows, pairs, received, receive_errors, now=now, resync=discovery_due
             )
-        errors = list(observed.errors)
-        discovered: list[Observation] | None = None
-        if discovery_due:
-            try:
-                discovered = [o for o in self.backend.discover() if o.owned]
-                self._last_discovery = now
-            except AwsError as exc:
-                errors.append(exc)
-                log.warning("%s discovery failed (%s); retried next cycle", self._kind, exc.reason)
+        errors.extend(observed.errors)
         interval = self.settings.reconcile_interval
         budget = self.backend.launch_capacity(within=interval) - self.effector.launches_in_flight()
         database_time = self._database_time(rows)
@@ -213,15 +219,21 @@ class Controller:
         now = self.clock()
         interval = 0.0 if everything else self.settings.running_describe_interval
         targets = to_describe(rows, looked_at=self._looked_at, now=now, interval=interval)
+        # What this cycle's discovery described already.
+        known = {e: self._known[e] for e in targets if e in self._known}
+        for external_id in known:
+            del targets[external_id]
+            self._looked_at[external_id] = now
         if len(self._looked_at) > 2 * len(rows) + 1000:
             # Forget the tasks of rows that ended (their ids never come back).
             open_ids = {r.external_id for r in rows if r.external_id}
             self._looked_at = {k: v for k, v in self._looked_at.items() if k in open_ids}
         if not targets:
-            return Observed({})
+            return Observed(known)
         observed = self.backend.observe(targets=targets)
         for external_id in observed.observations:
             self._looked_at[external_id] = now
+        observed = Observed({**known, **observed.observations}, observed.errors)
         if observed.errors:
             log.warning(
                 "%s: %d describe call(s) failed (%s); their tasks are looked at next cycle",
