@@ -342,7 +342,8 @@ class BackendSettings(SectionSettings):
     observation: Literal["poll", "events"] = Field(
         "poll",
         description=(
-            "How the reconciler learns of task state changes: poll (describe every tracked task each cycle) or "
+            "How the reconciler learns of task state changes: poll (describe the tracked tasks, a running one "
+            "every [aws_reconciler] running_describe_interval) or "
             "events (AWS's own state-change events, delivered by an EventBridge rule to the SQS queue "
             "events_queue_url; every [aws_reconciler] events_resync_interval a full describe and discovery "
             "repairs whatever an event missed)."
