@@ -57,7 +57,17 @@ class Sandbox:
         err = self._log_dir / "stderr"
         with out.open("wb") as stdout, err.open("wb") as stderr:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "aws_reconciler.cli", "sandbox", "--port", "0", "--no-run-tasks", "--region", REGION],
+                [
+                    sys.executable,
+                    "-m",
+                    "aws_reconciler.cli",
+                    "sandbox",
+                    "--port",
+                    "0",
+                    "--no-run-tasks",
+                    "--region",
+                    REGION,
+                ],
                 stdout=stdout,
                 stderr=stderr,
             )
