@@ -106,9 +106,12 @@ class LeaseStore:
         """
         with self.engine.begin() as conn:
             at = now if now is not None else database_now(conn)
+            # Expired a moment ago, not "now": a standby asking within the same tick of the
+            # database's clock (milliseconds on SQLite) must find it expired, not still held.
+            expired = at - timedelta(seconds=1)
             return bool(
                 conn.execute(
-                    lease.update().where(lease.c.name == name, lease.c.holder == holder).values(expires_at=at)
+                    lease.update().where(lease.c.name == name, lease.c.holder == holder).values(expires_at=expired)
                 ).rowcount
             )
 
