@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import datetime, timedelta
 
@@ -88,11 +88,8 @@ class Controller:
         self.stopping = self.effector.stopping
         self._orphans: dict[str, datetime] = {}
         self._last_discovery: datetime | None = None
-        self._events_taken: list[tuple[str, Observation]] = []
         # When each task was last described (this process's memory: a restart describes all once).
         self._looked_at: dict[str, datetime] = {}
-        # What this cycle's discovery found, by external id (empty when none ran).
-        self._known: dict[str, Observation] = {}
 
     def start(self, *, wake: Callable[[], None]) -> None:
         """Start receiving events in the background (events mode), waking the loop when they come."""
@@ -126,11 +123,12 @@ class Controller:
             except AwsError as exc:
                 errors.append(exc)
                 log.warning("%s discovery failed (%s); retried next cycle", self._kind, exc.reason)
-        self._known = {o.external_id: o for o in discovered or ()}
+        known = {o.external_id: o for o in discovered or ()}
+        pairs: list[tuple[str, Observation]] = []
         if self.events is None:
             rows = self.store.open_tasks(backend=self.backend.kind)
             self._export_snapshot(rows, now)
-            observed = self._observe(rows)
+            observed = self._observe(rows, known=known)
         else:
             pairs, received, receive_errors = self._receive_events()
             if discovery_due:
@@ -144,7 +142,7 @@ class Controller:
                 )
                 self._export_snapshot(rows, now, counts=self.store.open_counts(backend=self.backend.kind))
             observed, verdicts = self._observe_events(
-                rows, pairs, received, receive_errors, now=now, resync=discovery_due
+                rows, pairs, received, receive_errors, known=known, now=now, resync=discovery_due
             )
         errors.extend(observed.errors)
         interval = self.settings.reconcile_interval
@@ -168,7 +166,7 @@ class Controller:
                 self.metrics.orphans_found.labels(self._kind).inc(decided.new_orphans)
         failed = self.effector.execute(decided, tally, database_time=database_time)
         if verdicts is not None:
-            self._settle_events(decided, verdicts, rows=rows, failed=failed)
+            self._settle_events(decided, verdicts, pairs=pairs, rows=rows, failed=failed)
         # Give the calls just sent one interval to come back, so a healthy cycle reports them;
         # whatever takes longer is collected by a later cycle.
         self.effector.settle(interval, tally, self._monotonic)
@@ -213,15 +211,18 @@ class Controller:
         age = 0.0 if oldest is None else max(0.0, (now - oldest).total_seconds())
         self.metrics.oldest_pending.labels(self._kind).set(age)
 
-    def _observe(self, rows: list[TaskRecord], *, everything: bool = False) -> Observed:
+    def _observe(
+        self, rows: list[TaskRecord], *, known: Mapping[str, Observation], everything: bool = False
+    ) -> Observed:
         """Describe the rows' tasks: all of them (``everything``: a resync), or those
-        :func:`~.plan.to_describe` says are due for a look."""
+        :func:`~.plan.to_describe` says are due for a look; those this cycle's discovery described
+        (``known``) are taken from it."""
         now = self.clock()
         interval = 0.0 if everything else self.settings.running_describe_interval
         targets = to_describe(rows, looked_at=self._looked_at, now=now, interval=interval)
         # What this cycle's discovery described already.
-        known = {e: self._known[e] for e in targets if e in self._known}
-        for external_id in known:
+        found = {e: known[e] for e in targets if e in known}
+        for external_id in found:
             del targets[external_id]
             self._looked_at[external_id] = now
         if len(self._looked_at) > 2 * len(rows) + 1000:
@@ -229,11 +230,11 @@ class Controller:
             open_ids = {r.external_id for r in rows if r.external_id}
             self._looked_at = {k: v for k, v in self._looked_at.items() if k in open_ids}
         if not targets:
-            return Observed(known)
+            return Observed(found)
         observed = self.backend.observe(targets=targets)
         for external_id in observed.observations:
             self._looked_at[external_id] = now
-        observed = Observed({**known, **observed.observations}, observed.errors)
+        observed = Observed({**found, **observed.observations}, observed.errors)
         if observed.errors:
             log.warning(
                 "%s: %d describe call(s) failed (%s); their tasks are looked at next cycle",
@@ -264,7 +265,6 @@ class Controller:
         elif feed.last_error is not None:
             errors.append(feed.last_error)
         pairs, verdicts = feed.take()
-        self._events_taken = pairs
         return pairs, verdicts, errors
 
     def _observe_events(
@@ -274,6 +274,7 @@ class Controller:
         verdicts: dict[str, Verdict],
         errors: list[AwsError],
         *,
+        known: Mapping[str, Observation],
         now: datetime,
         resync: bool,
     ) -> tuple[Observed, dict[str, Verdict]]:
@@ -285,7 +286,7 @@ class Controller:
         verdicts.update(decided.verdicts)
         observations = decided.observations
         if resync:
-            described = self._observe(rows, everything=True)
+            described = self._observe(rows, known=known, everything=True)
             errors.extend(described.errors)
             drift = resync_drift(
                 rows,
@@ -306,7 +307,13 @@ class Controller:
         return Observed(observations, tuple(errors)), verdicts
 
     def _settle_events(
-        self, decided: Plan, verdicts: dict[str, Verdict], *, rows: list[TaskRecord], failed: set[str]
+        self,
+        decided: Plan,
+        verdicts: dict[str, Verdict],
+        *,
+        pairs: list[tuple[str, Observation]],
+        rows: list[TaskRecord],
+        failed: set[str],
     ) -> None:
         """Delete the messages the committed cycle used; offer those of rows whose write failed to
         the next cycle, and remember the tasks whose rows ended or moved on."""
@@ -315,7 +322,7 @@ class Controller:
         retry: set[str] = set()
         if failed:
             record_of = {r.external_id: r.id for r in rows if r.external_id}
-            retry = {m for m, obs in self._events_taken if record_of.get(obs.external_id) in failed}
+            retry = {m for m, obs in pairs if record_of.get(obs.external_id) in failed}
         moved_on = []
         for t in decided.transitions:
             before = t.row.external_id

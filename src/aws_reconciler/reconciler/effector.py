@@ -119,6 +119,17 @@ class _Call:
     launch: bool
 
 
+@dataclass
+class _Written:
+    """What writing a plan's transitions came to."""
+
+    done: list[Done] = field(default_factory=list)
+    # Rows whose compare-and-set lost or whose write failed: their later actions are skipped.
+    lost: set[str] = field(default_factory=set)
+    # Rows whose write raised (a subset of ``lost``).
+    failed: set[str] = field(default_factory=set)
+
+
 class Effector:
     """Writes what plans decide, for one backend; owns the pool of AWS calls in flight."""
 
@@ -203,18 +214,15 @@ class Effector:
         are measured against (None: no row waiting for a launch has one)."""
         if not self.is_leader():
             return set()
-        lost: set[str] = set()
-        failed: set[str] = set()
         try:
             with self.store.transaction() as conn:
-                written = self._write_all(plan.transitions, lost, failed, conn=conn, tally=tally)
+                written = self._write_all(plan.transitions, conn=conn, tally=tally)
         except Exception:
             if len(plan.transitions) > 1:
                 log.warning("writing %d transitions at once failed; writing them one by one", len(plan.transitions))
-            lost.clear()
-            failed.clear()
-            written = self._write_all(plan.transitions, lost, failed, conn=None, tally=tally)
-        self._account(written, tally)
+            written = self._write_all(plan.transitions, conn=None, tally=tally)
+        lost, failed = written.lost, written.failed
+        self._account(written.done, tally)
         for stop in plan.stops:
             if stop.record_id in lost:
                 continue
@@ -223,35 +231,27 @@ class Effector:
         self._launch([r for r in plan.launches if r.id not in lost], tally, database_time)
         return failed
 
-    def _write_all(
-        self,
-        transitions: Sequence[Transition],
-        lost: set[str],
-        failed: set[str],
-        *,
-        conn: Connection | None,
-        tally: Tally,
-    ) -> list[Done]:
+    def _write_all(self, transitions: Sequence[Transition], *, conn: Connection | None, tally: Tally) -> _Written:
         """Write ``transitions`` in ``conn``'s transaction (an error raises: the caller retries one
         by one), or each in its own (``conn`` None: an error skips that row)."""
-        written: list[Done] = []
+        written = _Written()
         for transition in transitions:
-            if transition.record_id in lost:
+            if transition.record_id in written.lost:
                 continue
             try:
                 done = self._write(transition, conn=conn)
             except Exception:
                 if conn is not None:
                     raise
-                lost.add(transition.record_id)
-                failed.add(transition.record_id)
+                written.lost.add(transition.record_id)
+                written.failed.add(transition.record_id)
                 tally.add("row_errors")
                 log.exception("reconciling task %s failed; continuing with the others", transition.record_id)
                 continue
             if done is None:
-                lost.add(transition.record_id)
+                written.lost.add(transition.record_id)
             else:
-                written.append(done)
+                written.done.append(done)
         return written
 
     def _write(self, transition: Transition, *, conn: Connection | None = None) -> Done | None:
