@@ -934,20 +934,19 @@ RUNNING_ROW = launched("r1", phase=Phase.RUNNING, arn="arn-1")
 
 
 @pytest.mark.parametrize(
-    ("row_", "looked", "described"),
+    ("row_", "between_rounds"),
     [
-        pytest.param(RUNNING_ROW, None, True, id="never described: now"),
-        pytest.param(RUNNING_ROW, 10, False, id="running, described 10 s ago: not yet"),
-        pytest.param(RUNNING_ROW, 30, True, id="running, described 30 s ago: again"),
-        pytest.param(launched("r1", arn="arn-1"), 1, True, id="starting: every cycle"),
-        pytest.param(launched("r1", phase=Phase.STOPPING, arn="arn-1"), 1, True, id="being stopped: every cycle"),
-        pytest.param(replace(RUNNING_ROW, desired=Desired.STOPPED), 1, True, id="revoked: every cycle"),
-        pytest.param(replace(RUNNING_ROW, superseded_at=ago(1)), 1, True, id="superseded: every cycle"),
-        pytest.param(row("r1"), None, False, id="no task yet"),
+        pytest.param(RUNNING_ROW, False, id="running as wanted: only in a round"),
+        pytest.param(launched("r1", arn="arn-1"), True, id="starting: every cycle"),
+        pytest.param(launched("r1", phase=Phase.STOPPING, arn="arn-1"), True, id="being stopped: every cycle"),
+        pytest.param(replace(RUNNING_ROW, desired=Desired.STOPPED), True, id="revoked: every cycle"),
+        pytest.param(replace(RUNNING_ROW, superseded_at=ago(1)), True, id="superseded: every cycle"),
+        pytest.param(row("r1"), False, id="no task yet: never"),
     ],
 )
-def test_to_describe(row_: TaskRecord, looked: float | None, described: bool) -> None:
-    looked_at = {} if looked is None else {"arn-1": ago(looked)}
-    assert bool(to_describe([row_], looked_at=looked_at, now=NOW, interval=30)) is described
-    # Interval 0 (and a resync) describes every task there is.
-    assert bool(to_describe([row_], looked_at=looked_at, now=NOW, interval=0)) is bool(row_.external_id)
+def test_to_describe(row_: TaskRecord, between_rounds: bool) -> None:
+    assert bool(to_describe([row_], steady=False)) is between_rounds
+    # A round of looks (and a resync) describes every task there is.
+    assert bool(to_describe([row_], steady=True)) is bool(row_.external_id)
+    # A task whose last describe failed is described again at the next cycle.
+    assert bool(to_describe([row_], steady=False, again={"arn-1"})) is bool(row_.external_id)

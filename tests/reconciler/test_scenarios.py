@@ -966,3 +966,31 @@ def test_polling_describes_a_running_task_only_every_running_describe_interval(w
     w.clock.advance(25)
     engine.reconcile()
     assert w.calls("describe") > before and w.row(ids[0]).phase is Phase.SUCCEEDED
+
+
+@polling_only()
+def test_a_running_task_whose_look_failed_is_described_again_at_the_next_cycle(world: World) -> None:
+    """A round of looks whose describe is throttled leaves its running tasks unknown; the next
+    cycle, not the next round, describes them again (and so notices the one that ended)."""
+    w = world.configure(AIRFLOW__AWS_RECONCILER__RUNNING_DESCRIBE_INTERVAL="30")
+    engine = w.engine()
+    ids = w.add(2)
+    engine.reconcile()
+    for record_id in ids:
+        w.set_running(w.external_id(record_id))
+    engine.reconcile()
+    assert {w.row(r).phase for r in ids} == {Phase.RUNNING}
+    w.set_exited(w.external_id(ids[0]), 0)
+    w.clock.advance(30)
+    w.throttle("describe")
+    assert [e.outcome for e in engine.reconcile().errors] == [Outcome.THROTTLED]
+    assert w.row(ids[0]).phase is Phase.RUNNING
+    before = w.calls("describe")
+    w.clock.advance(1)
+    engine.reconcile()
+    assert w.calls("describe") > before and w.row(ids[0]).phase is Phase.SUCCEEDED
+    # Looked at again: the next cycle leaves the running one alone until the next round.
+    before = w.calls("describe")
+    w.clock.advance(1)
+    engine.reconcile()
+    assert w.calls("describe") == before

@@ -88,8 +88,10 @@ class Controller:
         self.stopping = self.effector.stopping
         self._orphans: dict[str, datetime] = {}
         self._last_discovery: datetime | None = None
-        # When each task was last described (this process's memory: a restart describes all once).
-        self._looked_at: dict[str, datetime] = {}
+        # Polling: when the tasks that run as wanted were last described, all at once (a process
+        # that starts describes them in its first cycle), and those whose describe failed since.
+        self._last_round: datetime | None = None
+        self._look_again: set[str] = set()
 
     def start(self, *, wake: Callable[[], None]) -> None:
         """Start receiving events in the background (events mode), waking the loop when they come."""
@@ -126,9 +128,7 @@ class Controller:
         known = {o.external_id: o for o in discovered or ()}
         pairs: list[tuple[str, Observation]] = []
         if self.events is None:
-            rows = self.store.open_tasks(backend=self.backend.kind)
-            self._export_snapshot(rows, now)
-            observed = self._observe(rows, known=known)
+            rows, observed = self._poll(now, known=known, resync=discovery_due)
         else:
             pairs, received, receive_errors = self._receive_events()
             if discovery_due:
@@ -211,29 +211,37 @@ class Controller:
         age = 0.0 if oldest is None else max(0.0, (now - oldest).total_seconds())
         self.metrics.oldest_pending.labels(self._kind).set(age)
 
-    def _observe(
-        self, rows: list[TaskRecord], *, known: Mapping[str, Observation], everything: bool = False
-    ) -> Observed:
-        """Describe the rows' tasks: all of them (``everything``: a resync), or those
-        :func:`~.plan.to_describe` says are due for a look; those this cycle's discovery described
+    def _poll(
+        self, now: datetime, *, known: Mapping[str, Observation], resync: bool
+    ) -> tuple[list[TaskRecord], Observed]:
+        """A polling cycle's rows and what their tasks look like. Every open row is read only in
+        a round of looks at the tasks that run as wanted (every ``running_describe_interval``,
+        and at a resync); between rounds only the rows with something due, those still
+        starting, and those whose describe failed: a cycle's cost follows what can have
+        changed, not how many tasks run."""
+        last = self._last_round
+        round_due = resync or last is None or (now - last).total_seconds() >= self.settings.running_describe_interval
+        if round_due:
+            rows = self.store.open_tasks(backend=self.backend.kind)
+            self._export_snapshot(rows, now)
+            self._last_round = now
+        else:
+            rows = self.store.due_tasks(backend=self.backend.kind, external_ids=self._look_again, starting=True)
+            self._export_snapshot(rows, now, counts=self.store.open_counts(backend=self.backend.kind))
+        targets = to_describe(rows, steady=round_due, again=self._look_again)
+        observed = self._observe(dict(targets), known=known)
+        self._look_again = set(targets) - set(observed.observations)
+        return rows, observed
+
+    def _observe(self, targets: dict[str, str | None], *, known: Mapping[str, Observation]) -> Observed:
+        """Describe ``targets`` (external id -> target); those this cycle's discovery described
         (``known``) are taken from it."""
-        now = self.clock()
-        interval = 0.0 if everything else self.settings.running_describe_interval
-        targets = to_describe(rows, looked_at=self._looked_at, now=now, interval=interval)
-        # What this cycle's discovery described already.
         found = {e: known[e] for e in targets if e in known}
         for external_id in found:
             del targets[external_id]
-            self._looked_at[external_id] = now
-        if len(self._looked_at) > 2 * len(rows) + 1000:
-            # Forget the tasks of rows that ended (their ids never come back).
-            open_ids = {r.external_id for r in rows if r.external_id}
-            self._looked_at = {k: v for k, v in self._looked_at.items() if k in open_ids}
         if not targets:
             return Observed(found)
         observed = self.backend.observe(targets=targets)
-        for external_id in observed.observations:
-            self._looked_at[external_id] = now
         observed = Observed({**found, **observed.observations}, observed.errors)
         if observed.errors:
             log.warning(
@@ -286,7 +294,7 @@ class Controller:
         verdicts.update(decided.verdicts)
         observations = decided.observations
         if resync:
-            described = self._observe(rows, known=known, everything=True)
+            described = self._observe(to_describe(rows, steady=True), known=known)
             errors.extend(described.errors)
             drift = resync_drift(
                 rows,

@@ -236,20 +236,18 @@ def plan(
     )
 
 
-def to_describe(
-    rows: Sequence[TaskRecord], *, looked_at: Mapping[str, datetime], now: datetime, interval: float
-) -> dict[str, str | None]:
+def to_describe(rows: Sequence[TaskRecord], *, steady: bool, again: Collection[str] = ()) -> dict[str, str | None]:
     """The tasks a polling cycle describes (external id -> target): every task of a row that is
-    starting, being stopped or no longer wanted, and a running one once ``interval`` seconds
-    have passed since it was last described (``looked_at``): a task that runs as wanted only has
-    its end left to tell, and Airflow hears of that from the task itself."""
+    starting, being stopped or no longer wanted; one that runs as wanted only in a round of
+    looks (``steady``, every ``running_describe_interval``) or when its last describe failed
+    (``again``): such a task only has its end left to tell, and Airflow hears of that from the
+    task itself."""
     targets: dict[str, str | None] = {}
     for row in rows:
         if not row.external_id or not row.phase.on_aws:
             continue
-        steady = row.phase is Phase.RUNNING and row.desired is Desired.RUNNING and row.superseded_at is None
-        last = looked_at.get(row.external_id)
-        if steady and last is not None and (now - last).total_seconds() < interval:
+        quiet = row.phase is Phase.RUNNING and row.desired is Desired.RUNNING and row.superseded_at is None
+        if quiet and not steady and row.external_id not in again:
             continue
         targets[row.external_id] = row.target
     return targets

@@ -413,13 +413,19 @@ class TaskStore:
         with self.engine.connect() as conn:
             return [_record(r) for r in conn.execute(query).mappings()]
 
-    def due_tasks(self, *, backend: Backend, external_ids: Collection[str] = ()) -> list[TaskRecord]:
+    def due_tasks(
+        self, *, backend: Backend, external_ids: Collection[str] = (), starting: bool = False
+    ) -> list[TaskRecord]:
         """The open rows with something to do whatever AWS says (waiting for a launch, being
-        stopped, no longer wanted), and those following one of ``external_ids``: what a cycle
-        observing by events needs between resyncs, without specs. A running task nobody asked
-        about costs nothing here."""
+        stopped, no longer wanted), those whose task is still starting (``starting``: polling
+        looks at those every cycle), and those following one of ``external_ids``: what a cycle
+        needs between resyncs, without specs. A running task nobody asked about costs nothing
+        here."""
+        phases = [Phase.PENDING, Phase.LAUNCHING, Phase.STOPPING]
+        if starting:
+            phases.append(Phase.PROVISIONING)
         needing = [
-            task.c.phase.in_([Phase.PENDING.value, Phase.LAUNCHING.value, Phase.STOPPING.value]),
+            task.c.phase.in_([p.value for p in phases]),
             task.c.desired != Desired.RUNNING.value,
             task.c.superseded_at.is_not(None),
         ]
