@@ -15,6 +15,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.exc import OperationalError
 
 from aws_reconciler.backends.errors import Outcome
@@ -994,3 +995,32 @@ def test_a_running_task_whose_look_failed_is_described_again_at_the_next_cycle(w
     w.clock.advance(1)
     engine.reconcile()
     assert w.calls("describe") == before
+
+
+def test_a_cycle_with_nothing_to_record_commits_nothing(world: World) -> None:
+    """Once its tasks run, a cycle that sees no change opens no write transaction; retention
+    sweeps (one DELETE, one commit) at most once a minute."""
+    w = world
+    engine = w.engine()
+    ids = w.add(2)
+    engine.reconcile()
+    for record_id in ids:
+        w.set_running(w.external_id(record_id))
+    engine.reconcile()
+    assert {w.row(r).phase for r in ids} == {Phase.RUNNING}
+    commits: list[object] = []
+
+    def count(conn: object) -> None:
+        commits.append(conn)
+
+    sa.event.listen(w.store.engine, "commit", count)
+    try:
+        for _ in range(3):
+            w.clock.advance(1)
+            engine.reconcile()
+        assert commits == []
+        w.clock.advance(60)
+        engine.reconcile()
+        assert len(commits) == 1, "the retention sweep"
+    finally:
+        sa.event.remove(w.store.engine, "commit", count)

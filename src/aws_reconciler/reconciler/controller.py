@@ -34,6 +34,9 @@ __all__ = ["Controller", "ControllerSettings"]
 
 log = logging.getLogger(__name__)
 
+#: Seconds between two retention sweeps (see :meth:`Controller._sweep`).
+_SWEEP_EVERY = 60.0
+
 
 class Controller:
     """Reconciles the rows of one backend against what that backend reports."""
@@ -92,6 +95,7 @@ class Controller:
         # that starts describes them in its first cycle), and those whose describe failed since.
         self._last_round: datetime | None = None
         self._look_again: set[str] = set()
+        self._last_sweep: datetime | None = None
 
     def start(self, *, wake: Callable[[], None]) -> None:
         """Start receiving events in the background (events mode), waking the loop when they come."""
@@ -171,7 +175,7 @@ class Controller:
         # whatever takes longer is collected by a later cycle.
         self.effector.settle(interval, tally, self._monotonic)
         self._forget_stopped(tally)
-        self.store.delete_reported_before(now - timedelta(seconds=self.settings.retention))
+        self._sweep(now)
         stats = tally.stats(deferred=decided.deferred, in_flight=self.effector.in_flight())
         throttled = bool(stats.throttled) or any(e.outcome is Outcome.THROTTLED for e in errors)
         return Result(
@@ -181,6 +185,15 @@ class Controller:
             stats=stats,
             errors=tuple(errors),
         )
+
+    def _sweep(self, now: datetime) -> None:
+        """Retention, at most once a minute: rows are kept for days, so sweeping every cycle would
+        only cost a DELETE and a commit per cycle for nothing."""
+        last = self._last_sweep
+        if last is not None and (now - last).total_seconds() < _SWEEP_EVERY:
+            return
+        self.store.delete_reported_before(now - timedelta(seconds=self.settings.retention))
+        self._last_sweep = now
 
     def _database_time(self, rows: list[TaskRecord]) -> DatabaseTime | None:
         """The database's time, read only when a row waiting for a launch has a token deadline

@@ -215,8 +215,12 @@ class Effector:
         if not self.is_leader():
             return set()
         try:
-            with self.store.transaction() as conn:
-                written = self._write_all(plan.transitions, conn=conn, tally=tally)
+            # Nothing to record opens no transaction: an idle cycle commits nothing.
+            if not plan.transitions:
+                written = _Written()
+            else:
+                with self.store.transaction() as conn:
+                    written = self._write_all(plan.transitions, conn=conn, tally=tally)
         except Exception:
             if len(plan.transitions) > 1:
                 log.warning("writing %d transitions at once failed; writing them one by one", len(plan.transitions))
