@@ -81,15 +81,22 @@ def configure_moto() -> Callable[[], None]:
     - EC2 does not load its ~6,500 default AMIs, unless the caller chose otherwise through
       ``MOTO_EC2_LOAD_DEFAULT_AMIS``: they cost ~0.2 s on every reset, and neither ECS nor Batch
       (whose managed compute environments use a fixed AMI id moto does not check) needs them.
+    - SQS queues are ``sqs.IndexedQueue``: receiving and deleting cost the same however many
+      messages a queue holds (moto's look through all of them, several times, on every call).
 
     Restoring matters because the settings are global: a later ``mock_aws`` test in the same
     process must see moto's normal behaviour again.
     """
+    from moto.sqs.models import sqs_backends
+
+    from .sqs import SandboxSqsBackend  # here: sqs.py reads this module's lock
+
     with MOTO_LOCK:
         previous_transition = state_manager._transitions.get(_ECS_TASK_MODEL)
         previous_batch = copy.deepcopy(default_user_config.get("batch", {}))
         original_calc = EC2ContainerServiceBackend.__dict__[_RESOURCE_FN]
 
+        previous_sqs = sqs_backends.backend
         previous_amis = os.environ.get(_AMIS_ENV)
         if previous_amis is None:
             os.environ[_AMIS_ENV] = "false"  # read by moto whenever an EC2 backend is created
@@ -100,6 +107,7 @@ def configure_moto() -> Callable[[], None]:
             _RESOURCE_FN,
             staticmethod(_tolerant_resource_requirements(original_calc.__func__)),
         )
+        _serve_sqs_with(SandboxSqsBackend)
 
     def restore() -> None:
         with MOTO_LOCK:
@@ -109,10 +117,21 @@ def configure_moto() -> Callable[[], None]:
                 state_manager.set_transition(_ECS_TASK_MODEL, previous_transition)
             default_user_config["batch"] = previous_batch
             setattr(EC2ContainerServiceBackend, _RESOURCE_FN, original_calc)
+            _serve_sqs_with(previous_sqs)
             if previous_amis is None:
                 os.environ.pop(_AMIS_ENV, None)
 
     return restore
+
+
+def _serve_sqs_with(backend: type) -> None:
+    """Make ``backend`` the class of every SQS backend moto creates from now on (a reset drops
+    the ones it holds)."""
+    from moto.sqs.models import sqs_backends
+
+    sqs_backends.backend = backend
+    for per_account in sqs_backends.values():
+        per_account.backend = backend
 
 
 def reset_moto() -> None:
