@@ -158,7 +158,7 @@ class Sandbox:
         empty_containers: bool = False,
     ) -> dict[str, Any]:
         """Move an ECS task (ARN or id) to ``last_status``, stamping the times AWS would; returns
-        its snapshot (as ``tasks`` shows it).
+        its snapshot (as ``tasks`` shows it). ``set_task_states`` with one task.
 
         Entering DEACTIVATING..STOPPED sets ``desiredStatus`` STOPPED. Timestamps are set once, on
         the first entry into the phase: ``startedAt`` (and the image pull times) at RUNNING,
@@ -167,9 +167,42 @@ class Sandbox:
         ``empty_containers`` removes the containers, as AWS reports tasks that failed to start.
         ``KeyError`` for an unknown task, ``ValueError`` for an unknown status.
         """
+        return self.set_task_states(
+            task_arns=[task_arn],
+            last_status=last_status,
+            stop_code=stop_code,
+            stopped_reason=stopped_reason,
+            exit_code=exit_code,
+            container_reason=container_reason,
+            empty_containers=empty_containers,
+        )[0]
+
+    @operation("POST", "task-states")
+    def set_task_states(
+        self,
+        *,
+        task_arns: list[str],
+        last_status: str,
+        stop_code: str | None = None,
+        stopped_reason: str | None = None,
+        exit_code: int | None = None,
+        container_reason: str | None = None,
+        empty_containers: bool = False,
+    ) -> list[dict[str, Any]]:
+        """Move every ECS task of ``task_arns`` (ARNs or ids) to ``last_status`` with the same
+        fields, as ``set_task_state`` moves one; returns their snapshots, in order.
+
+        All of it happens in one hold of the sandbox's lock, so the tasks change together (nothing
+        reads one moved and the next not yet) and their events, one per task, go out together
+        once it is let go: a burst of tasks ending in the same instant. All or nothing: an
+        unknown task (``KeyError`` naming every one), a task named twice or an unknown status
+        (``ValueError``) moves none.
+        """
+        if isinstance(task_arns, str) or not all(isinstance(arn, str) for arn in task_arns):
+            raise TypeError("task_arns must be a list of task ARNs or ids")
         with MOTO_LOCK:
-            return self.ecs.apply_task_state(
-                self.ecs.find(task_arn),
+            return self.ecs.apply_task_states(
+                self.ecs.find_all(task_arns),
                 last_status=last_status,
                 stop_code=stop_code,
                 stopped_reason=stopped_reason,
@@ -196,10 +229,36 @@ class Sandbox:
     ) -> dict[str, Any]:
         """Move a Batch job to ``status`` with AWS's fields (times, attempts, exit code); returns the
         job as DescribeJobs shows it. See ``BatchShim.apply_job_state`` for the rules.
-        ``KeyError`` for an unknown job, ``ValueError`` for an unknown status or a finished job."""
+        ``set_job_states`` with one job: ``KeyError`` for an unknown job, ``ValueError`` for an
+        unknown status or a finished job."""
+        return self.set_job_states(
+            job_ids=[job_id],
+            status=status,
+            status_reason=status_reason,
+            exit_code=exit_code,
+            container_reason=container_reason,
+        )[0]
+
+    @operation("POST", "job-states")
+    def set_job_states(
+        self,
+        *,
+        job_ids: list[str],
+        status: str,
+        status_reason: str | None = None,
+        exit_code: int | None = None,
+        container_reason: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Move every Batch job of ``job_ids`` (ids or ARNs) to ``status`` with the same fields, as
+        ``set_job_state`` moves one; returns their descriptions, in order. In one hold of the
+        sandbox's lock, their events going out together, as ``set_task_states``. All or nothing:
+        an unknown job (``KeyError`` naming every one), a job named twice, an unknown status or
+        a finished job (``ValueError``) moves none."""
+        if isinstance(job_ids, str) or not all(isinstance(job_id, str) for job_id in job_ids):
+            raise TypeError("job_ids must be a list of Batch job ids or ARNs")
         with MOTO_LOCK:
-            return self.batch.apply_job_state(
-                self.batch.find(job_id),
+            return self.batch.apply_job_states(
+                self.batch.find_all(job_ids),
                 status=status,
                 status_reason=status_reason,
                 exit_code=exit_code,

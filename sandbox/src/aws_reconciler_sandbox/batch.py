@@ -33,7 +33,8 @@ import json
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -486,10 +487,20 @@ class BatchShim:
 
     def find(self, job_id: str) -> BatchJob:
         """The job with this id or ARN; ``KeyError`` if none."""
-        job = self._find_ref(job_id)
-        if job is None:
-            raise KeyError(f"no such job: {job_id}")
-        return job
+        return self.find_all([job_id])[0]
+
+    def find_all(self, refs: Sequence[str]) -> list[BatchJob]:
+        """The jobs with these ids or ARNs, in order. ``KeyError`` naming every one not found;
+        ``ValueError`` when one job is named twice (a change applied twice would be two events)."""
+        found = [self._find_ref(ref) for ref in refs]
+        missing = [ref for ref, job in zip(refs, found, strict=True) if job is None]
+        if missing:
+            raise KeyError(f"no such job: {', '.join(missing)}")
+        jobs = [job for job in found if job is not None]
+        twice = [job_id for job_id, times in Counter(job.job_id for job in jobs).items() if times > 1]
+        if twice:
+            raise ValueError(f"job named more than once: {', '.join(twice)}")
+        return jobs
 
     def apply_job_state(
         self,
@@ -510,10 +521,7 @@ class BatchShim:
         The default ``statusReason`` is Batch's: "Essential container in task exited" after an
         exit, "Task failed to start" with only a container reason.
         """
-        if status not in JOB_STATUSES:
-            raise ValueError(f"status must be one of {', '.join(JOB_STATUSES)}")
-        if job.status in FINISHED:
-            raise ValueError(f"job {job.job_id} has finished ({job.status}) and cannot change status")
+        self._check_change([job], status)
         with MOTO_LOCK:
             now = now_ms()
             job.status = status
@@ -538,6 +546,22 @@ class BatchShim:
                 self._finish(job, now)
             self._changed(job, now)
             return self.describe(job)
+
+    def apply_job_states(self, jobs: Sequence[BatchJob], *, status: str, **change: Any) -> list[dict[str, Any]]:
+        """Move every job of ``jobs`` (``find_all``) as ``apply_job_state`` moves one, in order, in one
+        hold of ``MOTO_LOCK``: their events are queued together and delivered once it is let go.
+        ``ValueError`` for an unknown status or a finished job, before any job moves."""
+        with MOTO_LOCK:
+            self._check_change(jobs, status)
+            return [self.apply_job_state(job, status=status, **change) for job in jobs]
+
+    @staticmethod
+    def _check_change(jobs: Iterable[BatchJob], status: str) -> None:
+        if status not in JOB_STATUSES:
+            raise ValueError(f"status must be one of {', '.join(JOB_STATUSES)}")
+        finished = [f"{job.job_id} ({job.status})" for job in jobs if job.status in FINISHED]
+        if finished:
+            raise ValueError(f"job {', '.join(finished)} has finished and cannot change status")
 
     def _changed(self, job: BatchJob, now: int) -> None:
         """Every status a job takes ends here: Batch's event goes out. The caller holds ``MOTO_LOCK``."""

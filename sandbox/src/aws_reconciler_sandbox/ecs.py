@@ -32,9 +32,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import uuid
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -348,39 +350,53 @@ class EcsShim:
         if token:
             self._token_of_task[task.task_arn] = token
         task.version = 0
-        self._changed(task, now)
+        self._changed([task], now)
 
-    def _changed(self, task: Any, now: datetime) -> None:
+    def _changed(self, tasks: Sequence[Any], now: datetime) -> None:
         """Every change of a task ends here: ``version`` goes up (1 at launch), and ECS's event goes out.
 
-        The caller holds ``MOTO_LOCK`` and has made the whole change.
+        The caller holds ``MOTO_LOCK`` and has made the whole change of every task of ``tasks``.
+        Their details are rendered together, when the first is needed (only a bus with rules
+        needs them): one serialisation of many tasks costs much less than one per task.
         """
-        task.version = getattr(task, "version", 0) + 1
-        task.updated_at = now
+        for task in tasks:
+            task.version = getattr(task, "version", 0) + 1
+            task.updated_at = now
         if self._eventbridge is None:
             return
-        _arn, _partition, _service, region, account_id, _rest = task.task_arn.split(":", 5)
-        self._eventbridge.emit(
-            source=ECS_SOURCE,
-            detail_type=ECS_DETAIL_TYPE,
-            account_id=account_id,
-            region=region,
-            resource=task.task_arn,
-            key=task.task_arn,
-            time=now,
-            detail=lambda: self.event_detail(task),
-        )
+        rendered: list[dict[str, Any]] = []
+
+        def detail(position: int) -> dict[str, Any]:
+            if not rendered:
+                rendered.extend(self.event_details(tasks))
+            return rendered[position]
+
+        for position, task in enumerate(tasks):
+            _arn, _partition, _service, region, account_id, _rest = task.task_arn.split(":", 5)
+            self._eventbridge.emit(
+                source=ECS_SOURCE,
+                detail_type=ECS_DETAIL_TYPE,
+                account_id=account_id,
+                region=region,
+                resource=task.task_arn,
+                key=task.task_arn,
+                time=now,
+                detail=functools.partial(detail, position),
+            )
 
     @staticmethod
-    def event_detail(task: Any) -> dict[str, Any]:
-        """The task as its "ECS Task State Change" event carries it: as DescribeTasks renders it,
-        without tags (ECS sends none), times as ISO-8601 text, plus ``updatedAt``."""
+    def event_details(tasks: Sequence[Any]) -> list[dict[str, Any]]:
+        """The tasks as their "ECS Task State Change" events carry them: as DescribeTasks renders
+        them, without tags (ECS sends none), times as ISO-8601 text, plus ``updatedAt``."""
         _status, _headers, body = serialize(
-            "ecs", "DescribeTasks", {"tasks": [task], "failures": []}, exclude=(_DESCRIBE_TAGS_PATH,)
+            "ecs", "DescribeTasks", {"tasks": list(tasks), "failures": []}, exclude=(_DESCRIBE_TAGS_PATH,)
         )
-        detail: dict[str, Any] = timestamps_as_text("ecs", "Task", json.loads(body)["tasks"][0], iso_millis)
-        detail["updatedAt"] = iso_millis(task.updated_at)
-        return detail
+        details: list[dict[str, Any]] = []
+        for task, described in zip(tasks, json.loads(body)["tasks"], strict=True):
+            detail: dict[str, Any] = timestamps_as_text("ecs", "Task", described, iso_millis)
+            detail["updatedAt"] = iso_millis(task.updated_at)
+            details.append(detail)
+        return details
 
     def _list_tasks(self, backend: Any, params: dict[str, Any]) -> RawResponse:
         cluster = self._cluster(backend, params)
@@ -487,7 +503,7 @@ class EcsShim:
             task.stop_code = "UserInitiated"
             task.stopped_reason = reason
             task.stopping_at = now
-            self._changed(task, now)  # desiredStatus STOPPED: an event of its own, as on ECS
+            self._changed([task], now)  # desiredStatus STOPPED: an event of its own, as on ECS
             owned = (
                 not self.immediate_stop and self.listener is not None and self.listener.stop_requested(backend, task)
             )
@@ -498,25 +514,40 @@ class EcsShim:
                 task.execution_stopped_at = now
                 for container in task.containers:
                     container.last_status = "STOPPED"
-                self._changed(task, now)
+                self._changed([task], now)
         return self._serialized("StopTask", {"task": task})
 
     # ------------------------------------------------------------------ control
 
     def find(self, task_arn: str) -> Any:
         """The task with this ARN or id (the caller holds ``MOTO_LOCK``); ``KeyError`` if none."""
-        for _account, _region, backend in iter_ecs_backends():
-            for cluster_tasks in backend.tasks.values():
-                task = cluster_tasks.get(task_arn)
-                if task is not None:
-                    return task
-        # Also accept a bare task id.
-        for _account, _region, backend in iter_ecs_backends():
-            for cluster_tasks in backend.tasks.values():
-                for task in cluster_tasks.values():
-                    if task.id == task_arn:
-                        return task
-        raise KeyError(f"no such task: {task_arn}")
+        return self.find_all([task_arn])[0]
+
+    def find_all(self, refs: Sequence[str]) -> list[Any]:
+        """The tasks with these ARNs or ids, in order (the caller holds ``MOTO_LOCK``).
+
+        ``KeyError`` naming every one not found; ``ValueError`` when one task is named twice (a
+        change applied twice would be two events).
+        """
+        backends = [backend for _account, _region, backend in iter_ecs_backends()]
+        found: list[Any] = []
+        missing: list[str] = []
+        for ref in refs:
+            task = next((t for b in backends for tasks in b.tasks.values() if (t := tasks.get(ref)) is not None), None)
+            found.append(task)
+            if task is None:
+                missing.append(ref)
+        if missing:
+            # Bare task ids: one index of every task, built only when some ref needs it.
+            by_id = {t.id: t for b in backends for tasks in b.tasks.values() for t in tasks.values()}
+            found = [t if t is not None else by_id.get(ref) for ref, t in zip(refs, found, strict=True)]
+            missing = [ref for ref, t in zip(refs, found, strict=True) if t is None]
+        if missing:
+            raise KeyError(f"no such task: {', '.join(missing)}")
+        twice = [arn for arn, times in Counter(t.task_arn for t in found).items() if times > 1]
+        if twice:
+            raise ValueError(f"task named more than once: {', '.join(twice)}")
+        return found
 
     def apply_task_state(
         self,
@@ -530,51 +561,78 @@ class EcsShim:
         empty_containers: bool = False,
     ) -> dict[str, Any]:
         """Move a task to ``last_status`` with AWS's times (see ``Sandbox.set_task_state``); returns
-        its snapshot. The caller holds ``MOTO_LOCK`` and the task object (``find``), as the task
-        runner does for every transition.
+        its snapshot. ``apply_task_states`` with one task: the caller holds ``MOTO_LOCK`` and the
+        task object (``find``), as the task runner does for every transition.
+        """
+        return self.apply_task_states(
+            [task],
+            last_status=last_status,
+            stop_code=stop_code,
+            stopped_reason=stopped_reason,
+            exit_code=exit_code,
+            container_reason=container_reason,
+            empty_containers=empty_containers,
+        )[0]
+
+    def apply_task_states(
+        self,
+        tasks: Sequence[Any],
+        *,
+        last_status: str,
+        stop_code: str | None = None,
+        stopped_reason: str | None = None,
+        exit_code: int | None = None,
+        container_reason: str | None = None,
+        empty_containers: bool = False,
+    ) -> list[dict[str, Any]]:
+        """Move every task of ``tasks`` (``find_all``) to ``last_status`` with AWS's times, at one
+        instant, in one hold of ``MOTO_LOCK`` (see ``Sandbox.set_task_states``); returns their
+        snapshots, in order. Their events are queued together and delivered once the lock is let
+        go. ``ValueError`` for an unknown status, before any task moves.
         """
         if last_status not in LAST_STATUSES:
             raise ValueError(f"last_status must be one of {', '.join(LAST_STATUSES)}")
+        container_status = (
+            "STOPPED"
+            if last_status == "STOPPED"
+            else "RUNNING"
+            if last_status in ("RUNNING", *_STOPPING_PHASE)
+            else "PENDING"
+        )
         with MOTO_LOCK:
             now = _now()
-            task.last_status = last_status
-            if last_status == "RUNNING":
-                task.pull_started_at = getattr(task, "pull_started_at", None) or now
-                task.pull_stopped_at = getattr(task, "pull_stopped_at", None) or now
-                task.started_at = getattr(task, "started_at", None) or now
-                task.connectivity = "CONNECTED"
-                task.connectivity_at = getattr(task, "connectivity_at", None) or now
-            if last_status in _STOPPING_PHASE:
-                task.desired_status = "STOPPED"
-                task.stopping_at = getattr(task, "stopping_at", None) or now
-            if stop_code is not None:
-                task.stop_code = stop_code
-            if stopped_reason is not None:
-                task.stopped_reason = stopped_reason
-            if last_status == "STOPPED":
-                task.stopped_at = getattr(task, "stopped_at", None) or now
-                task.execution_stopped_at = getattr(task, "execution_stopped_at", None) or now
-                if not getattr(task, "stop_code", None):
-                    task.stop_code = "EssentialContainerExited"
-                    if not task.stopped_reason:
-                        task.stopped_reason = "Essential container in task exited"
-            if empty_containers:
-                task.containers = []
-            container_status = (
-                "STOPPED"
-                if last_status == "STOPPED"
-                else "RUNNING"
-                if last_status in ("RUNNING", *_STOPPING_PHASE)
-                else "PENDING"
-            )
-            for container in task.containers:
-                container.last_status = container_status
-                if exit_code is not None:
-                    container.exitCode = exit_code
-                if container_reason is not None:
-                    container.reason = container_reason
-            self._changed(task, now)
-            return self._snapshot(task)
+            for task in tasks:
+                task.last_status = last_status
+                if last_status == "RUNNING":
+                    task.pull_started_at = getattr(task, "pull_started_at", None) or now
+                    task.pull_stopped_at = getattr(task, "pull_stopped_at", None) or now
+                    task.started_at = getattr(task, "started_at", None) or now
+                    task.connectivity = "CONNECTED"
+                    task.connectivity_at = getattr(task, "connectivity_at", None) or now
+                if last_status in _STOPPING_PHASE:
+                    task.desired_status = "STOPPED"
+                    task.stopping_at = getattr(task, "stopping_at", None) or now
+                if stop_code is not None:
+                    task.stop_code = stop_code
+                if stopped_reason is not None:
+                    task.stopped_reason = stopped_reason
+                if last_status == "STOPPED":
+                    task.stopped_at = getattr(task, "stopped_at", None) or now
+                    task.execution_stopped_at = getattr(task, "execution_stopped_at", None) or now
+                    if not getattr(task, "stop_code", None):
+                        task.stop_code = "EssentialContainerExited"
+                        if not task.stopped_reason:
+                            task.stopped_reason = "Essential container in task exited"
+                if empty_containers:
+                    task.containers = []
+                for container in task.containers:
+                    container.last_status = container_status
+                    if exit_code is not None:
+                        container.exitCode = exit_code
+                    if container_reason is not None:
+                        container.reason = container_reason
+            self._changed(tasks, now)
+            return [self._snapshot(task) for task in tasks]
 
     def client_token(self, task_arn: str) -> str | None:
         """The clientToken the task was launched with, if any."""
