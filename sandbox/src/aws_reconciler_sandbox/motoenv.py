@@ -9,11 +9,12 @@ thread must exclude each other.
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from moto.backends import get_backend
 from moto.core import DEFAULT_ACCOUNT_ID
@@ -173,7 +174,14 @@ def iter_ecs_backends() -> Iterator[tuple[str, str, Any]]:
 def timestamps_as_text(service: str, shape: str, value: Any, render: Callable[[datetime], str]) -> Any:
     """``value`` (a ``shape`` of ``service`` as ``serialize`` renders it: timestamps as epoch
     seconds) with every timestamp member rendered by ``render`` instead, as EventBridge shows them."""
-    return _render_timestamps(get_service_model(service).shape_for(shape), value, render)
+    return _render_timestamps(_shape(service, shape), value, render)
+
+
+@functools.cache
+def _shape(service: str, name: str) -> Any:
+    # One shape object per name: the members it resolves are cached on it, and resolving them
+    # again for every event cost more than rendering the event.
+    return get_service_model(service).shape_for(name)
 
 
 def _render_timestamps(shape: Any, value: Any, render: Callable[[datetime], str]) -> Any:
@@ -190,6 +198,32 @@ def _render_timestamps(shape: Any, value: Any, render: Callable[[datetime], str]
     return value
 
 
+class _RememberingPicker(XFormedAttributePicker):
+    """moto's attribute picker, remembering the names it tries for a member of a shape on a class
+    of objects (it works them out again for every value: most of what a DescribeTasks cost).
+
+    The names depend on nothing else: the member's key and shape, the shape it belongs to, the
+    service, and the object's class (its name and ``Meta.serialization_aliases``).
+    """
+
+    _names: ClassVar[dict[tuple[Any, ...], tuple[str, ...]]] = {}
+
+    def get_possible_keys(self, context: Any) -> Generator[str]:
+        shape = context.shape
+        parent = getattr(shape, "parent", None)
+        key = (
+            context.service_model.service_name,
+            type(context.obj),
+            context.key,
+            getattr(shape, "name", None),
+            getattr(parent, "name", None),
+        )
+        names = self._names.get(key)
+        if names is None:
+            names = self._names[key] = tuple(super().get_possible_keys(context))
+        yield from names
+
+
 def serialize(
     service: str, operation: str, result: dict[str, Any], *, exclude: Iterable[str] = ()
 ) -> tuple[int, dict[str, str], str]:
@@ -203,7 +237,7 @@ def serialize(
     service_model = get_service_model(service)
     operation_model = service_model.operation_model(operation)
     serializer_cls = get_serializer_class(service_model.service_name, service_model.protocol)
-    picker = XFormedAttributePicker(response_transformers={path: never_return for path in exclude})
+    picker = _RememberingPicker(response_transformers={path: never_return for path in exclude})
     serializer = serializer_cls(operation_model=operation_model, pretty_print=False, value_picker=picker)
     out = serializer.serialize(result)
     return int(out["status_code"]), dict(out["headers"]), str(out["body"])
