@@ -24,10 +24,11 @@ polling cycle describes only what is due (running tasks every ``running_describe
 the window has cycles of three kinds; by events, of two.
 
 The burst: N tasks running under ``aws-reconciler run`` (subprocess, events mode; poll mode
-for reference) are all moved to STOPPED (exit code 0) through the control API as fast as it
-takes them; measured is the time from the last of those changes (its event emitted) until every
-row is recorded ``succeeded`` in the store, and the store transactions the reconciler used
-meanwhile, counted by a SQLAlchemy listener in that process.
+for reference) are all moved to STOPPED (exit code 0) by one call of the control API
+(``task-states``: one hold of the sandbox's lock, the N events queued together, as when N tasks
+end within the same second); measured is the time from that call's return (every event
+emitted) until every row is recorded ``succeeded`` in the store, and the store transactions the
+reconciler used meanwhile, counted by a SQLAlchemy listener in that process.
 """
 
 from __future__ import annotations
@@ -45,7 +46,6 @@ import time
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -71,9 +71,6 @@ DEPLOYMENT = "airflow"
 #: The peer's heartbeat the issue's per-minute figures assume (see bench/README.md: Airflow's
 #: scheduler heartbeats its executors on every loop, which can be more often).
 PEER_HEARTBEAT_S = 5.0
-#: Threads moving tasks through the control API in a burst: the sandbox serialises the changes
-#: under its lock; two keep its HTTP handling busy while one change is applied.
-BURST_SENDERS = 2
 
 
 class SimulatedClock:
@@ -139,9 +136,9 @@ class Burst:
 
     n: int
     mode: str
-    at_once: bool  # the reconciler was paused while the changes were emitted
-    emit_s: float  # first change -> last change (event) emitted
-    settle_s: float  # last event emitted -> every row recorded
+    at_once: bool  # the reconciler was paused until every event was in its queue
+    emit_s: float  # the one control call moving the n tasks: their events emitted
+    settle_s: float  # that call's return -> every row recorded
     transactions: dict[str, int]  # "commit MainThread" ... during the burst
     cycles: int
     calls: dict[str, int]
@@ -164,8 +161,7 @@ def running_world(ctx: Context, n: int, *, events_queue: bool = True) -> tuple[d
     engine = ours.new_engine(world, db.url, raised_limits=True)
     try:
         ours.reconcile_until_launched(engine, db, n)
-        for arn in ctx.sandbox.task_arns():
-            ctx.sandbox.set_task_state(arn, "RUNNING")
+        ctx.sandbox.set_task_states(ctx.sandbox.task_arns(), "RUNNING")
         for _ in range(10):
             engine.reconcile()
             if db.count_phase("running") == n:
@@ -332,13 +328,15 @@ def idle_memory(ctx: Context) -> dict[str, Memory]:
 def burst(ctx: Context, n: int, *, mode: str, at_once: bool = False) -> Burst:
     """``n`` running tasks end at once under ``aws-reconciler run`` observing by ``mode``.
 
-    The control API applies one change at a time, so ``n`` changes take seconds to emit. Live
-    (``at_once`` false), the reconciler works on the first events while the last are emitted.
-    ``at_once`` pauses it (SIGSTOP) while they are emitted and resumes it (SIGCONT) right after
-    the last: all ``n`` events wait in its queue, as if the tasks had ended in the same instant.
+    One control call stops all ``n`` (``task-states``): they change in the same instant and their
+    events are queued together, delivered into the event queue once the call is done. Live
+    (``at_once`` false), the reconciler runs throughout, waiting in its long poll as in
+    production, and takes the events as they arrive. ``at_once`` pauses it (SIGSTOP) before the
+    call and resumes it (SIGCONT) only when the sandbox has delivered every event: all ``n`` wait
+    in its queue, as for a reconciler that was busy elsewhere when the burst came. Either way
+    ``settle_s`` runs from the call's return.
     """
-    # Without a queue in poll mode: events nobody receives would pile up in one, and the
-    # sandbox's SQS slows down with every message a queue holds (see :func:`sqs_drain`).
+    # Without a queue in poll mode: nobody would receive its events.
     world, _ = running_world(ctx, n, events_queue=mode == "events")
     sandbox, db = ctx.sandbox, ctx.db
     arns = sandbox.task_arns()
@@ -352,10 +350,12 @@ def burst(ctx: Context, n: int, *, mode: str, at_once: bool = False) -> Burst:
             proc.proc.send_signal(signal.SIGSTOP)
         start = time.perf_counter()
         try:
-            with ThreadPoolExecutor(BURST_SENDERS) as pool:
-                list(pool.map(lambda arn: sandbox.set_task_state(arn, "STOPPED", exit_code=0), arns))
-        finally:
+            sandbox.set_task_states(arns, "STOPPED", exit_code=0)
             last = time.perf_counter()
+            if at_once:
+                while sandbox.events_pending():
+                    time.sleep(0.005)
+        finally:
             if at_once:
                 proc.proc.send_signal(signal.SIGCONT)
         deadline = last + 600
@@ -377,7 +377,7 @@ def burst(ctx: Context, n: int, *, mode: str, at_once: bool = False) -> Burst:
     )
     ctx.log(
         f"  [burst N={n} {label}] emitted in {result.emit_s:.2f} s; all recorded {result.settle_s:.2f} s "
-        f"after the last; {result.cycles} cycles; transactions {result.transactions}"
+        f"after; {result.cycles} cycles; transactions {result.transactions}"
     )
     return result
 
@@ -397,8 +397,9 @@ _EVENT_SIZED_BODY = json.dumps({"source": "aws.ecs", "detail": {"padding": "x" *
 
 def sqs_drain(ctx: Context, n: int) -> Drain:
     """How long the sandbox takes to hand out and delete ``n`` queued messages with no reconciler
-    at all: the floor under an all-at-once burst. moto's SQS looks through the whole queue on
-    every receive and delete, so this grows with the square of ``n``."""
+    at all: the floor under an all-at-once burst. A receive and a delete cost the same at any
+    depth of the queue (``aws_reconciler_sandbox.sqs.IndexedQueue``), so this grows with ``n``;
+    on moto's own queues it grew with the square of ``n``."""
     ctx.fresh_world()
     sqs = boto3.client("sqs", region_name=REGION)
     url = sqs.create_queue(QueueName="bench-drain")["QueueUrl"]

@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -31,7 +32,11 @@ class _Control(Protocol):
 
     def tasks(self, *, cluster: str | None = None) -> list[dict[str, Any]]: ...
 
-    def set_task_state(self, *, task_arn: str, last_status: str, exit_code: int | None = None) -> dict[str, Any]: ...
+    def set_task_states(
+        self, *, task_arns: list[str], last_status: str, exit_code: int | None = None
+    ) -> list[dict[str, Any]]: ...
+
+    def event_stats(self) -> dict[str, int]: ...
 
 
 class Sandbox:
@@ -106,10 +111,16 @@ class Sandbox:
         """Every ECS task the sandbox holds (the sandbox's own view, never lagging)."""
         return [str(task["arn"]) for task in self.control.tasks()]
 
-    def set_task_state(self, task_arn: str, last_status: str, *, exit_code: int | None = None) -> None:
-        """Move a task as its container would (no process runs): RUNNING, or STOPPED with ``exit_code``.
-        Each change is an "ECS Task State Change" event to the queues of matching rules."""
-        self.control.set_task_state(task_arn=task_arn, last_status=last_status, exit_code=exit_code)
+    def set_task_states(self, task_arns: Sequence[str], last_status: str, *, exit_code: int | None = None) -> None:
+        """Move tasks as their containers would (no process runs): RUNNING, or STOPPED with
+        ``exit_code``. One control call, one hold of the sandbox's lock: the tasks change in the
+        same instant, and each change is an "ECS Task State Change" event to the queues of
+        matching rules, all queued together."""
+        self.control.set_task_states(task_arns=list(task_arns), last_status=last_status, exit_code=exit_code)
+
+    def events_pending(self) -> int:
+        """Events the sandbox has emitted and not yet delivered into their queues."""
+        return int(self.control.event_stats()["pending"])
 
     def provision_event_queue(self, cluster: str, *, deployment: str) -> str:
         """The EventBridge rule, SQS queue and DLQ ``deploy/events/cloudformation.yaml`` makes for
