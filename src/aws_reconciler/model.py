@@ -98,7 +98,7 @@ class WorkloadKind(StrEnum):
     CONNECTION_TEST = "connection_test"
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class TiKey:
     """Airflow's task-instance key, stored as columns so rows are found without Airflow."""
 

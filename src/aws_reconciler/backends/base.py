@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -23,7 +23,7 @@ class Stuck:
     reason: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Observation:
     """What AWS says about one task/job, already mapped to our phases."""
 
@@ -42,7 +42,6 @@ class Observation:
     # AWS no longer knows the task (stopped long ago, or never existed).
     missing: bool = False
     raw_status: str | None = None
-    tags: Mapping[str, str] = field(default_factory=dict)
     # Not finished, but past the backend's patience (a Batch job RUNNABLE for too long).
     stuck: Stuck | None = None
     # When AWS created the task/job (its own clock): an orphan's grace counts from here, so it

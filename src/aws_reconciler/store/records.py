@@ -32,7 +32,7 @@ class NewTask:
     workload_token: str | None = field(default=None, repr=False)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TaskRecord:
     """One stored row. ``spec`` is only loaded when a launch needs it (it is the largest column)."""
 

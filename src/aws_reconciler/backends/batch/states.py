@@ -74,7 +74,6 @@ def observe_job(
         "started_at": epoch_ms(job.get("startedAt")),
         "created_at": epoch_ms(job.get("createdAt")),
         "raw_status": status,
-        "tags": tags,
     }
     if status in PROVISIONING_STATUSES:
         stuck = None

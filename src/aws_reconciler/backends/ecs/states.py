@@ -62,7 +62,6 @@ def observe_task(
         "started_at": task.get("startedAt"),
         "created_at": task.get("createdAt"),
         "raw_status": status,
-        "tags": tags,
         "version": task.get("version") if isinstance(task.get("version"), int) else None,
     }
     if status in STARTING_STATUSES:
