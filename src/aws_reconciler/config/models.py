@@ -156,9 +156,10 @@ class CoreSettings(SectionSettings):
         30.0,
         ge=0,
         description=(
-            "Seconds between describes of a task that runs (observation = poll): starting, stopping and "
-            "unwanted tasks are described every cycle, a running one only this often, so a steady cycle "
-            "describes a fraction of the tasks. A task reports its own state to Airflow through the Execution "
+            "Seconds between describes of the tasks that run (observation = poll): starting, stopping and "
+            "unwanted tasks are described every cycle, the running ones together only this often, and the "
+            "cycles in between read only the records with something to do. A task reports its own state to "
+            "Airflow through the Execution "
             "API at once; this bounds how late a container that ended is noticed (and its executor slot "
             "freed). 0 describes every task every cycle."
         ),
