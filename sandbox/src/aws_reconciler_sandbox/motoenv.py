@@ -198,30 +198,57 @@ def _render_timestamps(shape: Any, value: Any, render: Callable[[datetime], str]
     return value
 
 
-class _RememberingPicker(XFormedAttributePicker):
-    """moto's attribute picker, remembering the names it tries for a member of a shape on a class
-    of objects (it works them out again for every value: most of what a DescribeTasks cost).
+_ABSENT = object()
 
-    The names depend on nothing else: the member's key and shape, the shape it belongs to, the
-    service, and the object's class (its name and ``Meta.serialization_aliases``).
+
+class _RememberingPicker(XFormedAttributePicker):
+    """moto's attribute picker, remembering the names it tries for a member on a class of objects
+    (it works them out again for every value, building a context for each: most of what
+    serialising a task cost, and an event of each task is serialised).
+
+    The names depend on the object's class (its name, ``Meta.serialization_aliases``), the
+    member's key and its shape (its serialisation name, the structure it belongs to): the
+    shapes moto serialises with are cached, one object per member of each structure.
     """
 
-    _names: ClassVar[dict[tuple[Any, ...], tuple[str, ...]]] = {}
+    _names: ClassVar[dict[tuple[type, str, Any], tuple[str, ...]]] = {}
 
     def get_possible_keys(self, context: Any) -> Generator[str]:
-        shape = context.shape
-        parent = getattr(shape, "parent", None)
-        key = (
-            context.service_model.service_name,
-            type(context.obj),
-            context.key,
-            getattr(shape, "name", None),
-            getattr(parent, "name", None),
-        )
+        key = (type(context.obj), context.key, context.shape)
         names = self._names.get(key)
         if names is None:
             names = self._names[key] = tuple(super().get_possible_keys(context))
         yield from names
+
+    def pick(self, obj: Any, key: str, shape: Any) -> Any:
+        """The member's value as moto's picker finds it (the first of the names the object has),
+        or ``_ABSENT`` where only moto's picker can tell: names not learned yet, a mapping, a
+        dotted name, a member an ``exclude`` path may name."""
+        names = self._names.get((type(obj), key, shape))
+        if names is None or hasattr(obj, "__getitem__"):
+            return _ABSENT
+        if any(path.endswith(key) or key.endswith(path) for path in self.response_transformers):
+            return _ABSENT
+        for name in names:
+            if "." in name:
+                return _ABSENT
+            value = getattr(obj, name, _ABSENT)
+            if value is not _ABSENT:
+                return value
+        return None
+
+
+@functools.cache
+def _serializer_class(service_name: str, protocol: str) -> Any:
+    """moto's serializer for the protocol, picking values through ``_RememberingPicker.pick``."""
+    base: Any = get_serializer_class(service_name, protocol)
+
+    class Remembering(base):
+        def get_value(self, value: Any, key: str, shape: Any) -> Any:
+            picked = self._value_picker.pick(value, key, shape)
+            return super().get_value(value, key, shape) if picked is _ABSENT else picked
+
+    return Remembering
 
 
 def serialize(
@@ -236,7 +263,7 @@ def serialize(
     """
     service_model = get_service_model(service)
     operation_model = service_model.operation_model(operation)
-    serializer_cls = get_serializer_class(service_model.service_name, service_model.protocol)
+    serializer_cls = _serializer_class(service_model.service_name, service_model.protocol)
     picker = _RememberingPicker(response_transformers={path: never_return for path in exclude})
     serializer = serializer_cls(operation_model=operation_model, pretty_print=False, value_picker=picker)
     out = serializer.serialize(result)
