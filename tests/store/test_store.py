@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -12,6 +14,7 @@ import sqlalchemy as sa
 from aws_reconciler.model import Backend, Desired, Phase, TiKey, WorkloadKind
 from aws_reconciler.store import LeaseStore, NewTask, Report, TaskStore, check_schema, create_store_engine, migrate
 from aws_reconciler.store.migrate import VERSION_TABLE, current_revision, head_revision
+from aws_reconciler.store.notify import CHANNEL_PREFIX, Waker, channel_name
 
 
 def new_task(*, owner: str = "1", key: TiKey | None = None, record_id: str | None = None) -> NewTask:
@@ -248,12 +251,7 @@ def test_lease_contention_has_one_winner(store_url: str) -> None:
 
 @pytest.mark.timeout(60)
 def test_waker_wakes_on_notify_and_drains_a_burst(pg_schema_url: str) -> None:
-    """An executor's insert wakes the reconciler; draining a burst of notifications never blocks it.
-
-    (The channel is database-wide, so other writers may add wake-ups: only "woken" is asserted.)
-    """
-    from aws_reconciler.store import Waker
-
+    """An executor's insert wakes the reconciler; draining a burst of notifications never blocks it."""
     engine = create_store_engine(pg_schema_url)
     migrate(engine)
     waker = Waker(engine)
@@ -268,6 +266,107 @@ def test_waker_wakes_on_notify_and_drains_a_burst(pg_schema_url: str) -> None:
         assert waker.wait(30) is True
     finally:
         waker.close()
+        engine.dispose()
+
+
+@pytest.fixture
+def other_pg_schema_url(pg_schema_url: str) -> Iterator[str]:
+    """Another store on the same PostgreSQL database: a schema of its own, dropped afterwards."""
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = create_store_engine(pg_schema_url)
+    with admin.begin() as conn:
+        conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
+    url = sa.engine.make_url(pg_schema_url).update_query_dict({"options": f"-csearch_path={schema}"})
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
+
+
+def test_channel_name_is_a_short_safe_identifier_distinct_per_store_and_team() -> None:
+    longest = "s" * 63  # PostgreSQL's longest schema name; a team name may be 64 characters
+    inputs = [
+        ("public", None),
+        ("public", ""),
+        ("public", "team_a"),
+        ("public", "team_b"),
+        ("t_1", None),
+        ("t_1", "team_a"),
+        (longest, "x" * 64),
+        (longest, "x" * 63 + "y"),
+        ('we"ird; NOTIFY x', "Team A -- ü"),
+        ("public", "null"),
+        ("a", "b"),
+        ('a", "b', None),
+    ]
+    names = [channel_name(schema, team) for schema, team in inputs]
+    for name in names:
+        assert len(name.encode()) <= 63
+        assert re.fullmatch(r"[a-z_][a-z0-9_]*", name), name  # no quoting needed, nothing to fold
+        assert name.startswith(CHANNEL_PREFIX)
+    assert len(set(names)) == len(names)
+    # Stable: the executor and the reconciler, in other processes and releases, name it alike.
+    assert channel_name("public", None) == channel_name("public", None) == "aws_reconciler_6076947568040dfe"
+
+
+@pytest.mark.timeout(60)
+def test_a_waker_is_woken_by_its_own_store_only(pg_schema_url: str, other_pg_schema_url: str) -> None:
+    """Two stores in one database (two schemas): a write to one never wakes the other's reconciler.
+
+    The other store's own waker is the fence: PostgreSQL delivers a notification to every
+    listener of its channel at commit, so once that one is woken, ours would have been too.
+    """
+    engines = [create_store_engine(url) for url in (pg_schema_url, other_pg_schema_url)]
+    for engine in engines:
+        migrate(engine)
+    ours, theirs = (Waker(engine) for engine in engines)
+    try:
+        for waker in (ours, theirs):
+            assert waker.wait(0.05) is False  # connects and LISTENs
+        TaskStore(engines[1]).add([new_task()])
+        assert theirs.wait(30) is True
+        assert ours.wait(0.3) is False
+
+        TaskStore(engines[0]).add([new_task()])
+        assert ours.wait(30) is True
+        assert theirs.wait(0.3) is False
+    finally:
+        for waker in (ours, theirs):
+            waker.close()
+        for engine in engines:
+            engine.dispose()
+
+
+@pytest.mark.timeout(60)
+def test_a_teams_waker_is_woken_by_its_teams_writes_only(pg_schema_url: str) -> None:
+    """One store, three scopes: team_a's reconciler is woken by team_a's executor (queueing and
+    revoking), the deployment-wide reconciler by the deployment-wide executors."""
+    engine = create_store_engine(pg_schema_url)
+    migrate(engine)
+    wakers = {team: Waker(engine, team=team) for team in ("team_a", "team_b", None)}
+    stores = {team: TaskStore(engine, team=team) for team in wakers}
+    try:
+        for waker in wakers.values():
+            assert waker.wait(0.05) is False  # connects and LISTENs
+        row = new_task()
+        stores["team_a"].add([row])
+        assert wakers["team_a"].wait(30) is True
+        assert wakers["team_b"].wait(0.3) is False
+        assert wakers[None].wait(0.3) is False
+
+        stores[None].add([new_task()])
+        assert wakers[None].wait(30) is True
+        assert wakers["team_a"].wait(0.3) is False
+
+        assert stores["team_a"].revoke(ids=[row.id]) == 1
+        assert wakers["team_a"].wait(30) is True
+        assert wakers[None].wait(0.3) is False
+        assert wakers["team_b"].wait(0.3) is False
+    finally:
+        for waker in wakers.values():
+            waker.close()
         engine.dispose()
 
 

@@ -185,7 +185,7 @@ def build_manager(settings: Settings, *, metrics: Metrics | None = None) -> Mana
     return Manager(
         engines=engines,
         elector=elector,
-        waker=Waker(db),
+        waker=Waker(db, team=store.team),
         interval=core.reconcile_interval,
         backoff_base=core.backoff_base,
         backoff_max=core.backoff_max,

@@ -1,31 +1,90 @@
 """Wake the reconciler as soon as the executor writes (PostgreSQL LISTEN/NOTIFY).
 
 Elsewhere (SQLite) the reconciler simply polls every ``reconcile_interval``.
+
+A channel is database-wide in PostgreSQL, so each store has its own: stores in one database are
+separated by the schema holding their tables (the names are fixed, ``aws_reconciler_*``; a
+deployment puts its own on its own ``search_path``) and, within one store, by Airflow's team
+(every read and write of a team's executor and reconciler is scoped to it). A reconciler acts on
+exactly the rows of its schema and team, so those two values name its channel: it is woken by
+every executor writing those rows, and by nobody else's. The ``deployment`` setting is left out
+on purpose: rows do not carry it, so executors of two deployment names writing to one schema
+write rows that both reconcilers act on, and both must be woken.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import threading
+import weakref
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-CHANNEL = "aws_reconciler"
+from .tables import task
+
+#: What every channel name starts with, so that ``pg_listening_channels()`` shows whose it is.
+CHANNEL_PREFIX = "aws_reconciler_"
+
+# The schema of the table the store's unqualified names resolve to through the search_path, as
+# its queries see it. Not current_schema(): with a search_path of "$user", public, an executor and
+# a reconciler connecting as different roles may have different first schemas and the same table.
+_TABLE_SCHEMA = sa.text(
+    "SELECT n.nspname FROM pg_catalog.pg_class c"
+    " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+    " WHERE c.oid = to_regclass(CAST(:table AS text))"
+).bindparams(table=task.name)
+
+# The schema of each engine's store, read once: it changes only if its tables moved.
+_schemas: weakref.WeakKeyDictionary[Engine, str] = weakref.WeakKeyDictionary()
 
 
-def notify(conn: Connection) -> None:
-    """Queue a wake-up; PostgreSQL delivers it when the surrounding transaction commits."""
+def channel_name(schema: str, team: str | None) -> str:
+    """The wake-up channel of the rows of ``team`` (``None``: the deployment-wide executors')
+    in the store whose tables are in ``schema``.
+
+    A channel is an identifier: at most 63 bytes (PostgreSQL cuts a longer one, so two long
+    names that differ only at the end would share a channel) and only lower-case letters,
+    digits and ``_`` unless quoted. A schema name (up to 63 bytes) and a team name (up to 64)
+    may hold anything, so the name is the prefix and a hash of both: 31 characters, lower-case
+    hex, safe unquoted in ``NOTIFY`` and ``LISTEN``. JSON keeps the pair unambiguous (no team,
+    ``null``, is not a team named ``""``); 64 bits of SHA-256 make two stores of one database
+    sharing a channel (a few extra cycles, nothing worse) practically impossible.
+    """
+    digest = hashlib.sha256(json.dumps([schema, team]).encode()).hexdigest()[:16]
+    return f"{CHANNEL_PREFIX}{digest}"
+
+
+def store_channel(conn: Connection, team: str | None) -> str:
+    """The channel of ``team``'s rows in ``conn``'s store (PostgreSQL): what the executor's
+    writes notify and the reconciler listens on, both through this function."""
+    engine = conn.engine
+    schema = _schemas.get(engine)
+    if schema is None:
+        schema = conn.execute(_TABLE_SCHEMA).scalar()
+        if schema is None:
+            raise LookupError(f"no table {task.name} on the search_path of the store's database")
+        _schemas[engine] = schema
+    return channel_name(schema, team)
+
+
+def notify(conn: Connection, *, team: str | None) -> None:
+    """Queue a wake-up of ``team``'s reconciler; PostgreSQL delivers it when the surrounding
+    transaction commits."""
     if conn.dialect.name == "postgresql":
-        conn.execute(sa.text(f"NOTIFY {CHANNEL}"))
+        conn.execute(sa.text(f"NOTIFY {store_channel(conn, team)}"))
 
 
 class Waker:
-    """Waits for a NOTIFY, a local :meth:`wake` (shutdown), or the timeout, whichever is first."""
+    """Waits for a NOTIFY on the channel of ``team``'s rows (:func:`store_channel`), a local
+    :meth:`wake` (shutdown), or the timeout, whichever is first."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, team: str | None = None) -> None:
         self._engine = engine
+        self._team = team
         self._local = threading.Event()
         self._raw: Any = None
 
@@ -89,9 +148,13 @@ class Waker:
         if self._raw is None:
             import psycopg
 
+            # Named through the engine, as the writers name it: the same schema whatever this
+            # connection's own settings.
+            with self._engine.connect() as conn:
+                channel = store_channel(conn, self._team)
             url = self._engine.url.set(drivername="postgresql")
             self._raw = psycopg.connect(url.render_as_string(hide_password=False), autocommit=True)
-            self._raw.execute(f"LISTEN {CHANNEL}")
+            self._raw.execute(f"LISTEN {channel}")
         return self._raw
 
     def close(self) -> None:

@@ -225,7 +225,7 @@ class TaskStore:
                 new_ids_by_owner[t.owner].append(t.id)
             for owner, new_ids in new_ids_by_owner.items():
                 self._supersede(conn, owner=owner, new_ids=new_ids, batch_ids=ids, now=now)
-            notify(conn)
+            notify(conn, team=self.team)
         return conflicts
 
     def _supersede(
@@ -414,7 +414,7 @@ class TaskStore:
                 )
                 .values(desired=Desired.STOPPED.value, reported_at=now, updated_at=now)
             )
-            notify(conn)
+            notify(conn, team=self.team)
             return result.rowcount or 0
 
     # ---- reconciler side -----------------------------------------------------------------
