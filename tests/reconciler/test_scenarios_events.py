@@ -5,11 +5,7 @@ calls it counted, the tasks it holds) on both backends."""
 
 from __future__ import annotations
 
-import json
-import threading
-import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
@@ -124,42 +120,3 @@ def test_a_job_past_its_runnable_timeout_is_found_by_the_next_resync(world: Worl
     assert (stats.stopped, stats.failed) == (1, 1)
     assert w.row(stuck).phase is Phase.FAILED
     assert w.launched(job).stopped_by == "CancelJob"
-
-
-def test_a_queue_that_answers_full_batches_is_received_by_more_threads_than_the_long_poll(world: World) -> None:
-    """A burst waiting in the queue: while receives come back full, the burst receivers receive
-    beside the long-polling thread; every message is received once, and they go quiet again."""
-    w = world
-    feed = w.engine().events
-    assert feed is not None
-    body = {"source": w.on.descriptor.event_source, "detail-type": w.on.descriptor.event_detail_type}
-    entries = [{"Id": str(i), "MessageBody": json.dumps({**body, "detail": {}, "time": None})} for i in range(10)]
-    sqs = w.sandbox.client("sqs")
-    for _ in range(6):
-        sqs.send_message_batch(QueueUrl=feed.queue.queue_url, Entries=entries)
-    long_poll = f"{w.on.kind.value}-events"
-    received: list[tuple[str, int]] = []
-    by_another = threading.Event()
-    real = feed.queue.receive
-
-    def receive(**kwargs: Any) -> Any:
-        got = real(**kwargs)
-        name = threading.current_thread().name
-        received.append((name, len(got.events)))
-        if name != long_poll and got.events:
-            by_another.set()
-        if name == long_poll and len(got.events) == 10:
-            # Hold the long poll back until another thread received: the queue is deep meanwhile.
-            by_another.wait(10)
-        return got
-
-    feed.queue.receive = receive  # type: ignore[method-assign]
-    feed.start(wake=lambda: None)
-    deadline = time.monotonic() + 30
-    while sum(n for _, n in received) < 60 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert sum(n for _, n in received) == 60, "each message once"
-    assert any(name != long_poll and n for name, n in received)
-    while feed._deep.is_set() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert not feed._deep.is_set(), "an empty queue leaves only the long poll"

@@ -27,7 +27,7 @@ from prometheus_client import Counter
 
 from ..backends.base import Observation, TaskBackend
 from ..backends.errors import AwsError
-from ..backends.events import RECEIVE_BATCH, EventQueue, QueuedEvent
+from ..backends.events import EventQueue, QueuedEvent
 from ..metrics.definitions import Metrics
 from ..model import Phase, utcnow
 from ..store.records import TaskRecord
@@ -178,11 +178,8 @@ class EventFeed:
     """Receives one backend's events from its queue and deletes them once they are committed.
 
     Only the leader receives: a standby's receives would hide messages from the leader for their
-    visibility timeout. One thread long-polls; while the queue answers full batches (a burst
-    waits in it), ``burst_receivers`` more receive without waiting beside it, as SQS's own
-    guidance for throughput has it, and stop at the first batch that is not full. Unmatched
-    events (a task whose launch answer is not recorded yet) are held, not deleted, for
-    ``hold_for`` seconds and offered to every cycle until then.
+    visibility timeout. Unmatched events (a task whose launch answer is not recorded yet) are
+    held, not deleted, for ``hold_for`` seconds and offered to every cycle until then.
     """
 
     def __init__(
@@ -199,7 +196,6 @@ class EventFeed:
         clock: Callable[[], datetime] = utcnow,
         retry_pause: float = 1.0,
         remember: int = 20_000,
-        burst_receivers: int = 3,
     ) -> None:
         self.queue = queue
         self.backend = backend
@@ -218,10 +214,6 @@ class EventFeed:
         self._ended: OrderedDict[str, None] = OrderedDict()
         self._remember = remember
         self._thread: threading.Thread | None = None
-        self._helpers: list[threading.Thread] = []
-        self._burst_receivers = burst_receivers
-        # Set while receives come back full: the burst receivers then work.
-        self._deep = threading.Event()
         self._stop = threading.Event()
         self.last_error: AwsError | None = None
         self._batch: dict[str, QueuedEvent] = {}
@@ -246,24 +238,14 @@ class EventFeed:
             return
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, args=(wake,), name=f"{self._kind}-events", daemon=True)
-        self._helpers = [
-            threading.Thread(target=self._burst, args=(wake,), name=f"{self._kind}-events-{i}", daemon=True)
-            for i in range(1, self._burst_receivers + 1)
-        ]
-        for thread in (self._thread, *self._helpers):
-            thread.start()
+        self._thread.start()
 
     def close(self) -> None:
         """Stop receiving (a long poll in progress ends within its wait)."""
         self._stop.set()
-        self._deep.set()  # the burst receivers see the stop at once
         if self._thread is not None:
             self._thread.join(timeout=self.queue.wait_seconds + 5)
             self._thread = None
-        for helper in self._helpers:
-            helper.join(timeout=self.queue.wait_seconds + 5)
-        self._helpers = []
-        self._deep.clear()
 
     def _run(self, wake: Callable[[], None]) -> None:
         failures = 0
@@ -280,22 +262,6 @@ class EventFeed:
                 self._stop.wait(backoff_delay(attempt=failures, base=self._retry_pause, cap=60.0))
                 continue
             failures = 0
-            if got >= RECEIVE_BATCH:
-                self._deep.set()
-            if got:
-                wake()
-
-    def _burst(self, wake: Callable[[], None]) -> None:
-        while not self._stop.is_set():
-            self._deep.wait()
-            if self._stop.is_set():
-                return
-            try:
-                got = self.receive_once(wait_seconds=0) if self.is_leader() else 0
-            except AwsError:
-                got = 0  # counted and logged; the long-polling thread backs off
-            if got < RECEIVE_BATCH:
-                self._deep.clear()
             if got:
                 wake()
 
