@@ -953,12 +953,7 @@ def test_polling_describes_a_running_task_only_every_running_describe_interval(w
     its end is noticed by the next look."""
     w = world.configure(AIRFLOW__AWS_RECONCILER__RUNNING_DESCRIBE_INTERVAL="30")
     engine = w.engine()
-    ids = w.add(3)
-    engine.reconcile()
-    for record_id in ids:
-        w.set_running(w.external_id(record_id))
-    engine.reconcile()
-    assert {w.row(r).phase for r in ids} == {Phase.RUNNING}
+    ids = w.running(engine, 3)
     w.set_exited(w.external_id(ids[0]), 0)
     before = w.calls("describe")
     w.clock.advance(5)
@@ -975,12 +970,7 @@ def test_a_running_task_whose_look_failed_is_described_again_at_the_next_cycle(w
     cycle, not the next round, describes them again (and so notices the one that ended)."""
     w = world.configure(AIRFLOW__AWS_RECONCILER__RUNNING_DESCRIBE_INTERVAL="30")
     engine = w.engine()
-    ids = w.add(2)
-    engine.reconcile()
-    for record_id in ids:
-        w.set_running(w.external_id(record_id))
-    engine.reconcile()
-    assert {w.row(r).phase for r in ids} == {Phase.RUNNING}
+    ids = w.running(engine, 2)
     w.set_exited(w.external_id(ids[0]), 0)
     w.clock.advance(30)
     w.throttle("describe")
@@ -1002,12 +992,7 @@ def test_a_cycle_with_nothing_to_record_commits_nothing(world: World) -> None:
     sweeps (one DELETE, one commit) at most once a minute."""
     w = world
     engine = w.engine()
-    ids = w.add(2)
-    engine.reconcile()
-    for record_id in ids:
-        w.set_running(w.external_id(record_id))
-    engine.reconcile()
-    assert {w.row(r).phase for r in ids} == {Phase.RUNNING}
+    w.running(engine, 2)
     commits: list[object] = []
 
     def count(conn: object) -> None:

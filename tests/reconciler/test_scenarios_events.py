@@ -34,12 +34,7 @@ def test_between_resyncs_a_steady_cycle_makes_no_aws_call(world: World) -> None:
     """Running tasks nobody's events speak of cost no describe and no list; the resync describes them all."""
     w = world
     engine = w.engine()
-    ids = w.add(5)
-    engine.reconcile()  # launches; the first cycle is a resync
-    for record_id in ids:
-        w.set_running(w.external_id(record_id))
-    engine.reconcile()
-    assert {w.row(r).phase for r in ids} == {Phase.RUNNING}
+    w.running(engine, 5)
     before = (w.calls("describe"), w.calls("list"))
     for _ in range(3):
         w.clock.advance(w.settings.core.reconcile_interval)

@@ -36,7 +36,7 @@ from aws_reconciler.backends.ecs.descriptor import ECS
 from aws_reconciler.backends.tags import DEPLOYMENT_TAG, ID_TAG
 from aws_reconciler.config import Settings
 from aws_reconciler.metrics.definitions import Metrics
-from aws_reconciler.model import Backend, Clock, TiKey
+from aws_reconciler.model import Backend, Clock, Phase, TiKey
 from aws_reconciler.reconciler.controller import Controller
 from aws_reconciler.reconciler.events import EventFeed
 from aws_reconciler.reconciler.factory import build_backend, controller_settings, event_queue, lease_name
@@ -713,6 +713,17 @@ class World:
             )
         self.store.add(rows)
         return [r.id for r in rows]
+
+    def running(self, engine: Controller, count: int) -> list[str]:
+        """``count`` new rows that ``engine`` launched and recorded ``running``: two cycles, the
+        tasks made RUNNING between them."""
+        ids = self.add(count)
+        engine.reconcile()
+        for record_id in ids:
+            self.set_running(self.external_id(record_id))
+        engine.reconcile()
+        assert {self.row(r).phase for r in ids} == {Phase.RUNNING}
+        return ids
 
     def row(self, record_id: str) -> TaskRecord:
         record = self.store.get(record_id)
