@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,8 +30,8 @@ if TYPE_CHECKING:
 __all__ = ["AwsCalls", "make_settings"]
 
 
-@pytest.fixture
-def pg_schema_url() -> Iterator[str]:
+@contextmanager
+def _fresh_schema_url() -> Iterator[str]:
     """A PostgreSQL URL whose search_path is a fresh schema, dropped afterwards."""
     require_postgres()
     schema = f"t_{uuid.uuid4().hex[:12]}"
@@ -44,6 +45,20 @@ def pg_schema_url() -> Iterator[str]:
         with admin.begin() as conn:
             conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
         admin.dispose()
+
+
+@pytest.fixture
+def pg_schema_url() -> Iterator[str]:
+    """A PostgreSQL URL whose search_path is a fresh schema, dropped afterwards."""
+    with _fresh_schema_url() as url:
+        yield url
+
+
+@pytest.fixture
+def other_pg_schema_url() -> Iterator[str]:
+    """Another store on the same PostgreSQL database as ``pg_schema_url``'s: a schema of its own."""
+    with _fresh_schema_url() as url:
+        yield url
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import threading
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -267,22 +266,6 @@ def test_waker_wakes_on_notify_and_drains_a_burst(pg_schema_url: str) -> None:
     finally:
         waker.close()
         engine.dispose()
-
-
-@pytest.fixture
-def other_pg_schema_url(pg_schema_url: str) -> Iterator[str]:
-    """Another store on the same PostgreSQL database: a schema of its own, dropped afterwards."""
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = create_store_engine(pg_schema_url)
-    with admin.begin() as conn:
-        conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
-    url = sa.engine.make_url(pg_schema_url).update_query_dict({"options": f"-csearch_path={schema}"})
-    try:
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with admin.begin() as conn:
-            conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
-        admin.dispose()
 
 
 def test_channel_name_is_a_short_safe_identifier_distinct_per_store_and_team() -> None:
