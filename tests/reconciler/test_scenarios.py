@@ -536,7 +536,16 @@ def test_one_row_whose_bookkeeping_fails_never_blocks_the_others(world: World, m
             raise OperationalError("UPDATE aws_reconciler_task", {}, Exception("database is locked"))
         return real_transition(record_id, **kwargs)
 
+    real_batch = w.store.transitions
+
+    def transitions(changes: list[Any], **kwargs: Any) -> bool | None:
+        # The database refuses the cycle's batch because of the bad row's write.
+        if any(change.record_id == bad for change in changes):
+            raise OperationalError("UPDATE aws_reconciler_task", {}, Exception("database is locked"))
+        return real_batch(changes, **kwargs)
+
     monkeypatch.setattr(w.store, "transition", transition)
+    monkeypatch.setattr(w.store, "transitions", transitions)
     assert engine.reconcile().stats.row_errors == 1
     assert [w.row(r).phase for r in ids] == [Phase.RUNNING] * 2 + [Phase.PROVISIONING] + [Phase.RUNNING] * 2
 

@@ -14,6 +14,7 @@ from aws_reconciler.model import Backend, Desired, Phase, TiKey, WorkloadKind
 from aws_reconciler.store import LeaseStore, NewTask, Report, TaskStore, check_schema, create_store_engine, migrate
 from aws_reconciler.store.migrate import VERSION_TABLE, current_revision, head_revision
 from aws_reconciler.store.notify import CHANNEL_PREFIX, Waker, channel_name
+from aws_reconciler.store.records import Change
 
 
 def new_task(*, owner: str = "1", key: TiKey | None = None, record_id: str | None = None) -> NewTask:
@@ -101,6 +102,32 @@ def test_transition_is_compare_and_set(store: TaskStore) -> None:
     assert not store.transition(t.id, expect_phases=[Phase.LAUNCHING], expect_attempt=0, phase=Phase.FAILED)
     record = store.get(t.id)
     assert record is not None and record.phase is Phase.LAUNCHING and record.attempt == 1
+
+
+def test_transitions_are_compare_and_sets_sent_as_one_batch_per_shape(store: TaskStore) -> None:
+    a, b, c = (new_task() for _ in range(3))
+    store.add([a, b, c])
+    launching = [Change(t.id, (Phase.PENDING,), {"phase": Phase.LAUNCHING, "attempt": 1}, 0) for t in (a, b)]
+    ended = Change(c.id, (Phase.PENDING,), {"phase": Phase.FAILED, "last_error": "bad request"})
+    with store.transaction() as conn:
+        applied = store.transitions([*launching, ended], conn=conn)
+    if applied is None:  # a driver that cannot count a batch's rows: nothing written
+        assert {store.get(t.id).phase for t in (a, b, c)} == {Phase.PENDING}  # type: ignore[union-attr]
+        return
+    assert applied is True
+    records = {t.id: store.get(t.id) for t in (a, b, c)}
+    assert [(r.phase, r.attempt) for r in (records[a.id], records[b.id])] == [(Phase.LAUNCHING, 1)] * 2  # type: ignore[union-attr]
+    ended_row = records[c.id]
+    assert ended_row is not None and ended_row.phase is Phase.FAILED and ended_row.finished_at is not None
+    # One that read the old state loses: the batch says so (the caller rolls it back).
+    with pytest.raises(RuntimeError), store.transaction() as conn:
+        again = [
+            Change(a.id, (Phase.PENDING,), {"phase": Phase.FAILED}),
+            Change(b.id, (Phase.LAUNCHING,), {"phase": Phase.FAILED}),
+        ]
+        assert store.transitions(again, conn=conn) is False
+        raise RuntimeError("roll back")
+    assert store.get(b.id).phase is Phase.LAUNCHING  # type: ignore[union-attr]
 
 
 def test_requeue_of_same_key_suppresses_the_older_row(store: TaskStore) -> None:

@@ -30,7 +30,7 @@ from ..backends.errors import AwsError, Outcome, classify
 from ..metrics.definitions import Metrics
 from ..model import Phase
 from ..store.lease import Fence
-from ..store.records import TaskRecord
+from ..store.records import Change, TaskRecord
 from ..store.sealing import LaunchRequest, TokenSealer, TokenUnavailable
 from ..store.tasks import TaskStore
 from .plan import (
@@ -117,6 +117,10 @@ class _Call:
 
     keys: tuple[str, ...]
     launch: bool
+
+
+class _BatchLost(Exception):
+    """A batch of transitions had one that lost its compare-and-set: roll back, write one by one."""
 
 
 @dataclass
@@ -221,6 +225,9 @@ class Effector:
             else:
                 with self.store.transaction() as conn:
                     written = self._write_all(plan.transitions, conn=conn, tally=tally)
+        except _BatchLost:
+            # A compare-and-set lost (a revoke or another writer got there first): normal.
+            written = self._write_all(plan.transitions, conn=None, tally=tally)
         except Exception:
             if len(plan.transitions) > 1:
                 log.warning("writing %d transitions at once failed; writing them one by one", len(plan.transitions))
@@ -239,6 +246,8 @@ class Effector:
         """Write ``transitions`` in ``conn``'s transaction (an error raises: the caller retries one
         by one), or each in its own (``conn`` None: an error skips that row)."""
         written = _Written()
+        if conn is not None and self._write_batch(transitions, conn=conn, written=written):
+            return written
         for transition in transitions:
             if transition.record_id in written.lost:
                 continue
@@ -257,6 +266,36 @@ class Effector:
             else:
                 written.done.append(done)
         return written
+
+    def _write_batch(self, transitions: Sequence[Transition], *, conn: Connection, written: _Written) -> bool:
+        """Write ``transitions`` as one batch when they can be (one per row: a row's second
+        transition depends on its first). True when that wrote all of them; a change that lost
+        raises :class:`_BatchLost` (the caller rolls back and writes them one by one, which says
+        which lost); False when the batch was not tried."""
+        if len(transitions) < 2 or len({t.record_id for t in transitions}) != len(transitions):
+            return False
+        fence: Fence | None = None
+        if self._fence is not None:
+            fence = self._fence()
+            if fence is None:
+                written.lost.update(t.record_id for t in transitions)
+                return True
+        changes = [
+            Change(
+                record_id=t.record_id,
+                expect_phases=tuple(t.expect_phases),
+                values=t.changes,
+                expect_attempt=t.expect_attempt,
+            )
+            for t in transitions
+        ]
+        applied = self.store.transitions(changes, conn=conn, fence=fence)
+        if applied is None:
+            return False
+        if not applied:
+            raise _BatchLost
+        written.done.extend(Done(transition=t) for t in transitions)
+        return True
 
     def _write(self, transition: Transition, *, conn: Connection | None = None) -> Done | None:
         """Apply one transition; None when its compare-and-set lost or leadership is gone."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -101,3 +102,14 @@ class Report:
     ti_state: str | None = None
     phase: Phase | None = None
     status_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Change:
+    """One compare-and-set for :meth:`~.tasks.TaskStore.transitions`: ``values`` are written to
+    row ``record_id`` only while it is in one of ``expect_phases`` (and at ``expect_attempt``)."""
+
+    record_id: str
+    expect_phases: tuple[Phase, ...]
+    values: Mapping[str, Any]
+    expect_attempt: int | None = None
